@@ -1,0 +1,19 @@
+//! imgforge-layers: the pure, synchronous core of imgforge.
+//!
+//! Bytes flow once: files → normalizing tar writer → sha256 (diff_id) → compressor →
+//! sha256 + size (digest) → sink. Nothing here touches the network, spawns async tasks or
+//! prints; errors are returned, warnings are handed back to the caller.
+
+pub mod compress;
+pub mod digest;
+pub mod normalize;
+pub mod reader;
+pub mod tree;
+pub mod writer;
+
+pub use compress::{CompressOptions, Compression, Compressor};
+pub use digest::{DiffId, Digest, DigestError, HashingReader, HashingWriter, Sha256Hash};
+pub use normalize::{Normalize, Owner, TarWriter, DEFAULT_EPOCH};
+pub use reader::{decompress, Entry, EntryType, LayerReader, Limits, ReadError};
+pub use tree::{scan_tree, EntryKind, Skipped, Tree, TreeEntry};
+pub use writer::{LayerDigests, LayerWriter};
