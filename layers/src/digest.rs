@@ -115,6 +115,11 @@ impl<W: Write> HashingWriter<W> {
         &mut self.inner
     }
 
+    /// Bytes written so far.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
     /// Returns the inner writer, the hash and the byte count.
     pub fn finish(self) -> (W, Sha256Hash, u64) {
         (self.inner, Sha256Hash(self.hasher.finalize().into()), self.count)

@@ -11,9 +11,9 @@ pub mod reader;
 pub mod tree;
 pub mod writer;
 
-pub use compress::{CompressOptions, Compression, Compressor};
+pub use compress::{CompressOptions, Compression, Compressor, GZIP_CHUNK_SIZE};
 pub use digest::{DiffId, Digest, DigestError, HashingReader, HashingWriter, Sha256Hash};
 pub use normalize::{Normalize, Owner, TarWriter, DEFAULT_EPOCH};
 pub use reader::{decompress, Entry, EntryType, LayerReader, Limits, ReadError};
 pub use tree::{scan_tree, EntryKind, Skipped, Tree, TreeEntry};
-pub use writer::{LayerDigests, LayerWriter};
+pub use writer::{write_tree_layer, LayerDigests, LayerWriter};

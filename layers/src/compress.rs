@@ -1,0 +1,497 @@
+//! Deterministic, parallel layer compression.
+//!
+//! The contract: the compressed bytes depend only on the input bytes, the [`Compression`]
+//! and the level — never on the number of threads, on how the input was split into
+//! `write` calls, on timing or on the host. Both compressors use several cores.
+//!
+//! * **gzip** is pigz-like but dictionary-free: the input is cut into fixed
+//!   [`GZIP_CHUNK_SIZE`] chunks (a constant, part of the output contract), each chunk is
+//!   compressed independently as raw deflate ending in a sync flush (the last one with
+//!   `Finish`, so it carries BFINAL), the pieces are concatenated in order and wrapped in a
+//!   fixed gzip header (mtime 0, no name, XFL 0, OS 255) and trailer (CRC32 + ISIZE). The
+//!   CRC is computed once, in the feeding thread. Chunks are compressed by a small pool of
+//!   std threads, at most `2 × threads` chunks in flight, so memory stays bounded.
+//! * **zstd** always runs libzstd's multithreaded mode with `nbWorkers ≥ 1` (even for
+//!   one thread): its output does not depend on the number of workers, whereas the
+//!   single-threaded mode (`nbWorkers = 0`) produces different bytes. Frames carry the
+//!   content checksum (XXH64) and no content size.
+//! * **none** passes bytes through.
+//!
+//! `Write::flush` on a [`Compressor`] never forces a compressor flush (that would make the
+//! output depend on where the caller flushed); it is a no-op for gzip and zstd.
+//!
+//! ## Determinism of the deflate backend
+//! flate2 is built with the `zlib-rs` backend (pure Rust port of zlib-ng). zlib-rs
+//! selects SIMD code paths at run time (AVX2/AVX-512/NEON for `longest_match` compares,
+//! adler32/crc32, slide_hash). These only change *how fast* the same result is computed:
+//! the hash function used for match finding is the same scalar multiplicative hash on
+//! every CPU (unlike older zlib-ng versions, which used the CRC32 instruction when
+//! available), and the compare routines return identical match lengths. The
+//! `gzip_matches_golden_digest` test pins the output digest of a fixed input so that a
+//! backend change that alters the bytes is noticed.
+
+use std::collections::VecDeque;
+use std::io::{self, Write};
+use std::str::FromStr;
+use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+/// Size of the independently compressed gzip chunks. Part of the output contract:
+/// changing it changes every gzip layer digest.
+pub const GZIP_CHUNK_SIZE: usize = 1 << 20;
+
+/// Layer compression.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Compression {
+    None,
+    Gzip,
+    Zstd,
+}
+
+const MT_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
+const MT_TAR_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+const MT_TAR_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
+
+impl Compression {
+    /// The OCI layer media type.
+    pub fn media_type(self) -> &'static str {
+        match self {
+            Compression::None => MT_TAR,
+            Compression::Gzip => MT_TAR_GZIP,
+            Compression::Zstd => MT_TAR_ZSTD,
+        }
+    }
+
+    /// Recognises OCI layer media types (including the deprecated nondistributable
+    /// variants) and Docker's layer media types (including the foreign one).
+    pub fn from_media_type(mt: &str) -> Option<Compression> {
+        match mt {
+            MT_TAR
+            | "application/vnd.oci.image.layer.nondistributable.v1.tar"
+            | "application/vnd.docker.image.rootfs.diff.tar" => Some(Compression::None),
+            MT_TAR_GZIP
+            | "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
+            | "application/vnd.docker.image.rootfs.diff.tar.gzip"
+            | "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip" => Some(Compression::Gzip),
+            MT_TAR_ZSTD
+            | "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd"
+            | "application/vnd.docker.image.rootfs.diff.tar.zstd" => Some(Compression::Zstd),
+            _ => None,
+        }
+    }
+
+    /// Detects the compression from the first bytes of a blob (gzip `1f 8b`, zstd
+    /// `28 b5 2f fd`); anything else is taken as uncompressed.
+    pub fn detect(magic: &[u8]) -> Compression {
+        if magic.starts_with(&[0x1f, 0x8b]) {
+            Compression::Gzip
+        } else if magic.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+            Compression::Zstd
+        } else {
+            Compression::None
+        }
+    }
+
+    /// Default level: gzip 6 (zlib's default; see the bench numbers in the crate docs),
+    /// zstd 3 (libzstd's default). `None` has no level (0).
+    pub fn default_level(self) -> i32 {
+        match self {
+            Compression::None => 0,
+            Compression::Gzip => 6,
+            Compression::Zstd => 3,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Gzip => "gzip",
+            Compression::Zstd => "zstd",
+        }
+    }
+}
+
+impl std::fmt::Display for Compression {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Error of `"…".parse::<Compression>()`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown compression {0:?}: expected gzip, zstd or none")]
+pub struct ParseCompressionError(pub String);
+
+impl FromStr for Compression {
+    type Err = ParseCompressionError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "gzip" => Ok(Compression::Gzip),
+            "zstd" => Ok(Compression::Zstd),
+            "none" | "uncompressed" => Ok(Compression::None),
+            _ => Err(ParseCompressionError(s.to_string())),
+        }
+    }
+}
+
+/// How to compress.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CompressOptions {
+    pub compression: Compression,
+    /// `None` = [`Compression::default_level`].
+    pub level: Option<i32>,
+    /// Worker threads; 0 = all cores. Never changes the output.
+    pub threads: usize,
+}
+
+impl CompressOptions {
+    pub fn new(compression: Compression) -> Self {
+        CompressOptions { compression, level: None, threads: 0 }
+    }
+
+    /// The level that will be used.
+    pub fn effective_level(&self) -> i32 {
+        self.level.unwrap_or_else(|| self.compression.default_level())
+    }
+
+    /// The number of threads that will be used (resolves 0 to the number of cores).
+    pub fn effective_threads(&self) -> usize {
+        resolve_threads(self.threads)
+    }
+}
+
+impl Default for CompressOptions {
+    fn default() -> Self {
+        CompressOptions::new(Compression::Gzip)
+    }
+}
+
+pub(crate) fn resolve_threads(threads: usize) -> usize {
+    if threads == 0 {
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    } else {
+        threads
+    }
+}
+
+/// A streaming compressor. Write the uncompressed bytes, then call [`Compressor::finish`];
+/// dropping it without `finish` discards the output and stops its threads.
+pub struct Compressor<W: Write + Send + 'static> {
+    inner: Inner<W>,
+}
+
+enum Inner<W: Write + Send + 'static> {
+    None(W),
+    Gzip(Box<GzipEncoder<W>>),
+    Zstd(zstd::stream::write::Encoder<'static, W>),
+}
+
+impl<W: Write + Send + 'static> Compressor<W> {
+    pub fn new(sink: W, opts: CompressOptions) -> io::Result<Self> {
+        let level = opts.effective_level();
+        let threads = opts.effective_threads();
+        let inner = match opts.compression {
+            Compression::None => Inner::None(sink),
+            Compression::Gzip => {
+                if !(0..=9).contains(&level) {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!("gzip level {level} out of range 0..=9"),
+                    ));
+                }
+                Inner::Gzip(Box::new(GzipEncoder::new(sink, level as u32, threads)))
+            }
+            Compression::Zstd => {
+                let range = zstd::compression_level_range();
+                if !range.contains(&level) {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!("zstd level {level} out of range {}..={}", range.start(), range.end()),
+                    ));
+                }
+                let mut enc = zstd::stream::write::Encoder::new(sink, level)?;
+                // Always multithreaded (nbWorkers >= 1): the output is then independent
+                // of the worker count. nbWorkers = 0 would produce different bytes.
+                let workers = u32::try_from(threads.max(1)).unwrap_or(u32::MAX).min(ZSTD_MAX_WORKERS);
+                enc.multithread(workers)?;
+                enc.include_checksum(true)?;
+                enc.include_contentsize(false)?;
+                Inner::Zstd(enc)
+            }
+        };
+        Ok(Compressor { inner })
+    }
+
+    /// Finishes the stream and returns the sink (not flushed: flush it yourself if it
+    /// buffers).
+    pub fn finish(self) -> io::Result<W> {
+        match self.inner {
+            Inner::None(w) => Ok(w),
+            Inner::Gzip(g) => g.finish(),
+            Inner::Zstd(z) => z.finish(),
+        }
+    }
+
+    /// The sink. Writing to it directly corrupts the stream.
+    pub fn get_ref(&self) -> &W {
+        match &self.inner {
+            Inner::None(w) => w,
+            Inner::Gzip(g) => &g.sink,
+            Inner::Zstd(z) => z.get_ref(),
+        }
+    }
+}
+
+/// libzstd caps nbWorkers (ZSTDMT_NBWORKERS_MAX is 200 on 64-bit); the output does not
+/// depend on it anyway.
+const ZSTD_MAX_WORKERS: u32 = 200;
+
+impl<W: Write + Send + 'static> Write for Compressor<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match &mut self.inner {
+            Inner::None(w) => w.write(buf),
+            Inner::Gzip(g) => g.write(buf),
+            Inner::Zstd(z) => z.write(buf),
+        }
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        match &mut self.inner {
+            Inner::None(w) => w.write_all(buf),
+            Inner::Gzip(g) => {
+                g.write(buf)?;
+                Ok(())
+            }
+            Inner::Zstd(z) => z.write_all(buf),
+        }
+    }
+
+    /// Passes through for `None`; a no-op for gzip and zstd (see the module docs).
+    fn flush(&mut self) -> io::Result<()> {
+        match &mut self.inner {
+            Inner::None(w) => w.flush(),
+            Inner::Gzip(_) | Inner::Zstd(_) => Ok(()),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// gzip
+
+const GZIP_HEADER: [u8; 10] = [
+    0x1f, 0x8b, // magic
+    8,    // CM = deflate
+    0,    // FLG: no name, no comment, no extra, no header crc
+    0, 0, 0, 0,   // MTIME = 0
+    0,    // XFL
+    255,  // OS = unknown
+];
+
+struct Job {
+    input: Vec<u8>,
+    last: bool,
+    level: u32,
+    reply: SyncSender<io::Result<(Vec<u8>, Vec<u8>)>>,
+}
+
+/// Compresses one chunk as raw deflate: ends with a sync flush (byte aligned, BFINAL=0),
+/// or with `Finish` (BFINAL=1) for the last chunk. `out` is cleared first.
+fn deflate_chunk(input: &[u8], last: bool, level: u32, out: &mut Vec<u8>) -> io::Result<()> {
+    use flate2::{Compress, FlushCompress, Status};
+    out.clear();
+    // Worst case of deflate (stored blocks) plus room for the flush marker.
+    out.reserve(input.len() + input.len() / 1000 * 5 + 64);
+    let mut c = Compress::new(flate2::Compression::new(level), false);
+    let flush = if last { FlushCompress::Finish } else { FlushCompress::Sync };
+    loop {
+        let consumed = c.total_in() as usize;
+        let status = c
+            .compress_vec(&input[consumed..], out, flush)
+            .map_err(|e| io::Error::other(format!("deflate failed: {e}")))?;
+        let done_input = c.total_in() as usize == input.len();
+        match status {
+            Status::StreamEnd => break,
+            // With Sync, done when all input is consumed and output had room to spare
+            // (zlib semantics: a flush is complete when avail_out != 0 afterwards).
+            Status::Ok | Status::BufError if !last && done_input && out.len() < out.capacity() => break,
+            _ => {}
+        }
+        out.reserve(64 * 1024.max(out.len() / 4));
+    }
+    Ok(())
+}
+
+fn worker(jobs: Arc<Mutex<Receiver<Job>>>) {
+    let mut spare_out: Option<Vec<u8>> = None;
+    loop {
+        let job = {
+            let Ok(rx) = jobs.lock() else { return };
+            match rx.recv() {
+                Ok(j) => j,
+                Err(_) => return,
+            }
+        };
+        let mut out = spare_out.take().unwrap_or_default();
+        let res = deflate_chunk(&job.input, job.last, job.level, &mut out).map(|()| (out, job.input));
+        // The receiver may be gone (compressor dropped): ignore.
+        let _ = job.reply.send(res);
+    }
+}
+
+struct Pool {
+    jobs: Option<Sender<Job>>,
+    handles: Vec<JoinHandle<()>>,
+}
+
+impl Pool {
+    fn new(threads: usize) -> io::Result<Pool> {
+        let (tx, rx) = mpsc::channel::<Job>();
+        let rx = Arc::new(Mutex::new(rx));
+        let mut pool = Pool { jobs: Some(tx), handles: Vec::with_capacity(threads) };
+        for i in 0..threads {
+            let rx = Arc::clone(&rx);
+            let h = std::thread::Builder::new()
+                .name(format!("imgforge-gzip-{i}"))
+                .spawn(move || worker(rx))?;
+            pool.handles.push(h);
+        }
+        Ok(pool)
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        // Closing the job channel makes every idle worker return; busy ones finish their
+        // chunk (bounded work), fail to deliver it and return.
+        self.jobs.take();
+        for h in self.handles.drain(..) {
+            let _ = h.join();
+        }
+    }
+}
+
+struct GzipEncoder<W: Write> {
+    sink: W,
+    level: u32,
+    threads: usize,
+    /// The chunk being filled. It is dispatched only when more input arrives after it is
+    /// full, so that the final chunk is never empty unless the whole input is.
+    buf: Vec<u8>,
+    crc: crc32fast::Hasher,
+    isize: u64,
+    header_written: bool,
+    pool: Option<Pool>,
+    pending: VecDeque<Receiver<io::Result<(Vec<u8>, Vec<u8>)>>>,
+    spare_in: Vec<Vec<u8>>,
+    spare_out: Option<Vec<u8>>,
+}
+
+impl<W: Write> GzipEncoder<W> {
+    fn new(sink: W, level: u32, threads: usize) -> Self {
+        GzipEncoder {
+            sink,
+            level,
+            threads: threads.max(1),
+            buf: Vec::new(),
+            crc: crc32fast::Hasher::new(),
+            isize: 0,
+            header_written: false,
+            pool: None,
+            pending: VecDeque::new(),
+            spare_in: Vec::new(),
+            spare_out: None,
+        }
+    }
+
+    fn max_in_flight(&self) -> usize {
+        2 * self.threads
+    }
+
+    fn write(&mut self, mut data: &[u8]) -> io::Result<usize> {
+        let n = data.len();
+        while !data.is_empty() {
+            if self.buf.len() == GZIP_CHUNK_SIZE {
+                self.dispatch(false)?;
+            }
+            if self.buf.capacity() == 0 {
+                self.buf = self.spare_in.pop().unwrap_or_else(|| Vec::with_capacity(GZIP_CHUNK_SIZE));
+            }
+            let take = (GZIP_CHUNK_SIZE - self.buf.len()).min(data.len());
+            self.buf.extend_from_slice(&data[..take]);
+            self.crc.update(&data[..take]);
+            self.isize += take as u64;
+            data = &data[take..];
+        }
+        Ok(n)
+    }
+
+    fn write_header(&mut self) -> io::Result<()> {
+        if !self.header_written {
+            self.sink.write_all(&GZIP_HEADER)?;
+            self.header_written = true;
+        }
+        Ok(())
+    }
+
+    /// Hands the current chunk to the pool (or compresses it inline).
+    fn dispatch(&mut self, last: bool) -> io::Result<()> {
+        let input = std::mem::take(&mut self.buf);
+        if self.threads == 1 || (last && self.pending.is_empty()) {
+            // Inline: single-threaded, or the only/last chunk with nothing queued.
+            self.write_header()?;
+            let mut out = self.spare_out.take().unwrap_or_default();
+            deflate_chunk(&input, last, self.level, &mut out)?;
+            self.sink.write_all(&out)?;
+            self.spare_out = Some(out);
+            let mut input = input;
+            input.clear();
+            self.spare_in.push(input);
+            return Ok(());
+        }
+        if self.pool.is_none() {
+            self.pool = Some(Pool::new(self.threads)?);
+        }
+        while self.pending.len() >= self.max_in_flight() {
+            self.drain_one()?;
+        }
+        let (reply, rx) = mpsc::sync_channel(1);
+        let job = Job { input, last, level: self.level, reply };
+        let sent = self.pool.as_ref().and_then(|p| p.jobs.as_ref()).map(|tx| tx.send(job).is_ok());
+        if sent != Some(true) {
+            return Err(io::Error::other("gzip compression workers are gone"));
+        }
+        self.pending.push_back(rx);
+        Ok(())
+    }
+
+    /// Waits for the oldest chunk and writes it.
+    fn drain_one(&mut self) -> io::Result<()> {
+        let Some(rx) = self.pending.pop_front() else { return Ok(()) };
+        let (out, mut input) = rx
+            .recv()
+            .map_err(|_| io::Error::other("a gzip compression worker stopped unexpectedly"))??;
+        self.write_header()?;
+        self.sink.write_all(&out)?;
+        input.clear();
+        self.spare_in.push(input);
+        Ok(())
+    }
+
+    fn finish(mut self: Box<Self>) -> io::Result<W> {
+        self.dispatch(true)?;
+        while !self.pending.is_empty() {
+            self.drain_one()?;
+        }
+        self.write_header()?;
+        let crc = std::mem::take(&mut self.crc).finalize();
+        let mut trailer = [0u8; 8];
+        trailer[..4].copy_from_slice(&crc.to_le_bytes());
+        trailer[4..].copy_from_slice(&((self.isize & 0xffff_ffff) as u32).to_le_bytes());
+        self.sink.write_all(&trailer)?;
+        // Stop the workers before handing the sink back.
+        self.pool.take();
+        let GzipEncoder { sink, .. } = *self;
+        Ok(sink)
+    }
+}

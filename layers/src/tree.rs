@@ -1,0 +1,226 @@
+//! Scanning a directory into canonical layer entries.
+//!
+//! Canonical order: by the bytes of the relative path (no trailing '/'), so a parent
+//! always precedes its children and the order never depends on the file system's
+//! directory order. Symlinks are never followed. Files with several links inside the tree
+//! are written once, at the first path in canonical order; later paths become hard links
+//! to it. Sockets, fifos and devices are reported in [`Tree::skipped`], not written.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::normalize::{validate_rel_path, Owner, TarWriter};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EntryKind {
+    Dir,
+    File,
+    /// Target bytes, verbatim.
+    Symlink(Vec<u8>),
+    /// Relative path of the first link (in canonical order), which carries the data.
+    HardLink(PathBuf),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TreeEntry {
+    /// Relative to the root; the root itself ("") is never included.
+    pub rel: PathBuf,
+    pub kind: EntryKind,
+    /// Host `st_mode & 0o7777`.
+    pub mode: u32,
+    pub size: u64,
+    pub mtime_ns: i128,
+    pub ctime_ns: i128,
+    pub ino: u64,
+    pub dev: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Skipped {
+    pub rel: PathBuf,
+    /// "socket" | "fifo" | "block device" | "char device"
+    pub what: &'static str,
+}
+
+#[derive(Clone, Debug)]
+pub struct Tree {
+    pub root: PathBuf,
+    pub entries: Vec<TreeEntry>,
+    pub skipped: Vec<Skipped>,
+}
+
+fn ns(sec: i64, nsec: i64) -> i128 {
+    i128::from(sec) * 1_000_000_000 + i128::from(nsec)
+}
+
+/// Scans `root` (which must be a directory; if it is a symlink it is followed, nothing
+/// below it is). `include(rel, is_dir)` returning false drops the entry, and for a
+/// directory its whole subtree.
+pub fn scan_tree(root: &Path, include: &mut dyn FnMut(&Path, bool) -> bool) -> io::Result<Tree> {
+    let md = fs::metadata(root).map_err(|e| annotate(e, "failed to stat", root))?;
+    if !md.is_dir() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} is not a directory", root.display()),
+        ));
+    }
+    let mut entries = Vec::new();
+    let mut skipped = Vec::new();
+    // Directories still to read, as relative paths.
+    let mut stack: Vec<PathBuf> = vec![PathBuf::new()];
+    while let Some(dir_rel) = stack.pop() {
+        let dir_abs = root.join(&dir_rel);
+        let rd = fs::read_dir(&dir_abs).map_err(|e| annotate(e, "failed to read directory", &dir_abs))?;
+        for de in rd {
+            let de = de.map_err(|e| annotate(e, "failed to read directory", &dir_abs))?;
+            let rel = dir_rel.join(de.file_name());
+            // DirEntry::metadata does not follow symlinks.
+            let md = de.metadata().map_err(|e| annotate(e, "failed to stat", &root.join(&rel)))?;
+            let ft = md.file_type();
+            let what = if ft.is_socket() {
+                Some("socket")
+            } else if ft.is_fifo() {
+                Some("fifo")
+            } else if ft.is_block_device() {
+                Some("block device")
+            } else if ft.is_char_device() {
+                Some("char device")
+            } else {
+                None
+            };
+            let is_dir = ft.is_dir();
+            if !include(&rel, is_dir) {
+                continue;
+            }
+            if let Some(what) = what {
+                skipped.push(Skipped { rel, what });
+                continue;
+            }
+            let kind = if is_dir {
+                EntryKind::Dir
+            } else if ft.is_symlink() {
+                let t = fs::read_link(root.join(&rel)).map_err(|e| annotate(e, "failed to read link", &root.join(&rel)))?;
+                EntryKind::Symlink(t.into_os_string().into_vec_bytes())
+            } else {
+                EntryKind::File
+            };
+            if is_dir {
+                stack.push(rel.clone());
+            }
+            let nlink = md.nlink();
+            let size = if matches!(kind, EntryKind::File) { md.size() } else { 0 };
+            entries.push((
+                TreeEntry {
+                    rel,
+                    kind,
+                    mode: md.mode() & 0o7777,
+                    size,
+                    mtime_ns: ns(md.mtime(), md.mtime_nsec()),
+                    ctime_ns: ns(md.ctime(), md.ctime_nsec()),
+                    ino: md.ino(),
+                    dev: md.dev(),
+                },
+                nlink,
+            ));
+        }
+    }
+    entries.sort_unstable_by(|a, b| a.0.rel.as_os_str().as_bytes().cmp(b.0.rel.as_os_str().as_bytes()));
+    skipped.sort_unstable_by(|a, b| a.rel.as_os_str().as_bytes().cmp(b.rel.as_os_str().as_bytes()));
+
+    // Hard links: the first path (canonical order) of a (dev, ino) carries the data.
+    let mut first: HashMap<(u64, u64), PathBuf> = HashMap::new();
+    let entries = entries
+        .into_iter()
+        .map(|(mut e, nlink)| {
+            if nlink > 1 && e.kind == EntryKind::File {
+                match first.get(&(e.dev, e.ino)) {
+                    Some(p) => e.kind = EntryKind::HardLink(p.clone()),
+                    None => {
+                        first.insert((e.dev, e.ino), e.rel.clone());
+                    }
+                }
+            }
+            e
+        })
+        .collect();
+    Ok(Tree { root: root.to_path_buf(), entries, skipped })
+}
+
+trait IntoVecBytes {
+    fn into_vec_bytes(self) -> Vec<u8>;
+}
+
+impl IntoVecBytes for std::ffi::OsString {
+    fn into_vec_bytes(self) -> Vec<u8> {
+        std::os::unix::ffi::OsStringExt::into_vec(self)
+    }
+}
+
+fn annotate(e: io::Error, what: &str, path: &Path) -> io::Error {
+    io::Error::new(e.kind(), format!("{what} {}: {e}", path.display()))
+}
+
+fn join_prefix(prefix: &[u8], rel: &OsStr) -> Vec<u8> {
+    let rel = rel.as_bytes();
+    let mut v = Vec::with_capacity(prefix.len() + 1 + rel.len());
+    v.extend_from_slice(prefix);
+    if !prefix.is_empty() {
+        v.push(b'/');
+    }
+    v.extend_from_slice(rel);
+    v
+}
+
+/// Opens a regular file for reading without following symlinks and without blocking on a
+/// fifo swapped in since the scan; checks it is still the scanned file.
+fn open_checked(abs: &Path, e: &TreeEntry) -> io::Result<File> {
+    let f = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(abs)
+        .map_err(|err| annotate(err, "failed to open", abs))?;
+    let md = f.metadata()?;
+    if !md.is_file() || md.ino() != e.ino || md.dev() != e.dev {
+        return Err(io::Error::other(format!("file changed while it was being read: {}", abs.display())));
+    }
+    Ok(f)
+}
+
+impl Tree {
+    /// Writes all entries under `prefix` (relative, e.g. `b"workspace"`; `b""` = the layer
+    /// root). First the parents of `prefix` (root-owned, 0755), then `prefix` itself
+    /// (owned by `owner`, 0755), then the entries, all owned by `owner`.
+    pub fn write_to<W: Write>(&self, tar: &mut TarWriter<W>, prefix: &[u8], owner: Owner) -> io::Result<()> {
+        if !prefix.is_empty() {
+            validate_rel_path(prefix)?;
+            for (i, &b) in prefix.iter().enumerate() {
+                if b == b'/' {
+                    tar.dir(&prefix[..i], 0o755, Owner::ROOT)?;
+                }
+            }
+            tar.dir(prefix, 0o755, owner)?;
+        }
+        for e in &self.entries {
+            let path = join_prefix(prefix, e.rel.as_os_str());
+            match &e.kind {
+                EntryKind::Dir => tar.dir(&path, e.mode, owner)?,
+                EntryKind::Symlink(t) => tar.symlink(&path, t, owner)?,
+                EntryKind::HardLink(first) => {
+                    let target = join_prefix(prefix, first.as_os_str());
+                    tar.hardlink_with_mode(&path, &target, e.mode, owner)?
+                }
+                EntryKind::File => {
+                    let abs = self.root.join(&e.rel);
+                    let mut f = open_checked(&abs, e)?;
+                    tar.file(&path, e.mode, owner, e.size, &mut f)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
