@@ -1,0 +1,207 @@
+#!/usr/bin/env bash
+# tests/run.sh — the project's test command (CI runs it through .ci/run).
+#
+#   tests/run.sh [ARGS...]      ARGS go to `cargo test --workspace`, e.g. `-- --nocapture`
+#
+# On a fresh Debian 12 machine with only the Rust toolchain, run as root, it:
+#   1. installs the container tools the integration tests drive (podman, skopeo,
+#      umoci, ...), only if one is missing;
+#   2. creates the unprivileged user $IMGFORGE_TEST_USER (default imgforge-test)
+#      with subordinate uid/gid ranges and an XDG_RUNTIME_DIR, and checks that
+#      rootless podman works for it (choosing the storage driver);
+#   3. runs cargo fmt --check, cargo clippy -D warnings and cargo test.
+# Run as a normal user, it installs nothing: it says what is missing and exits 1,
+# and the tests run podman as that user directly. See docs/testing.md.
+#
+# Environment:
+#   IMGFORGE_TEST_USER            unprivileged user for podman/umoci (root only)
+#   IMGFORGE_TEST_STORAGE_DRIVER  force a podman storage driver (overlay|vfs)
+#   IMGFORGE_SKIP_LINT=1          skip fmt and clippy (for a quick local loop)
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+repo=$(pwd)
+
+if [[ -t 1 ]]; then
+  export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-auto}
+else
+  export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
+  export CARGO_TERM_PROGRESS_WHEN=${CARGO_TERM_PROGRESS_WHEN:-never}
+fi
+export RUST_BACKTRACE=${RUST_BACKTRACE:-1}
+export DEBIAN_FRONTEND=noninteractive
+# Root's PATH usually has these; a normal user's may not (runc, runuser live there).
+export PATH=$PATH:/usr/local/sbin:/usr/sbin:/sbin
+
+step_no=0
+step_start=$SECONDS
+section() {
+  if ((step_no > 0)); then echo "    (took $((SECONDS - step_start)) s)"; fi
+  step_no=$((step_no + 1))
+  step_start=$SECONDS
+  echo
+  echo "==> [$step_no] $*"
+}
+die() { echo "tests/run.sh: error: $*" >&2; exit 1; }
+
+is_root=0
+[[ $(id -u) -eq 0 ]] && is_root=1
+
+# --- 1. tools -------------------------------------------------------------------
+section "Container tools"
+# command -> Debian package
+declare -A tool_pkg=(
+  [podman]=podman [skopeo]=skopeo [umoci]=umoci [buildah]=buildah [runc]=runc
+  [newuidmap]=uidmap [newgidmap]=uidmap [slirp4netns]=slirp4netns
+  [fuse-overlayfs]=fuse-overlayfs [pigz]=pigz [zstd]=zstd [git]=git
+  [docker-registry]=docker-registry [/usr/bin/time]=time [python3]=python3
+  [runuser]=util-linux [useradd]=passwd [tar]=tar [gzip]=gzip
+)
+missing_pkgs=()
+for tool in "${!tool_pkg[@]}"; do
+  command -v "$tool" >/dev/null 2>&1 || missing_pkgs+=("${tool_pkg[$tool]}")
+done
+# TZ=Pacific/Auckland in the reproducibility tests only means something with tzdata
+[[ -e /usr/share/zoneinfo/Pacific/Auckland ]] || missing_pkgs+=(tzdata)
+mapfile -t missing_pkgs < <(printf '%s\n' "${missing_pkgs[@]}" | sort -u | sed '/^$/d')
+
+if ((${#missing_pkgs[@]})); then
+  if ((is_root)); then
+    echo "installing: ${missing_pkgs[*]}"
+    log=$(mktemp)
+    if ! { apt-get update -qq && apt-get install -y -qq --no-install-recommends "${missing_pkgs[@]}"; } >"$log" 2>&1; then
+      cat "$log" >&2
+      die "apt-get install ${missing_pkgs[*]} failed"
+    fi
+    rm -f "$log"
+  else
+    echo "missing: ${missing_pkgs[*]}" >&2
+    echo "install them with:" >&2
+    echo "  sudo apt-get install --no-install-recommends ${missing_pkgs[*]}" >&2
+    echo "or run tests/run.sh as root, which installs them." >&2
+    exit 1
+  fi
+else
+  echo "all present"
+fi
+for c in cargo rustc; do
+  command -v "$c" >/dev/null || die "$c not found: install the Rust toolchain (rust-version in Cargo.toml)"
+done
+cargo fmt --version >/dev/null 2>&1 || die "rustfmt missing: rustup component add rustfmt"
+cargo clippy --version >/dev/null 2>&1 || die "clippy missing: rustup component add clippy"
+echo "podman $(podman --version | awk '{print $3}'), skopeo $(skopeo --version | awk '{print $3}'), umoci $(umoci --version | awk '{print $3}'), $(cargo --version)"
+
+# --- 2. the unprivileged test user -------------------------------------------------
+# Rootless podman needs: a user with subordinate id ranges (newuidmap), a private
+# XDG_RUNTIME_DIR, runc + cgroupfs (there is no systemd user session), and a
+# storage driver that works here (native overlay in a user namespace when the
+# kernel allows it, else vfs). The tests pass the same global flags.
+podman_flags=(--runtime runc --cgroup-manager=cgroupfs)
+
+if ((is_root)); then
+  section "Rootless podman user"
+  user=${IMGFORGE_TEST_USER:-imgforge-test}
+  export IMGFORGE_TEST_USER=$user
+  if ! getent passwd "$user" >/dev/null; then
+    useradd --create-home --shell /bin/bash --user-group "$user"
+    echo "created user $user"
+  fi
+  uid=$(id -u "$user")
+  home=$(getent passwd "$user" | cut -d: -f6)
+  [[ -d $home ]] || { mkdir -p "$home"; chown "$user:" "$home"; }
+  migrate=0
+  for f in /etc/subuid /etc/subgid; do
+    touch "$f"
+    if ! grep -q "^$user:" "$f" && ! grep -q "^$uid:" "$f"; then
+      # first free 65536-block at or above 200000
+      start=200000
+      while awk -F: -v s="$start" '$2 < s + 65536 && $2 + $3 > s { found = 1 } END { exit !found }' "$f"; do
+        start=$((start + 65536))
+      done
+      echo "$user:$start:65536" >>"$f"
+      echo "added $user:$start:65536 to $f"
+      migrate=1
+    fi
+  done
+  runtime_dir=/run/user/$uid
+  mkdir -p "$runtime_dir"
+  chown "$user:" "$runtime_dir"
+  chmod 0700 "$runtime_dir"
+
+  as_user() {
+    # cwd / : the checkout may live under a directory the user cannot enter
+    (cd / && runuser -u "$user" -- env -u XDG_CONFIG_HOME -u XDG_DATA_HOME -u TMPDIR \
+      -u CONTAINERS_CONF -u CONTAINERS_STORAGE_CONF -u DBUS_SESSION_BUS_ADDRESS \
+      HOME="$home" USER="$user" LOGNAME="$user" XDG_RUNTIME_DIR="$runtime_dir" "$@")
+  }
+  if ((migrate)); then
+    as_user podman "${podman_flags[@]}" system migrate >/dev/null 2>&1 || true
+  fi
+
+  # A copy of the busybox fixture the user can read, for the probe.
+  probe_dir=$(mktemp -d)
+  trap 'rm -rf "$probe_dir"' EXIT
+  chmod 0755 "$probe_dir"
+  cp -R testdata/images/busybox "$probe_dir/busybox"
+  chmod -R a+rX "$probe_dir"
+  probe() { # probe DRIVER -> 0 if a container runs with it
+    as_user podman "${podman_flags[@]}" --storage-driver "$1" run --rm --network none \
+      "oci:$probe_dir/busybox:latest" true >"$probe_dir/probe.log" 2>&1
+  }
+  drivers=(overlay vfs)
+  [[ -n ${IMGFORGE_TEST_STORAGE_DRIVER:-} ]] && drivers=("$IMGFORGE_TEST_STORAGE_DRIVER")
+  driver=
+  for d in "${drivers[@]}"; do
+    if probe "$d"; then driver=$d; break; fi
+    if grep -q 'does not match our storage graph driver\|database configuration mismatch' "$probe_dir/probe.log"; then
+      # storage was set up with another driver: this user's storage is ours, start afresh
+      as_user podman "${podman_flags[@]}" --storage-driver "$d" system reset --force >/dev/null 2>&1 || true
+      if probe "$d"; then driver=$d; break; fi
+    fi
+    echo "storage driver $d does not work here:"; sed 's/^/    /' "$probe_dir/probe.log"
+  done
+  [[ -n $driver ]] || die "rootless podman does not work for $user (see above)"
+  export IMGFORGE_TEST_STORAGE_DRIVER=$driver
+  # Same driver for anyone who runs podman as this user by hand.
+  conf_dir=$home/.config/containers
+  mkdir -p "$conf_dir"
+  printf '[storage]\ndriver = "%s"\n' "$driver" >"$conf_dir/storage.conf"
+  chown -R "$user:" "$home/.config"
+  # Leftovers from an earlier, interrupted run.
+  as_user podman "${podman_flags[@]}" --storage-driver "$driver" rm --all --force >/dev/null 2>&1 || true
+  as_user podman "${podman_flags[@]}" --storage-driver "$driver" image prune --all --force >/dev/null 2>&1 || true
+  echo "user $user (uid $uid), subuid $(grep "^$user:" /etc/subuid | cut -d: -f2-), XDG_RUNTIME_DIR $runtime_dir"
+  echo "podman ${podman_flags[*]} --storage-driver $driver"
+else
+  section "Rootless podman (as $(id -un))"
+  unset IMGFORGE_TEST_USER
+  grep -q "^$(id -un):" /etc/subuid 2>/dev/null || grep -q "^$(id -u):" /etc/subuid 2>/dev/null ||
+    die "no /etc/subuid range for $(id -un): sudo usermod --add-subuids 200000-265535 --add-subgids 200000-265535 $(id -un)"
+  [[ -n ${XDG_RUNTIME_DIR:-} && -d ${XDG_RUNTIME_DIR:-} ]] ||
+    die "XDG_RUNTIME_DIR is not set to an existing directory (rootless podman needs one)"
+  probe_dir=$(mktemp -d)
+  trap 'rm -rf "$probe_dir"' EXIT
+  driver_flag=()
+  [[ -n ${IMGFORGE_TEST_STORAGE_DRIVER:-} ]] && driver_flag=(--storage-driver "$IMGFORGE_TEST_STORAGE_DRIVER")
+  if ! podman "${podman_flags[@]}" "${driver_flag[@]}" run --rm --network none \
+      "oci:$repo/testdata/images/busybox:latest" true >"$probe_dir/probe.log" 2>&1; then
+    cat "$probe_dir/probe.log" >&2
+    die "rootless podman does not work for $(id -un) (see above)"
+  fi
+  echo "podman ${podman_flags[*]} ${driver_flag[*]} works"
+fi
+
+# --- 3. Rust checks ----------------------------------------------------------------
+if [[ ${IMGFORGE_SKIP_LINT:-} != 1 ]]; then
+  section "cargo fmt --all -- --check"
+  cargo fmt --all -- --check
+
+  section "cargo clippy --workspace --all-targets -- -D warnings"
+  cargo clippy --workspace --all-targets -- -D warnings
+fi
+
+section "cargo test --workspace $*"
+cargo test --workspace "$@"
+echo "    (took $((SECONDS - step_start)) s)"
+echo
+echo "tests/run.sh: all steps passed"
