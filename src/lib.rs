@@ -1,1 +1,12 @@
-//! imgforge library
+//! imgforge: build OCI images from source without a daemon, without root, reproducibly.
+//!
+//! The library never prints: progress and warnings go through [`report::Reporter`].
+
+pub mod build;
+pub mod image;
+pub mod inspect;
+pub mod report;
+pub mod store;
+pub mod transport;
+
+pub use imgforge_layers as layers;

@@ -1,0 +1,203 @@
+//! What the build needs to know about the base image's filesystem: whether `/bin/sh`
+//! exists (to run Procfile commands through a shell) and its `/etc/passwd` and `/etc/group`
+//! (to resolve a named user). Learned by streaming the base layers' headers once, applying
+//! whiteouts, and cached by the base manifest's digest.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::Read;
+
+use imgforge_layers::{decompress, Compression, EntryType, LayerReader, Limits, Owner};
+use serde::{Deserialize, Serialize};
+
+use crate::store::{write_atomic, BlobStore};
+use crate::transport::{BaseImage, Source};
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BaseFacts {
+    pub has_shell: bool,
+    pub passwd: Option<String>,
+    pub group: Option<String>,
+}
+
+const MAX_ACCOUNT_FILE: u64 = 1 << 20;
+const CACHE_BUCKET: &str = "base-facts-v1";
+
+#[derive(Clone, Debug)]
+enum Node {
+    File,
+    Dir,
+    Symlink(Vec<u8>),
+}
+
+pub fn base_facts(source: &Source, base: &BaseImage, store: &BlobStore) -> Result<BaseFacts, String> {
+    let Some(digest) = base.manifest_digest else { return Ok(BaseFacts::default()) };
+    let cache = store.bucket(CACHE_BUCKET).map_err(|e| e.to_string())?.join(format!("{}.json", digest.hex()));
+    if let Some(f) = fs::read(&cache).ok().and_then(|b| serde_json::from_slice(&b).ok()) {
+        return Ok(f);
+    }
+    let mut nodes: HashMap<Vec<u8>, Node> = HashMap::new();
+    let mut passwd = None;
+    let mut group = None;
+    for (i, layer) in base.layers.iter().enumerate() {
+        let what = format!("{}: layer {} ({})", base.reference, i + 1, layer.descriptor.digest);
+        let compression = Compression::from_media_type(&layer.descriptor.media_type)
+            .ok_or_else(|| format!("{what}: unsupported media type {}", layer.descriptor.media_type))?;
+        let raw = source.open_verified(&layer.descriptor).map_err(|e| format!("{what}: {e}"))?;
+        let stream = decompress(raw, compression).map_err(|e| format!("{what}: {e}"))?;
+        let mut reader = LayerReader::new(stream, Limits::default());
+        let mut added: Vec<(Vec<u8>, Node)> = Vec::new();
+        while let Some(e) = reader.next_entry().map_err(|e| format!("{what}: {e}"))? {
+            let name = e.path.rsplit(|&b| b == b'/').next().unwrap_or(&[]).to_vec();
+            let parent = &e.path[..e.path.len() - name.len()];
+            if name == b".wh..wh..opq" {
+                let dir = parent.to_vec();
+                nodes.retain(|p, _| !(p.starts_with(&dir) && p.len() > dir.len()));
+                continue;
+            }
+            if let Some(hidden) = name.strip_prefix(b".wh.") {
+                let mut target = parent.to_vec();
+                target.extend_from_slice(hidden);
+                let mut prefix = target.clone();
+                prefix.push(b'/');
+                nodes.retain(|p, _| *p != target && !p.starts_with(&prefix));
+                continue;
+            }
+            let node = match e.kind {
+                EntryType::Dir => Node::Dir,
+                EntryType::Symlink => Node::Symlink(e.link.clone().unwrap_or_default()),
+                _ => Node::File,
+            };
+            if e.kind == EntryType::File
+                && e.size <= MAX_ACCOUNT_FILE
+                && (e.path == b"etc/passwd" || e.path == b"etc/group")
+            {
+                let mut text = String::new();
+                reader.data().read_to_string(&mut text).map_err(|err| format!("{what}: {}: {err}", e.path_lossy()))?;
+                if e.path == b"etc/passwd" {
+                    passwd = Some(text)
+                } else {
+                    group = Some(text)
+                }
+            }
+            added.push((e.path, node));
+        }
+        nodes.extend(added);
+    }
+    let exists = |p: &[u8]| nodes.contains_key(p);
+    let facts = BaseFacts {
+        has_shell: matches!(resolve(&nodes, b"bin/sh"), Some(Node::File)),
+        passwd: passwd.filter(|_| exists(b"etc/passwd")),
+        group: group.filter(|_| exists(b"etc/group")),
+    };
+    let _ = write_atomic(&cache, &serde_json::to_vec(&facts).expect("json"));
+    Ok(facts)
+}
+
+/// Follows symlinks component by component, inside the image's root, at most 40 hops.
+fn resolve<'a>(nodes: &'a HashMap<Vec<u8>, Node>, path: &[u8]) -> Option<&'a Node> {
+    let mut pending: Vec<Vec<u8>> = path.split(|&b| b == b'/').rev().map(<[u8]>::to_vec).collect();
+    let mut cur: Vec<Vec<u8>> = Vec::new();
+    let mut hops = 0;
+    let mut last = None;
+    while let Some(c) = pending.pop() {
+        match c.as_slice() {
+            b"" | b"." => continue,
+            b".." => {
+                cur.pop();
+                continue;
+            }
+            _ => {}
+        }
+        cur.push(c);
+        let joined = cur.join(&b'/');
+        match nodes.get(&joined) {
+            Some(Node::Symlink(target)) => {
+                hops += 1;
+                if hops > 40 {
+                    return None;
+                }
+                cur.pop();
+                if target.starts_with(b"/") {
+                    cur.clear();
+                }
+                pending.extend(target.split(|&b| b == b'/').rev().map(<[u8]>::to_vec));
+            }
+            Some(n) => last = Some(n),
+            None => return None,
+        }
+    }
+    last
+}
+
+/// Resolves the base image's `User` (`name`, `uid`, `name:group`, `uid:gid`) to numbers,
+/// as Docker does: a named user must exist in /etc/passwd; a numeric user not in it gets gid 0.
+pub fn resolve_user(user: &str, facts: &BaseFacts) -> Result<Owner, String> {
+    if user.is_empty() {
+        return Ok(Owner { uid: 0, gid: 0 });
+    }
+    let (u, g) = match user.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (user, None),
+    };
+    let passwd = facts.passwd.as_deref().unwrap_or("");
+    let lookup = |text: &str, name: &str, field: usize| {
+        text.lines().find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.len() > field && (f[0] == name || f[2] == name))
+                .then(|| (f[2].parse::<u32>().ok(), f.get(field).and_then(|v| v.parse::<u32>().ok())))
+        })
+    };
+    let (uid, primary_gid) = match u.parse::<u32>() {
+        Ok(uid) => (uid, lookup(passwd, u, 3).and_then(|(_, g)| g).unwrap_or(0)),
+        Err(_) => match lookup(passwd, u, 3) {
+            Some((Some(uid), Some(gid))) => (uid, gid),
+            _ => return Err(format!("the base image's user {u:?} is not in its /etc/passwd; pass --chown UID:GID")),
+        },
+    };
+    let gid = match g {
+        None => primary_gid,
+        Some(g) => match g.parse::<u32>() {
+            Ok(gid) => gid,
+            Err(_) => lookup(facts.group.as_deref().unwrap_or(""), g, 2).and_then(|(gid, _)| gid).ok_or_else(|| {
+                format!("the base image's group {g:?} is not in its /etc/group; pass --chown UID:GID")
+            })?,
+        },
+    };
+    Ok(Owner { uid, gid })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolves_through_symlinks() {
+        let mut n = HashMap::new();
+        n.insert(b"bin".to_vec(), Node::Symlink(b"usr/bin".to_vec()));
+        n.insert(b"usr".to_vec(), Node::Dir);
+        n.insert(b"usr/bin".to_vec(), Node::Dir);
+        n.insert(b"usr/bin/sh".to_vec(), Node::Symlink(b"dash".to_vec()));
+        n.insert(b"usr/bin/dash".to_vec(), Node::File);
+        n.insert(b"loop".to_vec(), Node::Symlink(b"/loop".to_vec()));
+        assert!(matches!(resolve(&n, b"bin/sh"), Some(Node::File)));
+        assert!(resolve(&n, b"loop").is_none());
+        assert!(resolve(&n, b"bin/bash").is_none());
+    }
+
+    #[test]
+    fn users_resolve_like_docker() {
+        let facts = BaseFacts {
+            has_shell: true,
+            passwd: Some("root:x:0:0::/root:/bin/sh\napp:x:1000:1001::/home/app:/bin/sh\n".into()),
+            group: Some("root:x:0:\nstaff:x:50:\n".into()),
+        };
+        assert_eq!(resolve_user("", &facts).unwrap(), Owner { uid: 0, gid: 0 });
+        assert_eq!(resolve_user("app", &facts).unwrap(), Owner { uid: 1000, gid: 1001 });
+        assert_eq!(resolve_user("1000", &facts).unwrap(), Owner { uid: 1000, gid: 1001 });
+        assert_eq!(resolve_user("4242", &facts).unwrap(), Owner { uid: 4242, gid: 0 });
+        assert_eq!(resolve_user("app:staff", &facts).unwrap(), Owner { uid: 1000, gid: 50 });
+        assert_eq!(resolve_user("7:8", &facts).unwrap(), Owner { uid: 7, gid: 8 });
+        assert!(resolve_user("nobody", &facts).unwrap_err().contains("--chown"));
+    }
+}

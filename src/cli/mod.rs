@@ -1,0 +1,248 @@
+//! The command line: clap definitions and turning arguments into library calls. Nothing else.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use imgforge::build::{build, BuildOptions};
+use imgforge::image::manifest::Platform;
+use imgforge::image::reference::ImageRef;
+use imgforge::layers::{CompressOptions, Compression, Owner};
+use imgforge::store::default_cache_dir;
+
+mod render;
+
+#[derive(Parser)]
+#[command(name = "imgforge", version, about = "Build OCI images from source: no daemon, no root, reproducible.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Print nothing but results and errors.
+    #[arg(short, long, global = true)]
+    quiet: bool,
+    /// Say more about each step.
+    #[arg(short, long, global = true)]
+    verbose: bool,
+    /// Cache directory [default: $XDG_CACHE_HOME/imgforge or ~/.cache/imgforge].
+    #[arg(long, global = true, env = "IMGFORGE_CACHE_DIR", value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Build an image from an app directory on top of a base image.
+    Build(BuildArgs),
+    /// Print an image's digest, config and layers as JSON.
+    Inspect {
+        /// The image: oci:DIR[:TAG], oci-archive:FILE[:TAG] or docker-archive:FILE[:NAME[:TAG]].
+        #[arg(value_parser = parse_ref)]
+        image: ImageRef,
+        /// Platform to pick from a multi-platform image, e.g. linux/arm64.
+        #[arg(long, value_parser = Platform::parse)]
+        platform: Option<Platform>,
+    },
+}
+
+#[derive(Args)]
+struct BuildArgs {
+    /// The app's source directory.
+    #[arg(default_value = ".")]
+    app_dir: PathBuf,
+    /// Base image: scratch, oci:DIR[:TAG], oci-archive:FILE[:TAG] or docker-archive:FILE[:NAME[:TAG]].
+    #[arg(long, value_name = "IMAGE")]
+    base: String,
+    /// Destination (repeatable): oci:DIR[:TAG], oci-archive:FILE[:TAG], docker-archive:FILE[:NAME[:TAG]].
+    #[arg(short = 't', long = "tag", value_name = "DEST", required = true, value_parser = parse_ref)]
+    tags: Vec<ImageRef>,
+    /// Where the app goes in the image (also the working directory).
+    #[arg(long, default_value = "/workspace", value_name = "PATH")]
+    workdir: String,
+    /// Owner of the app's files [default: the base image's user].
+    #[arg(long, value_name = "UID[:GID]", value_parser = parse_owner)]
+    chown: Option<Owner>,
+    /// Set an environment variable in the image (repeatable); `K` alone copies it from here.
+    #[arg(short, long = "env", value_name = "K=V")]
+    env: Vec<String>,
+    /// Read K=V lines into the image environment (# comments and blank lines skipped).
+    #[arg(long, value_name = "FILE")]
+    env_file: Vec<PathBuf>,
+    /// The process that runs when the image runs without arguments [default: web, or the only one].
+    #[arg(long, value_name = "TYPE")]
+    default_process: Option<String>,
+    /// Layer compression.
+    #[arg(long, default_value = "gzip", value_parser = ["gzip", "zstd", "none"])]
+    compression: String,
+    /// Compression level [default: gzip 6, zstd 3].
+    #[arg(long, value_name = "N")]
+    compression_level: Option<i32>,
+    /// Compression threads: changes speed, never the bytes [default: all cores].
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    threads: usize,
+    /// Platform to pick from a multi-platform base, e.g. linux/arm64 [default: this machine's].
+    #[arg(long, value_parser = Platform::parse)]
+    platform: Option<Platform>,
+    /// Also write the manifest digest to this file.
+    #[arg(long, value_name = "FILE")]
+    digest_file: Option<PathBuf>,
+    /// Keep setuid, setgid and sticky bits of app files (dropped by default).
+    #[arg(long)]
+    keep_special_bits: bool,
+}
+
+fn parse_ref(s: &str) -> Result<ImageRef, String> {
+    s.parse::<ImageRef>().map_err(|e| e.to_string())
+}
+
+fn parse_owner(s: &str) -> Result<Owner, String> {
+    let num = |v: &str| v.parse::<u32>().map_err(|_| format!("{s:?}: expected numeric UID[:GID]"));
+    match s.split_once(':') {
+        Some((u, g)) => Ok(Owner { uid: num(u)?, gid: num(g)? }),
+        None => num(s).map(|uid| Owner { uid, gid: uid }),
+    }
+}
+
+fn valid_env_name(k: &str) -> bool {
+    let mut b = k.bytes();
+    matches!(b.next(), Some(c) if c.is_ascii_alphabetic() || c == b'_')
+        && b.all(|c| c.is_ascii_alphanumeric() || c == b'_')
+}
+
+/// `K=V`, or `K` taken from this process's environment (as `docker run -e K` does).
+fn parse_env_item(item: &str, from: &str) -> Result<Option<(String, String)>, String> {
+    let (k, v) = match item.split_once('=') {
+        Some((k, v)) => (k, Some(v.to_string())),
+        None => (item, None),
+    };
+    if !valid_env_name(k) {
+        return Err(format!("{from}: invalid variable name {k:?}"));
+    }
+    Ok(match v {
+        Some(v) => Some((k.to_string(), v)),
+        None => std::env::var(k).ok().map(|v| (k.to_string(), v)),
+    })
+}
+
+fn collect_env(a: &BuildArgs) -> Result<Vec<(String, String)>, String> {
+    let mut env = Vec::new();
+    for f in &a.env_file {
+        let text = std::fs::read_to_string(f).map_err(|e| format!("--env-file {}: {e}", f.display()))?;
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim_start();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            env.extend(parse_env_item(line, &format!("{} line {}", f.display(), i + 1))?);
+        }
+    }
+    for e in &a.env {
+        env.extend(parse_env_item(e, "--env")?);
+    }
+    Ok(env)
+}
+
+fn source_date_epoch() -> Result<Option<u64>, String> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) if !v.trim().is_empty() => v
+            .trim()
+            .parse::<u64>()
+            .map(Some)
+            .map_err(|_| format!("SOURCE_DATE_EPOCH={v:?} is not a whole number of seconds since 1970")),
+        _ => Ok(None),
+    }
+}
+
+fn usage_error(msg: &str) -> ExitCode {
+    eprintln!("error: {msg}\n\nFor more information, try '--help'.");
+    ExitCode::from(2)
+}
+
+fn fail(err: &anyhow::Error) -> ExitCode {
+    eprintln!("error: {err}");
+    for cause in err.chain().skip(1) {
+        eprintln!("  caused by: {cause}");
+    }
+    ExitCode::from(1)
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let cache_dir = match cli.cache_dir.clone().or_else(default_cache_dir) {
+        Some(d) => d,
+        None => return usage_error("no cache directory: set --cache-dir, IMGFORGE_CACHE_DIR or HOME"),
+    };
+    match cli.command {
+        Command::Inspect { image, platform } => {
+            match imgforge::inspect::inspect(&image, &platform.unwrap_or_else(Platform::host)) {
+                Ok(v) => {
+                    println!("{}", serde_json::to_string_pretty(&v).expect("json"));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(&anyhow::Error::new(e).context(format!("Failed to inspect {image}"))),
+            }
+        }
+        Command::Build(a) => {
+            let base = match a.base.parse::<ImageRef>() {
+                Ok(b) => b,
+                Err(e) => return usage_error(&format!("--base: {e}")),
+            };
+            let env = match collect_env(&a) {
+                Ok(e) => e,
+                Err(e) => return usage_error(&e),
+            };
+            let sde = match source_date_epoch() {
+                Ok(s) => s,
+                Err(e) => return usage_error(&e),
+            };
+            let compression: Compression = a.compression.parse().expect("clap checked the value");
+            let opts = BuildOptions {
+                app_dir: a.app_dir.clone(),
+                base,
+                base_name: a.base.clone(),
+                destinations: a.tags.clone(),
+                workdir: a.workdir.clone(),
+                chown: a.chown,
+                env,
+                default_process: a.default_process.clone(),
+                compress: CompressOptions { compression, level: a.compression_level, threads: a.threads },
+                platform: a.platform.clone(),
+                cache_dir,
+                source_date_epoch: sde,
+                keep_special_bits: a.keep_special_bits,
+            };
+            let reporter = render::for_stderr(cli.quiet, cli.verbose, std::io::stderr().is_terminal());
+            let result = build(&opts, reporter.as_ref());
+            drop(reporter);
+            match result {
+                Ok(r) => {
+                    if let Some(f) = &a.digest_file {
+                        if let Err(e) = std::fs::write(f, format!("{}\n", r.manifest_digest)) {
+                            return fail(&anyhow::anyhow!("Failed to write --digest-file {}: {e}", f.display()));
+                        }
+                    }
+                    let mut out = std::io::stdout().lock();
+                    if writeln!(out, "{}", r.manifest_digest).and_then(|_| out.flush()).is_err() {
+                        return ExitCode::from(1);
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(&anyhow::Error::new(e).context(format!("Failed to build {}", a.app_dir.display()))),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owners_and_env() {
+        assert_eq!(parse_owner("1000").unwrap(), Owner { uid: 1000, gid: 1000 });
+        assert_eq!(parse_owner("1:2").unwrap(), Owner { uid: 1, gid: 2 });
+        assert!(parse_owner("app").is_err());
+        assert_eq!(parse_env_item("A=b=c", "t").unwrap(), Some(("A".into(), "b=c".into())));
+        assert!(parse_env_item("1A=x", "t").is_err());
+        assert!(parse_env_item("A-B=x", "t").is_err());
+    }
+}

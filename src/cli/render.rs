@@ -1,0 +1,97 @@
+//! Draws reporter events on stderr: a progress line on a terminal, plain lines otherwise.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use imgforge::report::{Event, Reporter, Silent};
+use indicatif::{ProgressBar, ProgressStyle};
+
+pub fn for_stderr(quiet: bool, verbose: bool, tty: bool) -> Box<dyn Reporter> {
+    if quiet {
+        Box::new(Silent)
+    } else if tty {
+        Box::new(Terminal { verbose, bar: Mutex::new(None) })
+    } else {
+        Box::new(Plain { verbose })
+    }
+}
+
+fn mb(bytes: u64) -> String {
+    format!("{:.1} MB", bytes as f64 / 1e6)
+}
+
+/// The line an event is worth, or `None` (progress ticks, or details when not verbose).
+fn line(event: &Event<'_>, verbose: bool) -> Option<String> {
+    Some(match event {
+        Event::Step(s) => format!("{s}"),
+        Event::BaseResolved { reference, digest, layers } => match digest {
+            Some(d) => format!("Base {reference} ({d}, {layers} layers)"),
+            None => format!("Base {reference} (empty)"),
+        },
+        Event::LayerProgress { .. } => return None,
+        Event::LayerDone { name, digests, reused, why } => {
+            let how = if *reused { "reused" } else { "written" };
+            let why = why.map(|w| format!(" ({w})")).unwrap_or_default();
+            format!(
+                "Layer {name}: {how}{why} {} ({} → {} {})",
+                digests.digest,
+                mb(digests.tar_size),
+                mb(digests.size),
+                digests.compression.name()
+            )
+        }
+        Event::Destination { reference, written, present, bytes } => {
+            format!("Wrote {reference}: {written} blobs ({}), {present} already there", mb(*bytes))
+        }
+        Event::Warning(w) => format!("warning: {w}"),
+        Event::Detail(d) if verbose => d.clone(),
+        Event::Detail(_) => return None,
+    })
+}
+
+struct Plain {
+    verbose: bool,
+}
+
+impl Reporter for Plain {
+    fn report(&self, event: Event<'_>) {
+        if let Some(l) = line(&event, self.verbose) {
+            eprintln!("imgforge: {l}");
+        }
+    }
+}
+
+struct Terminal {
+    verbose: bool,
+    bar: Mutex<Option<ProgressBar>>,
+}
+
+impl Reporter for Terminal {
+    fn report(&self, event: Event<'_>) {
+        let mut bar = self.bar.lock().unwrap_or_else(|e| e.into_inner());
+        if let Event::LayerProgress { name, bytes } = event {
+            let b = bar.get_or_insert_with(|| {
+                let b = ProgressBar::new_spinner();
+                b.set_style(
+                    ProgressStyle::with_template("{spinner} {msg} {bytes} ({bytes_per_sec})").expect("valid template"),
+                );
+                b.enable_steady_tick(Duration::from_millis(120));
+                b
+            });
+            b.set_message(format!("layer {name}"));
+            b.set_position(bytes);
+            return;
+        }
+        if let Some(l) = line(&event, self.verbose) {
+            if let Event::LayerDone { .. } = event {
+                if let Some(b) = bar.take() {
+                    b.finish_and_clear();
+                }
+            }
+            match bar.as_ref() {
+                Some(b) => b.println(l),
+                None => eprintln!("{l}"),
+            }
+        }
+    }
+}

@@ -1,0 +1,310 @@
+//! Image references, spelled as skopeo users know them.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use imgforge_layers::Digest;
+
+/// Where an image comes from or goes to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ImageRef {
+    /// The empty image (input only).
+    Scratch,
+    /// `oci:DIR[:REF]`: an OCI image layout directory.
+    OciLayout { dir: PathBuf, tag: Option<String> },
+    /// `oci-archive:FILE[:REF]`: a tar of an OCI image layout.
+    OciArchive { file: PathBuf, tag: Option<String> },
+    /// `docker-archive:FILE[:NAME[:TAG]]`: the `docker save` format.
+    DockerArchive { file: PathBuf, name: Option<DockerName> },
+    /// `docker://NAME` or a bare `registry/name:tag`.
+    Registry(DockerName),
+}
+
+/// A Docker-style name: `[registry/]repository[:tag][@digest]`, normalised with Docker's rules.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DockerName {
+    pub registry: String,
+    pub repository: String,
+    pub tag: Option<String>,
+    pub digest: Option<Digest>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ReferenceError {
+    #[error("invalid image reference {reference:?}: {why}")]
+    Invalid { reference: String, why: String },
+}
+
+fn invalid(reference: &str, why: impl Into<String>) -> ReferenceError {
+    ReferenceError::Invalid { reference: reference.chars().take(200).collect(), why: why.into() }
+}
+
+/// The default tag where a reference names none (Docker's rule, applied to OCI layouts too).
+pub const DEFAULT_TAG: &str = "latest";
+
+impl ImageRef {
+    /// The tag used when writing to this reference (`latest` where none was given).
+    pub fn tag_or_default(&self) -> &str {
+        match self {
+            ImageRef::OciLayout { tag, .. } | ImageRef::OciArchive { tag, .. } => tag.as_deref().unwrap_or(DEFAULT_TAG),
+            ImageRef::DockerArchive { name: Some(n), .. } | ImageRef::Registry(n) => {
+                n.tag.as_deref().unwrap_or(DEFAULT_TAG)
+            }
+            _ => DEFAULT_TAG,
+        }
+    }
+}
+
+impl FromStr for ImageRef {
+    type Err = ReferenceError;
+
+    fn from_str(s: &str) -> Result<Self, ReferenceError> {
+        if s == "scratch" {
+            return Ok(ImageRef::Scratch);
+        }
+        if let Some((transport, rest)) = s.split_once(':') {
+            match transport {
+                "oci" | "oci-archive" => {
+                    // containers/image splits at the first ':' after the transport: the path
+                    // may not contain ':'.
+                    let (path, tag) = match rest.split_once(':') {
+                        Some((p, t)) => (p, Some(t)),
+                        None => (rest, None),
+                    };
+                    if path.is_empty() {
+                        return Err(invalid(s, "the path is empty"));
+                    }
+                    if let Some(t) = tag {
+                        validate_oci_ref_name(t).map_err(|why| invalid(s, why))?;
+                    }
+                    let tag = tag.map(str::to_string);
+                    return Ok(if transport == "oci" {
+                        ImageRef::OciLayout { dir: path.into(), tag }
+                    } else {
+                        ImageRef::OciArchive { file: path.into(), tag }
+                    });
+                }
+                "docker-archive" => {
+                    let (path, name) = match rest.split_once(':') {
+                        Some((p, n)) => (p, Some(n)),
+                        None => (rest, None),
+                    };
+                    if path.is_empty() {
+                        return Err(invalid(s, "the path is empty"));
+                    }
+                    let name = match name {
+                        Some(n) => {
+                            let n = DockerName::parse(n).map_err(|why| invalid(s, why))?;
+                            if n.digest.is_some() {
+                                return Err(invalid(s, "a docker-archive name cannot carry a digest"));
+                            }
+                            Some(n)
+                        }
+                        None => None,
+                    };
+                    return Ok(ImageRef::DockerArchive { file: path.into(), name });
+                }
+                "docker" => {
+                    let name = rest
+                        .strip_prefix("//")
+                        .ok_or_else(|| invalid(s, "the docker transport is written docker://NAME"))?;
+                    return DockerName::parse(name).map(ImageRef::Registry).map_err(|why| invalid(s, why));
+                }
+                "containers-storage" | "docker-daemon" | "dir" | "ostree" | "sif" => {
+                    return Err(invalid(
+                        s,
+                        format!(
+                            "the {transport}: transport is not supported; use oci:, oci-archive:, docker-archive: or docker://"
+                        ),
+                    ));
+                }
+                _ => {}
+            }
+        }
+        // A bare name: a registry reference, unless it looks like a path.
+        if s.starts_with('/') || s.starts_with('.') {
+            return Err(invalid(
+                s,
+                "this looks like a path; name a transport, e.g. oci:PATH[:TAG], oci-archive:PATH or docker-archive:PATH",
+            ));
+        }
+        DockerName::parse(s).map(ImageRef::Registry).map_err(|why| invalid(s, why))
+    }
+}
+
+impl fmt::Display for ImageRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ImageRef::Scratch => write!(f, "scratch"),
+            ImageRef::OciLayout { dir, tag } => {
+                write!(f, "oci:{}", dir.display())?;
+                tag.as_ref().map_or(Ok(()), |t| write!(f, ":{t}"))
+            }
+            ImageRef::OciArchive { file, tag } => {
+                write!(f, "oci-archive:{}", file.display())?;
+                tag.as_ref().map_or(Ok(()), |t| write!(f, ":{t}"))
+            }
+            ImageRef::DockerArchive { file, name } => {
+                write!(f, "docker-archive:{}", file.display())?;
+                name.as_ref().map_or(Ok(()), |n| write!(f, ":{}", n.familiar()))
+            }
+            ImageRef::Registry(n) => write!(f, "docker://{n}"),
+        }
+    }
+}
+
+/// OCI `org.opencontainers.image.ref.name` grammar, restricted to what is safe and useful.
+fn validate_oci_ref_name(t: &str) -> Result<(), String> {
+    let ok =
+        !t.is_empty() && t.len() <= 255 && t.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._:@/+=".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("invalid tag {t:?}: use letters, digits and - . _ : @ / + ="))
+    }
+}
+
+impl DockerName {
+    /// Parses with Docker's defaulting rules: no registry → docker.io; a single-component
+    /// name on docker.io → `library/NAME`. The tag stays `None` when not given.
+    pub fn parse(s: &str) -> Result<DockerName, String> {
+        if s.is_empty() {
+            return Err("the name is empty".into());
+        }
+        let (rest, digest) = match s.split_once('@') {
+            Some((r, d)) => (r, Some(d.parse::<Digest>().map_err(|e| e.to_string())?)),
+            None => (s, None),
+        };
+        // The tag is after the last ':' that comes after the last '/'.
+        let last_slash = rest.rfind('/').map_or(0, |i| i + 1);
+        let (name, tag) = match rest[last_slash..].rfind(':') {
+            Some(i) => (&rest[..last_slash + i], Some(&rest[last_slash + i + 1..])),
+            None => (rest, None),
+        };
+        if let Some(t) = tag {
+            let valid = !t.is_empty()
+                && t.len() <= 128
+                && t.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+                && !t.starts_with(['.', '-']);
+            if !valid {
+                return Err(format!("invalid tag {t:?}"));
+            }
+        }
+        let (registry, repository) = match name.split_once('/') {
+            Some((first, rest)) if first.contains('.') || first.contains(':') || first == "localhost" => {
+                (first.to_string(), rest.to_string())
+            }
+            _ => ("docker.io".to_string(), name.to_string()),
+        };
+        let repository = if registry == "docker.io" && !repository.contains('/') {
+            format!("library/{repository}")
+        } else {
+            repository
+        };
+        let component_ok = |c: &str| {
+            !c.is_empty()
+                && c.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+                && c.as_bytes()[0].is_ascii_alphanumeric()
+                && c.as_bytes()[c.len() - 1].is_ascii_alphanumeric()
+        };
+        if repository.is_empty() || !repository.split('/').all(component_ok) {
+            return Err(format!(
+                "invalid repository name {repository:?}: use lowercase letters, digits and . _ - separated by /"
+            ));
+        }
+        if registry.is_empty() || !registry.bytes().all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b)) {
+            return Err(format!("invalid registry {registry:?}"));
+        }
+        Ok(DockerName { registry, repository, tag: tag.map(str::to_string), digest })
+    }
+
+    /// `name:tag` as `docker save` writes it in RepoTags (familiar form, tag defaulted).
+    pub fn familiar(&self) -> String {
+        let repo = if self.registry == "docker.io" {
+            self.repository.strip_prefix("library/").unwrap_or(&self.repository).to_string()
+        } else {
+            format!("{}/{}", self.registry, self.repository)
+        };
+        format!("{repo}:{}", self.tag.as_deref().unwrap_or(DEFAULT_TAG))
+    }
+}
+
+impl fmt::Display for DockerName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.registry, self.repository)?;
+        if let Some(t) = &self.tag {
+            write!(f, ":{t}")?;
+        }
+        if let Some(d) = &self.digest {
+            write!(f, "@{d}")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> ImageRef {
+        s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
+    }
+
+    #[test]
+    fn transports() {
+        assert_eq!(p("scratch"), ImageRef::Scratch);
+        assert_eq!(p("oci:/tmp/x:v1"), ImageRef::OciLayout { dir: "/tmp/x".into(), tag: Some("v1".into()) });
+        assert_eq!(p("oci:rel/dir"), ImageRef::OciLayout { dir: "rel/dir".into(), tag: None });
+        assert_eq!(p("oci-archive:/a.tar"), ImageRef::OciArchive { file: "/a.tar".into(), tag: None });
+        match p("docker-archive:/a.tar:myapp:1") {
+            ImageRef::DockerArchive { file, name: Some(n) } => {
+                assert_eq!(file, PathBuf::from("/a.tar"));
+                assert_eq!(n.familiar(), "myapp:1");
+            }
+            other => panic!("{other:?}"),
+        }
+        match p("docker-archive:/a.tar:reg.example:5000/team/app") {
+            ImageRef::DockerArchive { name: Some(n), .. } => {
+                assert_eq!(n.familiar(), "reg.example:5000/team/app:latest")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn docker_defaults() {
+        let ImageRef::Registry(n) = p("busybox") else { panic!() };
+        assert_eq!(
+            (n.registry.as_str(), n.repository.as_str(), n.tag.as_deref()),
+            ("docker.io", "library/busybox", None)
+        );
+        let ImageRef::Registry(n) = p("docker://localhost:5000/app:1.2") else { panic!() };
+        assert_eq!(
+            (n.registry.as_str(), n.repository.as_str(), n.tag.as_deref()),
+            ("localhost:5000", "app", Some("1.2"))
+        );
+        let d = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+        let ImageRef::Registry(n) = p(&format!("quay.io/org/app@{d}")) else { panic!() };
+        assert_eq!(n.digest.unwrap().to_string(), d);
+        assert_eq!(n.to_string(), format!("quay.io/org/app@{d}"));
+    }
+
+    #[test]
+    fn rejects_bad_references() {
+        for bad in [
+            "oci:",
+            "oci:/x:bad tag",
+            "docker:busybox",
+            "UPPER/case",
+            "/abs/path",
+            "./rel",
+            "app:",
+            "app@sha256:1234",
+            "containers-storage:x",
+            "docker-archive:/a.tar:x@sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+        ] {
+            assert!(bad.parse::<ImageRef>().is_err(), "{bad} should be rejected");
+        }
+    }
+}

@@ -1,0 +1,27 @@
+//! `imgforge inspect`: an image's manifest and config, as JSON for scripts.
+
+use serde_json::{json, Value};
+
+use crate::image::manifest::Platform;
+use crate::image::reference::ImageRef;
+use crate::transport::{Source, TransportError};
+
+pub fn inspect(r: &ImageRef, platform: &Platform) -> Result<Value, TransportError> {
+    let source = Source::open(r)?;
+    let base = source.resolve(platform)?;
+    let layers: Vec<Value> = base
+        .layers
+        .iter()
+        .map(|l| {
+            let mut d = l.descriptor.to_json();
+            d["diffID"] = l.diff_id.to_string().into();
+            d
+        })
+        .collect();
+    Ok(json!({
+        "reference": base.reference,
+        "digest": base.manifest_digest.map(|d| d.to_string()),
+        "config": base.config.map(|c| Value::Object(c.raw)),
+        "layers": layers,
+    }))
+}

@@ -1,0 +1,33 @@
+//! Progress and diagnostics leave the library only through a [`Reporter`]; the CLI decides
+//! how (or whether) to draw them. The library never prints.
+
+use imgforge_layers::LayerDigests;
+
+#[derive(Debug)]
+pub enum Event<'a> {
+    /// A step of the pipeline begins.
+    Step(&'a str),
+    /// The base image is known.
+    BaseResolved { reference: &'a str, digest: Option<String>, layers: usize },
+    /// A layer is being written; `bytes` is how much of its input was read so far.
+    LayerProgress { name: &'a str, bytes: u64 },
+    /// A layer is done: written now, or reused.
+    LayerDone { name: &'a str, digests: &'a LayerDigests, reused: bool, why: Option<&'a str> },
+    /// Written to a destination.
+    Destination { reference: &'a str, written: usize, present: usize, bytes: u64 },
+    /// Something the user should know; the build goes on.
+    Warning(String),
+    /// Detail shown with -v.
+    Detail(String),
+}
+
+pub trait Reporter: Send + Sync {
+    fn report(&self, event: Event<'_>);
+}
+
+/// Reports nothing.
+pub struct Silent;
+
+impl Reporter for Silent {
+    fn report(&self, _: Event<'_>) {}
+}

@@ -1,0 +1,273 @@
+//! The content-addressed store: blobs named by digest, written atomically, verified on read.
+//!
+//! Layout of the cache directory (versioned buckets, as uv does):
+//! ```text
+//! blobs/sha256/<hex>   blob bytes; present only once complete and verified
+//! tmp/                 temp files, same filesystem as blobs/ so rename is atomic
+//! lock                 shared by builds, exclusive for maintenance
+//! ```
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+use imgforge_layers::{Digest, HashingReader, HashingWriter};
+use tempfile::NamedTempFile;
+
+mod verify;
+pub use verify::VerifiedReader;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cache directory {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("blob {expected} does not match its digest: got {actual} ({size} bytes) from {from}")]
+    Mismatch { expected: Digest, actual: Digest, size: u64, from: String },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io { path: path.to_path_buf(), source }
+}
+
+/// Where the cache lives: `--cache-dir`, then `$IMGFORGE_CACHE_DIR`, then
+/// `$XDG_CACHE_HOME/imgforge`, then `~/.cache/imgforge`.
+pub fn default_cache_dir() -> Option<PathBuf> {
+    let non_empty = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    non_empty("IMGFORGE_CACHE_DIR")
+        .or_else(|| non_empty("XDG_CACHE_HOME").map(|d| d.join("imgforge")))
+        .or_else(|| non_empty("HOME").map(|h| h.join(".cache").join("imgforge")))
+}
+
+pub struct BlobStore {
+    root: PathBuf,
+    blobs: PathBuf,
+    tmp: PathBuf,
+}
+
+/// A blob being written: a temp file in the store that becomes `blobs/sha256/<digest>` on commit.
+pub struct PendingBlob {
+    file: NamedTempFile,
+}
+
+/// Holds a lock on the store until dropped.
+pub struct StoreLock {
+    _file: File,
+}
+
+impl BlobStore {
+    pub fn open(root: &Path) -> Result<BlobStore, StoreError> {
+        let blobs = root.join("blobs").join("sha256");
+        let tmp = root.join("tmp");
+        for d in [&blobs, &tmp] {
+            fs::create_dir_all(d).map_err(io_err(d))?;
+        }
+        Ok(BlobStore { root: root.to_path_buf(), blobs, tmp })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// A subdirectory of the cache for other kinds of entries (created if absent).
+    pub fn bucket(&self, name: &str) -> Result<PathBuf, StoreError> {
+        let d = self.root.join(name);
+        fs::create_dir_all(&d).map_err(io_err(&d))?;
+        Ok(d)
+    }
+
+    pub fn tmp_dir(&self) -> &Path {
+        &self.tmp
+    }
+
+    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
+        self.blobs.join(digest.hex())
+    }
+
+    pub fn contains(&self, digest: &Digest) -> bool {
+        self.blob_path(digest).is_file()
+    }
+
+    /// Shared lock: many builds at once. Exclusive: nobody else (cache maintenance).
+    pub fn lock(&self, exclusive: bool) -> Result<StoreLock, StoreError> {
+        let path = self.root.join("lock");
+        let file = OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(io_err(&path))?;
+        if exclusive { file.lock() } else { file.lock_shared() }.map_err(io_err(&path))?;
+        Ok(StoreLock { _file: file })
+    }
+
+    /// A temp file to stream a new blob into; `commit` it once its digest is known.
+    pub fn pending(&self) -> Result<PendingBlob, StoreError> {
+        let file = tempfile::Builder::new().prefix("blob-").tempfile_in(&self.tmp).map_err(io_err(&self.tmp))?;
+        Ok(PendingBlob { file })
+    }
+
+    /// Moves a finished temp file into place under `digest`: fsync, rename, fsync the dir.
+    /// The caller vouches that `digest` is the hash of what it wrote (it hashed the stream).
+    pub fn commit(&self, pending: PendingBlob, digest: &Digest) -> Result<PathBuf, StoreError> {
+        let dest = self.blob_path(digest);
+        pending.file.as_file().sync_all().map_err(io_err(pending.file.path()))?;
+        if dest.exists() {
+            // Another writer got there first with the same bytes; ours is dropped.
+            return Ok(dest);
+        }
+        set_read_only(pending.file.as_file());
+        pending.file.persist(&dest).map_err(|e| StoreError::Io { path: dest.clone(), source: e.error })?;
+        sync_dir(&self.blobs).map_err(io_err(&self.blobs))?;
+        Ok(dest)
+    }
+
+    /// Streams `reader` into the store, refusing it unless it hashes to `expected` (and has
+    /// `size` bytes, when given). Nothing unverified ever gets a blob name.
+    pub fn put_verified(
+        &self,
+        reader: &mut dyn Read,
+        expected: &Digest,
+        size: Option<u64>,
+        from: &str,
+    ) -> Result<PathBuf, StoreError> {
+        if self.contains(expected) {
+            return Ok(self.blob_path(expected));
+        }
+        let mut pending = self.pending()?;
+        let mut w = HashingWriter::new(BufWriter::new(pending.file.as_file_mut()));
+        let limit = size.map_or(u64::MAX, |s| s + 1);
+        io::copy(&mut reader.take(limit), &mut w)
+            .map_err(|e| StoreError::Io { path: PathBuf::from(from), source: e })?;
+        let (mut bw, hash, n) = w.finish();
+        bw.flush().map_err(io_err(&self.tmp))?;
+        drop(bw);
+        let actual = Digest(hash);
+        if actual != *expected || size.is_some_and(|s| s != n) {
+            return Err(StoreError::Mismatch { expected: *expected, actual, size: n, from: from.to_string() });
+        }
+        self.commit(pending, expected)
+    }
+
+    /// Stores bytes already in memory (configs, manifests) and returns their digest.
+    pub fn put_bytes(&self, bytes: &[u8]) -> Result<Digest, StoreError> {
+        let digest = Digest::of(bytes);
+        if !self.contains(&digest) {
+            let mut pending = self.pending()?;
+            pending.file.write_all(bytes).map_err(io_err(&self.tmp))?;
+            self.commit(pending, &digest)?;
+        }
+        Ok(digest)
+    }
+
+    /// Opens a blob for reading; the reader fails at EOF if the bytes do not match.
+    pub fn open_blob(&self, digest: &Digest, size: Option<u64>) -> Result<VerifiedReader<File>, StoreError> {
+        let path = self.blob_path(digest);
+        let f = File::open(&path).map_err(io_err(&path))?;
+        Ok(VerifiedReader::new(f, *digest, size, path.display().to_string()))
+    }
+
+    /// Reads a whole small blob, verified, refusing more than `max` bytes.
+    pub fn read_small(&self, digest: &Digest, max: u64) -> Result<Vec<u8>, StoreError> {
+        let path = self.blob_path(digest);
+        let f = File::open(&path).map_err(io_err(&path))?;
+        let mut buf = Vec::new();
+        HashingReader::new(f).take(max + 1).read_to_end(&mut buf).map_err(io_err(&path))?;
+        let actual = Digest::of(&buf);
+        if actual != *digest {
+            return Err(StoreError::Mismatch {
+                expected: *digest,
+                actual,
+                size: buf.len() as u64,
+                from: path.display().to_string(),
+            });
+        }
+        Ok(buf)
+    }
+}
+
+impl PendingBlob {
+    pub fn file(&mut self) -> &mut File {
+        self.file.as_file_mut()
+    }
+
+    pub fn try_clone_file(&self) -> io::Result<File> {
+        self.file.as_file().try_clone()
+    }
+}
+
+fn set_read_only(f: &File) {
+    use std::os::unix::fs::PermissionsExt;
+    let _ = f.set_permissions(fs::Permissions::from_mode(0o444));
+}
+
+/// fsync a directory so a rename in it survives a crash.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Writes `bytes` to `dest` atomically: temp file in the same directory, fsync, rename, fsync dir.
+pub fn write_atomic(dest: &Path, bytes: &[u8]) -> io::Result<()> {
+    let dir = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let mut tmp = tempfile::Builder::new().prefix(".imgforge-").tempfile_in(dir)?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        tmp.as_file().set_permissions(fs::Permissions::from_mode(0o644))?;
+    }
+    tmp.persist(dest).map_err(|e| e.error)?;
+    sync_dir(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn put_and_open_verify() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let d = store.put_bytes(b"hello").unwrap();
+        assert_eq!(d, Digest::of(b"hello"));
+        assert!(store.contains(&d));
+        let mut s = String::new();
+        store.open_blob(&d, Some(5)).unwrap().read_to_string(&mut s).unwrap();
+        assert_eq!(s, "hello");
+
+        // A blob corrupted on disk is refused when read.
+        let p = store.blob_path(&d);
+        fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+        fs::write(&p, b"jello").unwrap();
+        let err = store.open_blob(&d, Some(5)).unwrap().read_to_end(&mut Vec::new()).unwrap_err();
+        assert!(err.to_string().contains("does not match"), "{err}");
+        assert!(store.read_small(&d, 100).is_err());
+    }
+
+    #[test]
+    fn put_verified_refuses_wrong_bytes_and_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let want = Digest::of(b"expected");
+        let err = store.put_verified(&mut &b"tampered"[..], &want, Some(8), "test source").unwrap_err();
+        assert!(matches!(err, StoreError::Mismatch { .. }), "{err}");
+        assert!(!store.contains(&want));
+        assert_eq!(fs::read_dir(store.tmp_dir()).unwrap().count(), 0, "temp file left behind");
+        // Size is checked too.
+        let err = store.put_verified(&mut &b"expected!"[..], &want, Some(8), "src").unwrap_err();
+        assert!(matches!(err, StoreError::Mismatch { .. }));
+        store.put_verified(&mut &b"expected"[..], &want, Some(8), "src").unwrap();
+        assert!(store.contains(&want));
+    }
+
+    #[test]
+    fn concurrent_writers_of_one_blob() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = vec![7u8; 1 << 20];
+        let want = Digest::of(&data);
+        std::thread::scope(|s| {
+            for _ in 0..8 {
+                s.spawn(|| {
+                    let store = BlobStore::open(dir.path()).unwrap();
+                    store.put_verified(&mut &data[..], &want, Some(data.len() as u64), "t").unwrap();
+                });
+            }
+        });
+        let store = BlobStore::open(dir.path()).unwrap();
+        assert_eq!(store.read_small(&want, 2 << 20).unwrap(), data);
+    }
+}

@@ -1,0 +1,99 @@
+//! What the OCI image layout forms (directory and archive) share: picking a tag from
+//! `index.json`, and writing `index.json`.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+
+use imgforge_layers::Digest;
+use serde_json::{json, Value};
+
+use super::{base_from_manifest, follow_to_manifest, read_small_verified, BaseImage, NewImage, TransportError};
+use crate::image::manifest::{self, media, parse_document, Descriptor, Document, Index, Platform};
+
+pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
+
+/// What a destination write did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WriteSummary {
+    pub blobs_written: usize,
+    pub blobs_present: usize,
+    pub bytes_written: u64,
+}
+
+pub(crate) trait LayoutRead {
+    fn read_index(&self) -> Result<Vec<u8>, TransportError>;
+    fn open_blob(&self, d: &Digest) -> Result<Box<dyn Read + Send + '_>, TransportError>;
+    fn describe(&self) -> String;
+}
+
+pub(crate) fn parse_index(bytes: &[u8], what: &str) -> Result<Index, TransportError> {
+    match parse_document(bytes, None, what)? {
+        Document::Index(i) => Ok(i),
+        Document::Manifest(_) => Err(manifest::format_error(what, "index.json holds a manifest, not an index").into()),
+    }
+}
+
+fn tag_of(d: &Descriptor) -> Option<&str> {
+    d.annotations.get(REF_NAME).map(String::as_str)
+}
+
+pub(crate) fn resolve(
+    src: &impl LayoutRead,
+    tag: Option<&str>,
+    platform: &Platform,
+) -> Result<BaseImage, TransportError> {
+    let reference = match tag {
+        Some(t) => format!("{}:{t}", src.describe()),
+        None => src.describe(),
+    };
+    let index = parse_index(&src.read_index()?, &format!("{}/index.json", src.describe()))?;
+    let tags: Vec<&str> = index.manifests.iter().filter_map(tag_of).collect();
+    let candidates: Vec<Descriptor> = match tag {
+        Some(t) => index.manifests.iter().filter(|d| tag_of(d) == Some(t)).cloned().collect(),
+        None if index.manifests.len() == 1 => index.manifests.clone(),
+        None => index
+            .manifests
+            .iter()
+            .filter(|d| tag_of(d) == Some(super::super::image::reference::DEFAULT_TAG))
+            .cloned()
+            .collect(),
+    };
+    if candidates.is_empty() {
+        let have = if tags.is_empty() { "no tags".to_string() } else { format!("tags: {}", tags.join(", ")) };
+        return Err(TransportError::NotFound(match tag {
+            Some(t) => format!("{}: no image tagged {t:?} ({have})", src.describe()),
+            None => format!(
+                "{}: several images and none tagged latest ({have}); name one as {}:TAG",
+                src.describe(),
+                src.describe()
+            ),
+        }));
+    }
+    let desc =
+        Index { media_type: media::OCI_INDEX.into(), manifests: candidates }.select(platform, &reference)?.clone();
+    let fetch = |d: &Descriptor, max: u64, what: &str| read_small_verified(src.open_blob(&d.digest)?, d, max, what);
+    let (digest, doc) = follow_to_manifest(&fetch, desc, platform, &reference)?;
+    let Document::Manifest(m) = &doc else { unreachable!("follow_to_manifest returns manifests") };
+    let config_bytes =
+        fetch(&m.config, manifest::MAX_CONFIG_BYTES, &format!("{reference}: config {}", m.config.digest))?;
+    base_from_manifest(reference, digest, doc, &config_bytes)
+}
+
+/// The descriptor of a new image's manifest, tagged.
+pub(crate) fn manifest_descriptor(image: &NewImage, tag: &str) -> Descriptor {
+    let mut d = Descriptor::new(media::OCI_MANIFEST, image.manifest_digest, image.manifest.len() as u64);
+    d.annotations = BTreeMap::from([(REF_NAME.to_string(), tag.to_string())]);
+    d
+}
+
+/// `index.json` bytes for the given manifests (deterministic: sorted keys, given order).
+pub(crate) fn index_json(manifests: &[Descriptor]) -> Vec<u8> {
+    let v: Value = json!({
+        "schemaVersion": 2,
+        "mediaType": media::OCI_INDEX,
+        "manifests": manifests.iter().map(Descriptor::to_json).collect::<Vec<_>>(),
+    });
+    serde_json::to_vec(&v).expect("json values serialize")
+}
+
+pub(crate) const OCI_LAYOUT_FILE: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;

@@ -1,0 +1,274 @@
+//! Transports: where images are read from and written to.
+//!
+//! Reading resolves a reference to a [`BaseImage`] (manifest and config only: layers stay
+//! lazy, opened only when a destination lacks them). Writing takes a finished [`NewImage`]
+//! and a [`Blobs`] provider and copies only what the destination does not have.
+
+use std::io::{self, Read};
+
+use layout::LayoutRead;
+use std::path::{Path, PathBuf};
+
+use imgforge_layers::{Compression, DiffId, Digest};
+
+use crate::image::manifest::{
+    self, parse_config, parse_document, Descriptor, Document, FormatError, ImageConfig, Platform,
+};
+use crate::image::reference::ImageRef;
+use crate::store::{StoreError, VerifiedReader};
+
+mod docker_archive;
+mod layout;
+mod oci_archive;
+mod oci_dir;
+mod tar_index;
+
+pub use docker_archive::DockerArchiveSource;
+pub use layout::WriteSummary;
+pub use oci_archive::OciArchiveSource;
+pub use oci_dir::OciDirSource;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error(transparent)]
+    Format(#[from] FormatError),
+    #[error("{what}: {source}")]
+    Io { what: String, source: io::Error },
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Unsupported(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+pub fn io_error(what: impl std::fmt::Display) -> impl FnOnce(io::Error) -> TransportError {
+    let what = what.to_string();
+    move |source| TransportError::Io { what, source }
+}
+
+/// One layer of a base image: its descriptor as the source gives it, and its diff_id.
+#[derive(Clone, Debug)]
+pub struct BaseLayer {
+    pub descriptor: Descriptor,
+    pub diff_id: DiffId,
+}
+
+/// A resolved image: the manifest's digest, its config and its (lazy) layers.
+#[derive(Clone, Debug)]
+pub struct BaseImage {
+    pub reference: String,
+    /// `None` for scratch.
+    pub manifest_digest: Option<Digest>,
+    pub config: Option<ImageConfig>,
+    pub layers: Vec<BaseLayer>,
+}
+
+impl BaseImage {
+    pub fn scratch() -> BaseImage {
+        BaseImage { reference: "scratch".into(), manifest_digest: None, config: None, layers: Vec::new() }
+    }
+}
+
+/// A finished image, ready to be written anywhere.
+#[derive(Clone, Debug)]
+pub struct NewImage {
+    pub manifest: Vec<u8>,
+    pub manifest_digest: Digest,
+    pub config: Vec<u8>,
+    pub config_digest: Digest,
+    pub layers: Vec<BaseLayer>,
+}
+
+/// Gives destinations the bytes of blobs they lack.
+pub trait Blobs: Sync {
+    /// Raw blob bytes, verified against the descriptor as they are read.
+    fn open(&self, d: &Descriptor) -> Result<Box<dyn Read + Send + '_>, TransportError>;
+    /// A local file holding exactly this blob, if there is one (to hard-link instead of copy).
+    fn local_path(&self, d: &Digest) -> Option<PathBuf>;
+}
+
+/// An opened image source.
+pub enum Source {
+    Scratch,
+    OciDir(OciDirSource),
+    OciArchive(OciArchiveSource),
+    DockerArchive(DockerArchiveSource),
+}
+
+impl Source {
+    pub fn open(r: &ImageRef) -> Result<Source, TransportError> {
+        Ok(match r {
+            ImageRef::Scratch => Source::Scratch,
+            ImageRef::OciLayout { dir, tag } => Source::OciDir(OciDirSource::open(dir, tag.clone())?),
+            ImageRef::OciArchive { file, tag } => Source::OciArchive(OciArchiveSource::open(file, tag.clone())?),
+            ImageRef::DockerArchive { file, name } => {
+                Source::DockerArchive(DockerArchiveSource::open(file, name.clone())?)
+            }
+            ImageRef::Registry(n) => {
+                return Err(TransportError::Unsupported(format!(
+                    "registry images (docker://{n}) are not supported yet; use an oci:, oci-archive: or docker-archive: image (e.g. made with `skopeo copy docker://{n} oci:DIR:TAG`)"
+                )))
+            }
+        })
+    }
+
+    pub fn resolve(&self, platform: &Platform) -> Result<BaseImage, TransportError> {
+        match self {
+            Source::Scratch => Ok(BaseImage::scratch()),
+            Source::OciDir(s) => layout::resolve(s, s.tag(), platform),
+            Source::OciArchive(s) => layout::resolve(s, s.tag(), platform),
+            Source::DockerArchive(s) => s.resolve(),
+        }
+    }
+
+    /// Raw, unverified bytes of a blob (callers wrap them in a [`VerifiedReader`]).
+    pub fn open_raw(&self, d: &Digest) -> Result<Box<dyn Read + Send + '_>, TransportError> {
+        match self {
+            Source::Scratch => Err(TransportError::NotFound(format!("blob {d}: scratch has no blobs"))),
+            Source::OciDir(s) => s.open_blob(d),
+            Source::OciArchive(s) => s.open_blob(d),
+            Source::DockerArchive(s) => s.open_blob(d),
+        }
+    }
+
+    pub fn open_verified(&self, d: &Descriptor) -> Result<Box<dyn Read + Send + '_>, TransportError> {
+        let raw = self.open_raw(&d.digest)?;
+        Ok(Box::new(VerifiedReader::new(raw, d.digest, Some(d.size), self.describe())))
+    }
+
+    pub fn local_path(&self, d: &Digest) -> Option<PathBuf> {
+        match self {
+            Source::OciDir(s) => s.blob_path(d),
+            _ => None,
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Source::Scratch => "scratch".into(),
+            Source::OciDir(s) => format!("oci:{}", s.dir().display()),
+            Source::OciArchive(s) => format!("oci-archive:{}", s.path().display()),
+            Source::DockerArchive(s) => format!("docker-archive:{}", s.path().display()),
+        }
+    }
+}
+
+/// Writes `image` to `dest`, copying only the blobs it lacks.
+pub fn write(dest: &ImageRef, image: &NewImage, blobs: &dyn Blobs) -> Result<WriteSummary, TransportError> {
+    match dest {
+        ImageRef::OciLayout { dir, .. } => oci_dir::write(dir, dest.tag_or_default(), image, blobs),
+        ImageRef::OciArchive { file, .. } => oci_archive::write(file, dest.tag_or_default(), image, blobs),
+        ImageRef::DockerArchive { file, name } => docker_archive::write(file, name.as_ref(), image, blobs),
+        ImageRef::Scratch => Err(TransportError::Unsupported("scratch cannot be a destination".into())),
+        ImageRef::Registry(n) => Err(TransportError::Unsupported(format!(
+            "pushing to registries (docker://{n}) is not supported yet; write oci:, oci-archive: or docker-archive: and push with skopeo"
+        ))),
+    }
+}
+
+/// Checks a destination reference before any work is done, so a typo fails fast.
+pub fn check_destination(dest: &ImageRef) -> Result<(), TransportError> {
+    let parent_ok = |p: &Path| {
+        let parent = p.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        if parent.is_dir() {
+            Ok(())
+        } else {
+            Err(TransportError::NotFound(format!("{dest}: directory {} does not exist", parent.display())))
+        }
+    };
+    match dest {
+        ImageRef::OciLayout { dir, .. } => parent_ok(dir),
+        ImageRef::OciArchive { file, .. } | ImageRef::DockerArchive { file, .. } => parent_ok(file),
+        ImageRef::Scratch | ImageRef::Registry(_) => write_unsupported(dest),
+    }
+}
+
+fn write_unsupported(dest: &ImageRef) -> Result<(), TransportError> {
+    match dest {
+        ImageRef::Registry(n) => Err(TransportError::Unsupported(format!(
+            "pushing to registries (docker://{n}) is not supported yet; write oci:, oci-archive: or docker-archive: and push with skopeo"
+        ))),
+        _ => Err(TransportError::Unsupported(format!("{dest} cannot be a destination"))),
+    }
+}
+
+/// Reads a small blob (manifest, config) whole: size-capped and verified before parsing.
+pub(crate) fn read_small_verified(
+    mut r: impl Read,
+    d: &Descriptor,
+    max: u64,
+    what: &str,
+) -> Result<Vec<u8>, TransportError> {
+    if d.size > max {
+        return Err(
+            manifest::format_error(what, format!("descriptor size {} exceeds the {max}-byte limit", d.size)).into()
+        );
+    }
+    let mut buf = Vec::with_capacity(d.size as usize);
+    (&mut r).take(d.size + 1).read_to_end(&mut buf).map_err(io_error(what))?;
+    if buf.len() as u64 != d.size {
+        return Err(
+            manifest::format_error(what, format!("{} bytes, but its descriptor says {}", buf.len(), d.size)).into()
+        );
+    }
+    let actual = Digest::of(&buf);
+    if actual != d.digest {
+        return Err(manifest::format_error(
+            what,
+            format!("content hashes to {actual}, not {} as referenced: refusing it", d.digest),
+        )
+        .into());
+    }
+    Ok(buf)
+}
+
+/// The OCI layer media type for a layer given in any accepted form (Docker types map to OCI).
+pub fn oci_layer_media_type(mt: &str) -> Option<&'static str> {
+    Compression::from_media_type(mt).map(Compression::media_type)
+}
+
+/// Builds a [`BaseImage`] from a manifest document and its verified config bytes.
+pub(crate) fn base_from_manifest(
+    reference: String,
+    manifest_digest: Digest,
+    doc: Document,
+    config_bytes: &[u8],
+) -> Result<BaseImage, TransportError> {
+    let Document::Manifest(m) = doc else {
+        return Err(manifest::format_error(&reference, "expected an image manifest, found an index").into());
+    };
+    let config = parse_config(config_bytes, &format!("{reference}: config {}", m.config.digest))?;
+    if config.diff_ids.len() != m.layers.len() {
+        return Err(manifest::format_error(
+            &reference,
+            format!("manifest lists {} layers but the config has {} diff_ids", m.layers.len(), config.diff_ids.len()),
+        )
+        .into());
+    }
+    let layers = m
+        .layers
+        .into_iter()
+        .zip(config.diff_ids.iter().copied())
+        .map(|(descriptor, diff_id)| BaseLayer { descriptor, diff_id })
+        .collect();
+    Ok(BaseImage { reference, manifest_digest: Some(manifest_digest), config: Some(config), layers })
+}
+
+/// Parses a manifest blob reached through a descriptor, following nested indexes to `platform`.
+pub(crate) fn follow_to_manifest(
+    fetch: &dyn Fn(&Descriptor, u64, &str) -> Result<Vec<u8>, TransportError>,
+    mut desc: Descriptor,
+    platform: &Platform,
+    reference: &str,
+) -> Result<(Digest, Document), TransportError> {
+    for _ in 0..=manifest::MAX_INDEX_DEPTH {
+        let what = format!("{reference}: manifest {}", desc.digest);
+        let bytes = fetch(&desc, manifest::MAX_MANIFEST_BYTES, &what)?;
+        match parse_document(&bytes, Some(&desc.media_type), &what)? {
+            Document::Index(idx) => desc = idx.select(platform, &what)?.clone(),
+            doc @ Document::Manifest(_) => return Ok((desc.digest, doc)),
+        }
+    }
+    Err(manifest::format_error(reference, format!("indexes nested deeper than {}", manifest::MAX_INDEX_DEPTH)).into())
+}

@@ -1,0 +1,172 @@
+//! `oci:DIR[:TAG]`: an OCI image layout directory, read in place and added to in place.
+
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use imgforge_layers::Digest;
+
+use super::layout::{self, LayoutRead, WriteSummary, OCI_LAYOUT_FILE, REF_NAME};
+use super::{io_error, Blobs, NewImage, TransportError};
+use crate::image::manifest::{self, Descriptor};
+use crate::store::{sync_dir, write_atomic};
+
+pub struct OciDirSource {
+    dir: PathBuf,
+    tag: Option<String>,
+}
+
+impl OciDirSource {
+    pub fn open(dir: &Path, tag: Option<String>) -> Result<OciDirSource, TransportError> {
+        if !dir.join("index.json").is_file() {
+            return Err(TransportError::NotFound(format!(
+                "oci:{}: not an OCI image layout (no index.json there)",
+                dir.display()
+            )));
+        }
+        Ok(OciDirSource { dir: dir.to_path_buf(), tag })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn tag(&self) -> Option<&str> {
+        self.tag.as_deref()
+    }
+
+    pub fn blob_path(&self, d: &Digest) -> Option<PathBuf> {
+        let p = self.dir.join("blobs/sha256").join(d.hex());
+        p.is_file().then_some(p)
+    }
+}
+
+impl LayoutRead for OciDirSource {
+    fn read_index(&self) -> Result<Vec<u8>, TransportError> {
+        read_capped(&self.dir.join("index.json"), manifest::MAX_MANIFEST_BYTES)
+    }
+
+    fn open_blob(&self, d: &Digest) -> Result<Box<dyn Read + Send + '_>, TransportError> {
+        let p = self.dir.join("blobs/sha256").join(d.hex());
+        let f = File::open(&p).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => {
+                TransportError::NotFound(format!("oci:{}: blob {d} is missing", self.dir.display()))
+            }
+            _ => TransportError::Io { what: p.display().to_string(), source: e },
+        })?;
+        Ok(Box::new(f))
+    }
+
+    fn describe(&self) -> String {
+        format!("oci:{}", self.dir.display())
+    }
+}
+
+fn read_capped(p: &Path, max: u64) -> Result<Vec<u8>, TransportError> {
+    let what = p.display().to_string();
+    let f = File::open(p).map_err(io_error(&what))?;
+    let mut buf = Vec::new();
+    f.take(max + 1).read_to_end(&mut buf).map_err(io_error(&what))?;
+    if buf.len() as u64 > max {
+        return Err(manifest::format_error(what, format!("larger than the {max}-byte limit")).into());
+    }
+    Ok(buf)
+}
+
+/// Exclusive lock on the layout directory itself (flock on the directory's fd): index.json
+/// is replaced by rename, so locking the file would lock a stale inode.
+struct DirLock(#[allow(dead_code)] File);
+
+fn lock_dir(dir: &Path) -> Result<DirLock, TransportError> {
+    let f = File::open(dir).map_err(io_error(dir.display()))?;
+    f.lock().map_err(io_error(format!("locking {}", dir.display())))?;
+    Ok(DirLock(f))
+}
+
+pub(super) fn write(
+    dir: &Path,
+    tag: &str,
+    image: &NewImage,
+    blobs: &dyn Blobs,
+) -> Result<WriteSummary, TransportError> {
+    let blob_dir = dir.join("blobs/sha256");
+    fs::create_dir_all(&blob_dir).map_err(io_error(blob_dir.display()))?;
+    let layout_file = dir.join("oci-layout");
+    if !layout_file.exists() {
+        write_atomic(&layout_file, OCI_LAYOUT_FILE).map_err(io_error(layout_file.display()))?;
+    }
+    let mut summary = WriteSummary::default();
+    for layer in &image.layers {
+        put_blob(&blob_dir, &layer.descriptor, blobs, &mut summary)?;
+    }
+    for (bytes, digest) in [(&image.config, image.config_digest), (&image.manifest, image.manifest_digest)] {
+        let dest = blob_dir.join(digest.hex());
+        if dest.exists() {
+            summary.blobs_present += 1;
+        } else {
+            write_atomic(&dest, bytes).map_err(io_error(dest.display()))?;
+            summary.blobs_written += 1;
+            summary.bytes_written += bytes.len() as u64;
+        }
+    }
+    // index.json: read-modify-write under the directory lock, so concurrent writers of one
+    // layout never lose each other's tags.
+    let _lock = lock_dir(dir)?;
+    let index_path = dir.join("index.json");
+    let mut manifests = if index_path.exists() {
+        layout::parse_index(
+            &read_capped(&index_path, manifest::MAX_MANIFEST_BYTES)?,
+            &index_path.display().to_string(),
+        )?
+        .manifests
+    } else {
+        Vec::new()
+    };
+    manifests.retain(|d| d.annotations.get(REF_NAME).map(String::as_str) != Some(tag));
+    manifests.push(layout::manifest_descriptor(image, tag));
+    write_atomic(&index_path, &layout::index_json(&manifests)).map_err(io_error(index_path.display()))?;
+    Ok(summary)
+}
+
+/// Puts one blob into a layout's blob dir: hard link from a local copy when possible, else a
+/// verified streamed copy into a temp file that is renamed into place.
+fn put_blob(
+    blob_dir: &Path,
+    d: &Descriptor,
+    blobs: &dyn Blobs,
+    summary: &mut WriteSummary,
+) -> Result<(), TransportError> {
+    let dest = blob_dir.join(d.digest.hex());
+    if dest.exists() {
+        summary.blobs_present += 1;
+        return Ok(());
+    }
+    if let Some(src) = blobs.local_path(&d.digest) {
+        match fs::hard_link(&src, &dest) {
+            Ok(()) => {
+                sync_dir(blob_dir).map_err(io_error(blob_dir.display()))?;
+                summary.blobs_written += 1;
+                return Ok(());
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                summary.blobs_present += 1;
+                return Ok(());
+            }
+            Err(_) => {} // another filesystem, or not allowed: copy instead
+        }
+    }
+    let mut tmp =
+        tempfile::Builder::new().prefix(".imgforge-").tempfile_in(blob_dir).map_err(io_error(blob_dir.display()))?;
+    let mut reader = blobs.open(d)?;
+    let n = {
+        let mut w = io::BufWriter::new(tmp.as_file_mut());
+        io::copy(&mut reader, &mut w).and_then(|n| w.flush().map(|_| n))
+    }
+    .map_err(io_error(format!("copying blob {}", d.digest)))?;
+    tmp.as_file().sync_all().map_err(io_error(dest.display()))?;
+    tmp.persist(&dest).map_err(|e| TransportError::Io { what: dest.display().to_string(), source: e.error })?;
+    sync_dir(blob_dir).map_err(io_error(blob_dir.display()))?;
+    summary.blobs_written += 1;
+    summary.bytes_written += n;
+    Ok(())
+}
