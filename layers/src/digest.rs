@@ -33,6 +33,12 @@ impl Sha256Hash {
     }
 }
 
+impl fmt::Debug for Sha256Hash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Sha256Hash({})", self.hex())
+    }
+}
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DigestError {
     #[error("unsupported digest algorithm in {0:?}: only sha256 is supported")]

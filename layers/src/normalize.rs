@@ -158,7 +158,14 @@ impl<W: Write> TarWriter<W> {
     /// A regular file with exactly `size` bytes read from `data`. If `data` yields fewer or
     /// more bytes, fails with "file changed while it was being read: PATH" (the archive is
     /// then unusable: the header was already written).
-    pub fn file(&mut self, path: &[u8], host_mode: u32, owner: Owner, size: u64, data: &mut dyn Read) -> io::Result<()> {
+    pub fn file(
+        &mut self,
+        path: &[u8],
+        host_mode: u32,
+        owner: Owner,
+        size: u64,
+        data: &mut dyn Read,
+    ) -> io::Result<()> {
         validate_rel_path(path)?;
         let cap = self.capability.take().filter(|_| self.rules.keep_capabilities);
         let mode = self.rules.file_mode(host_mode);
@@ -211,7 +218,8 @@ impl<W: Write> TarWriter<W> {
         if self.buf.len() < BUF {
             self.buf.resize(BUF, 0);
         }
-        let changed = || io::Error::other(format!("file changed while it was being read: {}", String::from_utf8_lossy(path)));
+        let changed =
+            || io::Error::other(format!("file changed while it was being read: {}", String::from_utf8_lossy(path)));
         let mut left = size;
         while left > 0 {
             let want = left.min(BUF as u64) as usize;
@@ -405,4 +413,162 @@ fn finish_ustar(h: &mut [u8; BLOCK]) {
     let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
     let s = format!("{sum:06o}\0 ");
     h[148..156].copy_from_slice(s.as_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mode_rule_follows_owner_bits() {
+        let n = Normalize::default();
+        for (host, want) in [
+            (0o600, 0o644),
+            (0o700, 0o755),
+            (0o775, 0o755),
+            (0o644, 0o644),
+            (0o664, 0o644),
+            (0o444, 0o444),
+            (0o555, 0o555),
+            (0o400, 0o444),
+            (0o500, 0o555),
+            (0o200, 0o200),
+            (0o077, 0),
+            (0o4755, 0o755),
+            (0o2755, 0o755),
+            (0o1777, 0o755),
+        ] {
+            assert_eq!(n.file_mode(host), want, "{host:o}");
+            assert_eq!(n.dir_mode(host), want, "{host:o}");
+        }
+        let keep = Normalize { keep_special_bits: true, ..n };
+        assert_eq!(keep.file_mode(0o4700), 0o4755);
+        assert_eq!(keep.dir_mode(0o1777), 0o1755);
+        assert_eq!(keep.file_mode(0o6711), 0o6755);
+    }
+
+    #[test]
+    fn pax_record_length_counts_itself() {
+        for vlen in 0..200 {
+            let mut out = Vec::new();
+            let v = vec![b'a'; vlen];
+            pax_record(&mut out, "path", &v);
+            let sp = out.iter().position(|&b| b == b' ').unwrap();
+            let n: usize = std::str::from_utf8(&out[..sp]).unwrap().parse().unwrap();
+            assert_eq!(n, out.len(), "value length {vlen}");
+            assert!(out.ends_with(b"\n"));
+        }
+    }
+
+    #[test]
+    fn ustar_split_rules() {
+        assert_eq!(split_ustar_path(b"a/b"), Some((&b""[..], &b"a/b"[..])));
+        let long_dir = [b'd'; 150];
+        let mut p = long_dir.to_vec();
+        p.extend_from_slice(b"/file");
+        assert_eq!(split_ustar_path(&p), Some((&long_dir[..], &b"file"[..])));
+        // Component over 100 bytes: cannot split.
+        assert_eq!(split_ustar_path(&[b'x'; 101]), None);
+        // Prefix would be over 155.
+        let mut p = vec![b'd'; 156];
+        p.extend_from_slice(b"/f");
+        assert_eq!(split_ustar_path(&p), None);
+        // Directory: trailing slash stays in the name part.
+        let mut p = vec![b'd'; 120];
+        p.extend_from_slice(b"/sub/");
+        assert_eq!(split_ustar_path(&p), Some((&p[..120], &b"sub/"[..])));
+    }
+
+    #[test]
+    fn bad_paths_are_rejected() {
+        let mut w = TarWriter::new(Vec::new(), Normalize::default());
+        for bad in [&b""[..], b"/abs", b"a/", b"a//b", b"./a", b"a/./b", b"../x", b"a/..", b"nul\0"] {
+            let e = w.dir(bad, 0o755, Owner::ROOT).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{bad:?}");
+            let e = w.file(bad, 0o644, Owner::ROOT, 0, &mut io::empty()).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{bad:?}");
+        }
+        assert!(w.symlink(b"l", b"", Owner::ROOT).is_err());
+        assert!(w.hardlink(b"l", b"../x", Owner::ROOT).is_err());
+        assert!(w.get_ref().is_empty(), "nothing written for rejected entries");
+    }
+
+    #[test]
+    fn file_that_changed_size_is_an_error() {
+        let mut w = TarWriter::new(Vec::new(), Normalize::default());
+        let e = w.file(b"short", 0o644, Owner::ROOT, 10, &mut &b"12345"[..]).unwrap_err();
+        assert_eq!(e.to_string(), "file changed while it was being read: short");
+        let mut w = TarWriter::new(Vec::new(), Normalize::default());
+        let e = w.file(b"long", 0o644, Owner::ROOT, 3, &mut &b"12345"[..]).unwrap_err();
+        assert_eq!(e.to_string(), "file changed while it was being read: long");
+        let mut w = TarWriter::new(Vec::new(), Normalize::default());
+        w.file(b"exact", 0o644, Owner::ROOT, 5, &mut &b"12345"[..]).unwrap();
+        assert_eq!(w.finish().unwrap().len(), 512 + 512 + 1024);
+    }
+
+    #[test]
+    fn header_bytes_are_exact() {
+        let mut w = TarWriter::new(Vec::new(), Normalize::default());
+        w.file(b"etc/hello.txt", 0o600, Owner { uid: 1000, gid: 1001 }, 3, &mut &b"hi\n"[..]).unwrap();
+        let out = w.finish().unwrap();
+        assert_eq!(out.len(), 512 * 4);
+        let h = &out[..512];
+        assert_eq!(&h[..14], b"etc/hello.txt\0");
+        assert_eq!(&h[100..108], b"0000644\0");
+        assert_eq!(&h[108..116], b"0001750\0");
+        assert_eq!(&h[116..124], b"0001751\0");
+        assert_eq!(&h[124..136], b"00000000003\0");
+        assert_eq!(&h[136..148], format!("{:011o}\0", DEFAULT_EPOCH).as_bytes());
+        assert_eq!(h[156], b'0');
+        assert_eq!(&h[257..265], b"ustar\x0000");
+        assert!(h[265..329].iter().all(|&b| b == 0), "uname/gname empty");
+        assert_eq!(&h[329..345], b"0000000\x000000000\0");
+        // Cross-check with the tar crate.
+        let th = tar::Header::from_byte_slice(h);
+        assert_eq!(th.cksum().unwrap(), {
+            let mut c = h.to_vec();
+            c[148..156].fill(b' ');
+            c.iter().map(|&b| u32::from(b)).sum::<u32>()
+        });
+        assert_eq!(th.mode().unwrap(), 0o644);
+        assert_eq!(&out[512..515], b"hi\n");
+        assert!(out[515..].iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn pax_header_is_deterministic_and_named() {
+        let long: Vec<u8> = [&b"dir/"[..], &[b'n'; 120][..]].concat();
+        let mut w = TarWriter::new(Vec::new(), Normalize::default());
+        w.symlink(&long, &[b't'; 150], Owner { uid: 3_000_000, gid: 5 }).unwrap();
+        let out = w.finish().unwrap();
+        let h = &out[..512];
+        assert_eq!(h[156], b'x');
+        let name = &h[..100];
+        let mut want = b"PaxHeaders/".to_vec();
+        want.extend_from_slice(&[b'n'; 89]);
+        assert_eq!(name, &want[..]);
+        let size = usize::from_str_radix(std::str::from_utf8(&h[124..135]).unwrap(), 8).unwrap();
+        let body = std::str::from_utf8(&out[512..512 + size]).unwrap();
+        let keys: Vec<&str> = body.lines().map(|l| l.split_once(' ').unwrap().1.split_once('=').unwrap().0).collect();
+        assert_eq!(keys, ["linkpath", "path", "uid"]);
+        assert!(body.contains(" uid=3000000\n"));
+        // The ustar uid is 0 when PAX carries it.
+        let eh = &out[1024..1536];
+        assert_eq!(&eh[108..116], b"0000000\0");
+        assert_eq!(eh[156], b'2');
+    }
+
+    #[test]
+    fn capability_only_when_kept() {
+        for keep in [false, true] {
+            let mut w = TarWriter::new(Vec::new(), Normalize { keep_capabilities: keep, ..Normalize::default() });
+            w.set_capability(Some(vec![1, 0, 0, 2]));
+            w.file(b"ping", 0o755, Owner::ROOT, 0, &mut io::empty()).unwrap();
+            w.file(b"other", 0o755, Owner::ROOT, 0, &mut io::empty()).unwrap();
+            let out = w.finish().unwrap();
+            // file, file, end (+ pax header when kept)
+            assert_eq!(out.len(), 512 * (4 + if keep { 2 } else { 0 }), "keep={keep}");
+            assert_eq!(out[156] == b'x', keep);
+        }
+    }
 }

@@ -396,11 +396,14 @@ impl<R: Read> LayerReader<R> {
         if size > self.limits.max_entry_size {
             return Err(ReadError::Limit { what: "entry size", limit: self.limits.max_entry_size });
         }
+        if self.total.saturating_add(size).saturating_add(pad(size)) > self.limits.max_total_bytes {
+            return Err(ReadError::Limit { what: "total tar bytes", limit: self.limits.max_total_bytes });
+        }
         if self.index >= self.limits.max_entries {
             return Err(ReadError::Limit { what: "entries", limit: self.limits.max_entries });
         }
         let mode = self.parse_num(&h[100..108], "mode")?;
-        if mode > 0o7777_777 {
+        if mode > 0o7_777_777 {
             return Err(self.malformed("mode out of range"));
         }
         let uid = match pax.uid {
@@ -490,10 +493,7 @@ impl<R: Read> LayerReader<R> {
         while !rest.is_empty() {
             // Trailing NUL padding inside the declared size is tolerated by nobody sane;
             // reject it like any other malformed record.
-            let sp = rest
-                .iter()
-                .position(|&b| b == b' ')
-                .ok_or_else(|| self.malformed("PAX record without length"))?;
+            let sp = rest.iter().position(|&b| b == b' ').ok_or_else(|| self.malformed("PAX record without length"))?;
             let len_s = &rest[..sp];
             if len_s.is_empty() || len_s.len() > 20 || !len_s.iter().all(u8::is_ascii_digit) || (len_s[0] == b'0') {
                 return Err(self.malformed("PAX record with a bad length field"));
@@ -510,10 +510,7 @@ impl<R: Read> LayerReader<R> {
                 return Err(self.malformed("PAX record not terminated by newline"));
             }
             let rec = &rec[..rec.len() - 1];
-            let eq = rec
-                .iter()
-                .position(|&b| b == b'=')
-                .ok_or_else(|| self.malformed("PAX record without '='"))?;
+            let eq = rec.iter().position(|&b| b == b'=').ok_or_else(|| self.malformed("PAX record without '='"))?;
             let key = std::str::from_utf8(&rec[..eq]).map_err(|_| self.malformed("PAX key is not UTF-8"))?;
             if key.is_empty() {
                 return Err(self.malformed("PAX record with an empty key"));
@@ -661,4 +658,372 @@ fn normalize_path(p: &[u8]) -> Vec<u8> {
         s = b"";
     }
     s.to_vec()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A raw ustar header with a correct checksum.
+    fn hdr(name: &[u8], flag: u8, size_field: &[u8]) -> [u8; BLOCK] {
+        let mut h = [0u8; BLOCK];
+        h[..name.len()].copy_from_slice(name);
+        h[100..108].copy_from_slice(b"0000644\0");
+        h[108..116].copy_from_slice(b"0000000\0");
+        h[116..124].copy_from_slice(b"0000000\0");
+        h[124..124 + size_field.len()].copy_from_slice(size_field);
+        h[136..148].copy_from_slice(b"00000000000\0");
+        h[156] = flag;
+        h[257..265].copy_from_slice(b"ustar\x0000");
+        cksum(&mut h);
+        h
+    }
+
+    fn cksum(h: &mut [u8; BLOCK]) {
+        h[148..156].fill(b' ');
+        let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
+        h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+    }
+
+    fn size(n: u64) -> Vec<u8> {
+        format!("{n:011o}\0").into_bytes()
+    }
+
+    fn data(d: &[u8]) -> Vec<u8> {
+        let mut v = d.to_vec();
+        v.resize(d.len().div_ceil(BLOCK) * BLOCK, 0);
+        v
+    }
+
+    fn pax(records: &[u8], flag: u8) -> Vec<u8> {
+        let mut v = hdr(b"PaxHeaders/x", flag, &size(records.len() as u64)).to_vec();
+        v.extend(data(records));
+        v
+    }
+
+    fn rec(k: &str, v: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        crate::normalize::pax_record(&mut out, k, v);
+        out
+    }
+
+    fn end() -> Vec<u8> {
+        vec![0; 1024]
+    }
+
+    fn read_all(tar: &[u8]) -> Result<Vec<(Entry, Vec<u8>)>, ReadError> {
+        read_all_with(tar, Limits::default())
+    }
+
+    fn read_all_with(tar: &[u8], limits: Limits) -> Result<Vec<(Entry, Vec<u8>)>, ReadError> {
+        let mut r = LayerReader::new(tar, limits);
+        let mut out = Vec::new();
+        while let Some(e) = r.next_entry()? {
+            let mut d = Vec::new();
+            r.data().read_to_end(&mut d)?;
+            out.push((e, d));
+        }
+        Ok(out)
+    }
+
+    fn why(e: ReadError) -> String {
+        match e {
+            ReadError::Malformed { why, .. } => why,
+            other => panic!("expected Malformed, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn reads_plain_entries_and_skips_unread_data() {
+        let mut t = Vec::new();
+        t.extend(hdr(b"./a.txt", b'0', &size(5)));
+        t.extend(data(b"hello"));
+        t.extend(hdr(b"./dir/", b'5', &size(0)));
+        let mut l = hdr(b"dir/link", b'2', &size(0));
+        l[157..163].copy_from_slice(b"../a.t");
+        cksum(&mut l);
+        t.extend(l);
+        t.extend(end());
+        // Read only the first data partially, then skip.
+        let mut r = LayerReader::new(&t[..], Limits::default());
+        let e = r.next_entry().unwrap().unwrap();
+        assert_eq!((e.path.as_slice(), e.kind, e.size, e.mode), (&b"a.txt"[..], EntryType::File, 5, 0o644));
+        let mut two = [0u8; 2];
+        assert_eq!(r.read_data(&mut two).unwrap(), 2);
+        let e = r.next_entry().unwrap().unwrap();
+        assert_eq!((e.path.as_slice(), e.kind), (&b"dir"[..], EntryType::Dir));
+        let e = r.next_entry().unwrap().unwrap();
+        assert_eq!(e.kind, EntryType::Symlink);
+        assert_eq!(e.link.as_deref(), Some(&b"../a.t"[..]));
+        assert!(r.next_entry().unwrap().is_none());
+        assert!(r.next_entry().unwrap().is_none());
+        assert_eq!(r.position(), t.len() as u64);
+    }
+
+    #[test]
+    fn clean_eof_without_end_marker_is_accepted() {
+        let mut t = hdr(b"a", b'0', &size(1)).to_vec();
+        t.extend(data(b"x"));
+        assert_eq!(read_all(&t).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn trailing_zeros_ignored_trailing_garbage_rejected() {
+        let mut t = hdr(b"a", b'0', &size(0)).to_vec();
+        t.extend(end());
+        t.extend(vec![0; 10 * 512 + 7]);
+        assert_eq!(read_all(&t).unwrap().len(), 1);
+        let mut t2 = hdr(b"a", b'0', &size(0)).to_vec();
+        t2.extend(vec![0; 512]);
+        t2.extend(hdr(b"smuggled", b'0', &size(0)));
+        assert!(why(read_all(&t2).unwrap_err()).contains("after the end-of-archive"));
+    }
+
+    #[test]
+    fn pax_size_is_authoritative_when_ustar_size_is_zero() {
+        // TARmageddon shape: ustar size 0, PAX size 1024, and the "data" looks like a tar
+        // header. A reader that ignores the PAX size would see the smuggled entry.
+        let mut inner = hdr(b"smuggled", b'0', &size(0)).to_vec();
+        inner.extend(vec![0u8; 512]);
+        let mut t = pax(&rec("size", b"1024"), b'x');
+        t.extend(hdr(b"outer", b'0', &size(0)));
+        t.extend(&inner);
+        t.extend(end());
+        let entries = read_all(&t).unwrap();
+        assert_eq!(entries.len(), 1);
+        assert_eq!(entries[0].0.path, b"outer");
+        assert_eq!(entries[0].0.size, 1024);
+        assert_eq!(entries[0].1, inner);
+    }
+
+    #[test]
+    fn pax_size_mismatch_is_rejected() {
+        let mut t = pax(&rec("size", b"1024"), b'x');
+        t.extend(hdr(b"outer", b'0', &size(512)));
+        t.extend(vec![0u8; 1024]);
+        t.extend(end());
+        assert!(why(read_all(&t).unwrap_err()).contains("PAX size 1024 disagrees with ustar size 512"));
+    }
+
+    #[test]
+    fn size_on_header_only_entries_is_rejected() {
+        for flag in [b'1', b'2', b'3', b'4', b'5', b'6'] {
+            let mut h = hdr(b"x", flag, &size(512));
+            h[157] = b't';
+            cksum(&mut h);
+            let mut t = h.to_vec();
+            t.extend(vec![0u8; 512]);
+            t.extend(end());
+            assert!(why(read_all(&t).unwrap_err()).contains("header-only"), "{}", flag as char);
+            // Same through PAX with ustar size 0.
+            let mut t = pax(&rec("size", b"512"), b'x');
+            t.extend(h_with_size0(flag));
+            t.extend(vec![0u8; 512]);
+            t.extend(end());
+            assert!(why(read_all(&t).unwrap_err()).contains("header-only"), "pax {}", flag as char);
+        }
+    }
+
+    fn h_with_size0(flag: u8) -> [u8; BLOCK] {
+        let mut h = hdr(b"x", flag, &size(0));
+        h[157] = b't';
+        cksum(&mut h);
+        h
+    }
+
+    #[test]
+    fn bad_checksum_is_rejected() {
+        let mut h = hdr(b"a", b'0', &size(0));
+        h[0] = b'b';
+        let mut t = h.to_vec();
+        t.extend(end());
+        assert!(why(read_all(&t).unwrap_err()).contains("checksum"));
+    }
+
+    #[test]
+    fn truncation_is_detected() {
+        let mut t = hdr(b"a", b'0', &size(1000)).to_vec();
+        t.extend(vec![b'x'; 700]);
+        // In the data, read through read_data:
+        let e = read_all(&t).unwrap_err();
+        assert!(e.to_string().contains("truncated"), "{e}");
+        // In the data, skipped by next_entry:
+        let mut r = LayerReader::new(&t[..], Limits::default());
+        r.next_entry().unwrap();
+        assert!(matches!(r.next_entry(), Err(ReadError::Truncated { entry: 1, .. })));
+        // Inside a header:
+        let t = hdr(b"a", b'0', &size(0))[..300].to_vec();
+        assert!(matches!(read_all(&t), Err(ReadError::Truncated { entry: 0, .. })));
+        // After an extension header:
+        let t = pax(&rec("path", b"abc"), b'x');
+        assert!(matches!(read_all(&t), Err(ReadError::Truncated { .. })));
+    }
+
+    #[test]
+    fn malformed_pax_records_are_rejected() {
+        for (rec, want) in [
+            (&b"11 path=abc"[..], "newline"),
+            (b"12 path=abc", "overruns"),
+            (b"99 path=abc\n", "overruns"),
+            (b"x1 path=abc\n", "length"),
+            (b"011 path=ab\n", "length"),
+            (b"12 pathxabc\n", "'='"),
+            (b"11 path=ab\n\n", "without length"),
+            (b"9 size=x\n", "decimal"),
+            (b"11 size=-1\n", "decimal"),
+            (b"13 path=a\0bc\n", "NUL"),
+            (b"3 =\n", "overruns"),
+            (b"10 path=a\n10 path=b\n", "duplicate"),
+            (b"22 GNU.sparse.major=1\n", "sparse"),
+            (b"noLength", "length"),
+        ] {
+            let mut t = pax(rec, b'x');
+            t.extend(hdr(b"f", b'0', &size(0)));
+            t.extend(end());
+            let w = why(read_all(&t).unwrap_err());
+            assert!(w.contains(want), "{:?}: {w}", String::from_utf8_lossy(rec));
+        }
+    }
+
+    #[test]
+    fn pax_fields_apply() {
+        let mut recs = Vec::new();
+        for (k, v) in [
+            ("path", &b"long/name"[..]),
+            ("uid", b"3000000"),
+            ("gid", b"7"),
+            ("mtime", b"1700000000.5"),
+            ("SCHILY.xattr.security.capability", b"\x01\x00\x00\x02"),
+            ("atime", b"1"),
+        ] {
+            crate::normalize::pax_record(&mut recs, k, v);
+        }
+        let mut t = pax(&recs, b'x');
+        t.extend(hdr(b"short", b'0', &size(0)));
+        t.extend(end());
+        let e = &read_all(&t).unwrap()[0].0;
+        assert_eq!(e.path, b"long/name");
+        assert_eq!((e.uid, e.gid, e.mtime), (3_000_000, 7, 1_700_000_000));
+        assert_eq!(e.xattrs, vec![("security.capability".to_string(), vec![1, 0, 0, 2])]);
+    }
+
+    #[test]
+    fn gnu_long_names_and_conflicts() {
+        let name = vec![b'n'; 300];
+        let mut t = hdr(b"././@LongLink", b'L', &size(301)).to_vec();
+        t.extend(data(&[&name[..], b"\0"].concat()));
+        t.extend(hdr(b"truncated", b'0', &size(0)));
+        t.extend(end());
+        assert_eq!(read_all(&t).unwrap()[0].0.path, name);
+
+        // PAX path and GNU long name that disagree.
+        let mut t2 = pax(b"10 path=x\n", b'x');
+        t2.extend(hdr(b"././@LongLink", b'L', &size(2)));
+        t2.extend(data(b"y\0"));
+        t2.extend(hdr(b"z", b'0', &size(0)));
+        t2.extend(end());
+        assert!(why(read_all(&t2).unwrap_err()).contains("disagree"));
+
+        // Two long names.
+        let mut t3 = hdr(b"././@LongLink", b'L', &size(2)).to_vec();
+        t3.extend(data(b"y\0"));
+        t3.extend(hdr(b"././@LongLink", b'L', &size(2)));
+        t3.extend(data(b"w\0"));
+        t3.extend(hdr(b"z", b'0', &size(0)));
+        assert!(why(read_all(&t3).unwrap_err()).contains("two GNU"));
+
+        // NUL inside.
+        let mut t4 = hdr(b"././@LongLink", b'L', &size(4)).to_vec();
+        t4.extend(data(b"a\0b\0"));
+        t4.extend(hdr(b"z", b'0', &size(0)));
+        assert!(why(read_all(&t4).unwrap_err()).contains("NUL"));
+
+        // Two PAX headers.
+        let mut t5 = pax(b"10 path=a\n", b'x');
+        t5.extend(pax(b"10 path=b\n", b'x'));
+        t5.extend(hdr(b"z", b'0', &size(0)));
+        assert!(why(read_all(&t5).unwrap_err()).contains("two PAX"));
+    }
+
+    #[test]
+    fn global_headers() {
+        // git archive's comment is fine.
+        let mut t = pax(b"52 comment=0123456789012345678901234567890123456789\n", b'g');
+        t.extend(hdr(b"f", b'0', &size(0)));
+        t.extend(end());
+        assert_eq!(read_all(&t).unwrap().len(), 1);
+        let mut t = pax(&rec("size", b"1024"), b'g');
+        t.extend(hdr(b"f", b'0', &size(0)));
+        t.extend(end());
+        assert!(why(read_all(&t).unwrap_err()).contains("global"));
+    }
+
+    #[test]
+    fn limits() {
+        let mut t = Vec::new();
+        for i in 0..5 {
+            t.extend(hdr(format!("f{i}").as_bytes(), b'0', &size(0)));
+        }
+        t.extend(end());
+        let l = Limits { max_entries: 4, ..Limits::default() };
+        assert!(matches!(read_all_with(&t, l), Err(ReadError::Limit { what: "entries", limit: 4 })));
+        assert_eq!(read_all_with(&t, Limits { max_entries: 5, ..l }).unwrap().len(), 5);
+
+        let mut t = pax(b"13 path=abcd\n", b'x');
+        t.extend(hdr(b"f", b'0', &size(0)));
+        let l = Limits { max_name_len: 3, ..Limits::default() };
+        assert!(matches!(read_all_with(&t, l), Err(ReadError::Limit { what: "name length", .. })));
+        let l = Limits { max_pax_bytes: 12, ..Limits::default() };
+        assert!(matches!(read_all_with(&t, l), Err(ReadError::Limit { what: "PAX header bytes", .. })));
+        let mut t = hdr(b"big", b'0', &size(2048)).to_vec();
+        t.extend(vec![0; 2048]);
+        let l = Limits { max_entry_size: 2047, ..Limits::default() };
+        assert!(matches!(read_all_with(&t, l), Err(ReadError::Limit { what: "entry size", .. })));
+        let l = Limits { max_total_bytes: 2048, ..Limits::default() };
+        assert!(matches!(read_all_with(&t, l), Err(ReadError::Limit { what: "total tar bytes", .. })));
+        let t = hdr(b"././@LongLink", b'L', &size(5000));
+        assert!(matches!(read_all(&t), Err(ReadError::Limit { what: "name length", .. })));
+    }
+
+    #[test]
+    fn numeric_fields() {
+        // base-256 size
+        let mut h = hdr(b"b", b'0', &[0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x02, 0]);
+        cksum(&mut h);
+        let mut t = h.to_vec();
+        t.extend(vec![7u8; 512]);
+        t.extend(end());
+        assert_eq!(read_all(&t).unwrap()[0].0.size, 512);
+        // garbage in an octal field
+        let mut h = hdr(b"b", b'0', b"0000000009\0");
+        cksum(&mut h);
+        assert!(why(read_all(&h).unwrap_err()).contains("octal size"));
+        // Space-padded (old GNU style) is fine.
+        let h = hdr(b"c", b'0', b"         0 ");
+        assert_eq!(read_all(&h).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn sparse_and_unknown_types() {
+        let h = hdr(b"s", b'S', &size(0));
+        assert!(why(read_all(&h).unwrap_err()).contains("sparse"));
+        // Unknown type with data: skipped by its size.
+        let mut t = hdr(b"v", b'V', &size(3)).to_vec();
+        t.extend(data(b"abc"));
+        t.extend(hdr(b"f", b'0', &size(0)));
+        let got = read_all(&t).unwrap();
+        assert_eq!(got[0].0.kind, EntryType::Other(b'V'));
+        assert_eq!(got[0].1, b"abc");
+        assert_eq!(got[1].0.path, b"f");
+    }
+
+    #[test]
+    fn path_normalization() {
+        assert_eq!(normalize_path(b"./"), b"");
+        assert_eq!(normalize_path(b"."), b"");
+        assert_eq!(normalize_path(b"/./a/b/"), b"a/b");
+        assert_eq!(normalize_path(b"../a"), b"../a");
+        let h = hdr(b"", b'0', &size(0));
+        assert!(why(read_all(&h).unwrap_err()).contains("empty name"));
+    }
 }

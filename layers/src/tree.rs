@@ -64,10 +64,7 @@ fn ns(sec: i64, nsec: i64) -> i128 {
 pub fn scan_tree(root: &Path, include: &mut dyn FnMut(&Path, bool) -> bool) -> io::Result<Tree> {
     let md = fs::metadata(root).map_err(|e| annotate(e, "failed to stat", root))?;
     if !md.is_dir() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("{} is not a directory", root.display()),
-        ));
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("{} is not a directory", root.display())));
     }
     let mut entries = Vec::new();
     let mut skipped = Vec::new();
@@ -104,7 +101,8 @@ pub fn scan_tree(root: &Path, include: &mut dyn FnMut(&Path, bool) -> bool) -> i
             let kind = if is_dir {
                 EntryKind::Dir
             } else if ft.is_symlink() {
-                let t = fs::read_link(root.join(&rel)).map_err(|e| annotate(e, "failed to read link", &root.join(&rel)))?;
+                let t =
+                    fs::read_link(root.join(&rel)).map_err(|e| annotate(e, "failed to read link", &root.join(&rel)))?;
                 EntryKind::Symlink(t.into_os_string().into_vec_bytes())
             } else {
                 EntryKind::File

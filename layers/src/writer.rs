@@ -34,7 +34,11 @@ pub struct LayerWriter<W: Write + Send + 'static> {
 enum Inner<W: Write + Send + 'static> {
     /// Uncompressed: blob == tar, hashed once.
     Plain(HashingWriter<W>),
-    Compressed { tar_hash: Sha256, tar_size: u64, comp: Compressor<HashingWriter<W>> },
+    Compressed {
+        tar_hash: Sha256,
+        tar_size: u64,
+        comp: Compressor<HashingWriter<W>>,
+    },
 }
 
 impl<W: Write + Send + 'static> LayerWriter<W> {
