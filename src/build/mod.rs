@@ -13,6 +13,8 @@ use imgforge_layers::{
 use crate::image::manifest::{Descriptor, Platform};
 use crate::image::reference::ImageRef;
 use crate::report::{Event, Reporter};
+use crate::store::layer_cache::{tree_key, LayerCache};
+use crate::store::stat_cache::StatCache;
 use crate::store::{BlobStore, StoreError};
 use crate::transport::{self, BaseImage, BaseLayer, Blobs, NewImage, Source, TransportError};
 
@@ -132,16 +134,33 @@ pub fn build(opts: &BuildOptions, reporter: &dyn Reporter) -> Result<BuildResult
 
     // 3. Layers.
     let mut new_layers: Vec<(LayerDigests, String)> = Vec::new();
-    let app_layer = write_layer(&store, opts.compress, rules, "app", reporter, |tar| {
-        tree.write_to(tar, workdir.trim_start_matches('/').as_bytes(), owner)
-    })?;
+    let prefix = workdir.trim_start_matches('/').as_bytes();
+    let mut stat = StatCache::load(&store, app_dir)?;
+    let key = tree_key(&tree, prefix, owner, &rules, &opts.compress, &mut stat)
+        .map_err(io_err(format!("Failed to read the app directory {}", app_dir.display())))?;
+    let _ = stat.save();
+    let scope = format!("{}:app", app_dir.canonicalize().unwrap_or_else(|_| app_dir.clone()).display());
+    let layer_cache = LayerCache::open(&store)?;
+    let app_layer = match layer_cache.get(&store, &key) {
+        Some(hit) => {
+            reporter.report(Event::LayerDone { name: "app", digests: &hit, reused: true, why: None });
+            hit
+        }
+        None => {
+            let why = layer_cache.explain_miss(&scope, &key);
+            let written = write_layer(&store, opts.compress, rules, "app", Some(&why), reporter, |tar| tree.write_to(tar, prefix, owner))?;
+            let _ = layer_cache.put(&key, &written);
+            written
+        }
+    };
+    let _ = layer_cache.record(&scope, &key);
     new_layers.push((app_layer, format!("imgforge build: app at {workdir}")));
 
     let mut changes =
         ConfigChanges { created: config::rfc3339(epoch), working_dir: Some(workdir.clone()), ..Default::default() };
     if facts.has_shell {
         if !processes.is_empty() {
-            let launch = write_layer(&store, opts.compress, rules, "launch", reporter, |tar| {
+            let launch = write_layer(&store, opts.compress, rules, "launch", None, reporter, |tar| {
                 launch::write_launch_layer(tar, &processes)
             })?;
             new_layers.push((launch, "imgforge build: launcher".into()));
@@ -306,6 +325,7 @@ fn write_layer(
     compress: CompressOptions,
     rules: Normalize,
     name: &str,
+    why: Option<&str>,
     reporter: &dyn Reporter,
     fill: impl FnOnce(&mut TarWriter<Progress<'_, LayerWriter<BufWriter<File>>>>) -> io::Result<()>,
 ) -> Result<LayerDigests, BuildError> {
@@ -320,7 +340,7 @@ fn write_layer(
     let (digests, sink) = progress.inner.finish().map_err(io_err(&what))?;
     sink.into_inner().map_err(|e| io_err(&what)(e.into_error()))?;
     store.commit(pending, &digests.digest)?;
-    reporter.report(Event::LayerDone { name, digests: &digests, reused: false, why: None });
+    reporter.report(Event::LayerDone { name, digests: &digests, reused: false, why });
     Ok(digests)
 }
 

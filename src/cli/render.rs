@@ -30,10 +30,13 @@ fn line(event: &Event<'_>, verbose: bool) -> Option<String> {
         },
         Event::LayerProgress { .. } => return None,
         Event::LayerDone { name, digests, reused, why } => {
-            let how = if *reused { "reused" } else { "written" };
-            let why = why.map(|w| format!(" ({w})")).unwrap_or_default();
+            let how = match (reused, why) {
+                (true, _) => "reused".to_string(),
+                (false, Some(w)) if verbose => format!("rebuilt because {w}"),
+                (false, _) => "written".to_string(),
+            };
             format!(
-                "Layer {name}: {how}{why} {} ({} → {} {})",
+                "Layer {name}: {how} {} ({} → {} {})",
                 digests.digest,
                 mb(digests.tar_size),
                 mb(digests.size),

@@ -14,6 +14,8 @@ use std::path::{Path, PathBuf};
 use imgforge_layers::{Digest, HashingReader, HashingWriter};
 use tempfile::NamedTempFile;
 
+pub mod layer_cache;
+pub mod stat_cache;
 mod verify;
 pub use verify::VerifiedReader;
 

@@ -1,0 +1,116 @@
+//! Content hashes of files, remembered by (path, device, inode, size, mtime, ctime) as git's
+//! index does, so an unchanged file is never read twice.
+//!
+//! Racy-clean rule: a hash is remembered only if the file's mtime and ctime were at least
+//! [`RACY_NS`] old when it was read. A file changed after that gets a new ctime (which
+//! no user can set back), so a stale entry can never match it.
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use imgforge_layers::{Sha256Hash, TreeEntry};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+use super::{write_atomic, BlobStore, StoreError};
+
+const BUCKET: &str = "stat-v1";
+const RACY_NS: i128 = 2_000_000_000;
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+struct StatEntry {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
+    hash: String,
+}
+
+/// One stat cache per tree root (the app dir, a build dir, …).
+pub struct StatCache {
+    file: Option<PathBuf>,
+    entries: HashMap<PathBuf, StatEntry>,
+    seen: HashMap<PathBuf, StatEntry>,
+    now_ns: i128,
+    racy_ns: i128,
+    /// How many files had to be read (for reports and tests).
+    pub hashed_files: u64,
+}
+
+impl StatCache {
+    pub fn load(store: &BlobStore, root: &Path) -> Result<StatCache, StoreError> {
+        let root = root.canonicalize().unwrap_or_else(|_| root.to_path_buf());
+        let name = Sha256Hash::of(root.as_os_str().as_bytes()).hex();
+        let file = store.bucket(BUCKET)?.join(format!("{name}.json"));
+        let entries = fs::read(&file).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
+        Ok(StatCache { file: Some(file), entries, seen: HashMap::new(), now_ns: now_ns(), racy_ns: RACY_NS, hashed_files: 0 })
+    }
+
+    /// A cache that remembers nothing between runs.
+    pub fn ephemeral() -> StatCache {
+        StatCache { file: None, entries: HashMap::new(), seen: HashMap::new(), now_ns: now_ns(), racy_ns: RACY_NS, hashed_files: 0 }
+    }
+
+    /// The sha256 of the file `e` at `abs`, from the cache when its stat is unchanged.
+    pub fn content_hash(&mut self, abs: &Path, e: &TreeEntry) -> io::Result<Sha256Hash> {
+        let probe = StatEntry { dev: e.dev, ino: e.ino, size: e.size, mtime_ns: e.mtime_ns, ctime_ns: e.ctime_ns, hash: String::new() };
+        if let Some(hit) = self.entries.get(abs) {
+            if (StatEntry { hash: String::new(), ..hit.clone() }) == probe {
+                if let Ok(h) = Sha256Hash::from_hex(&hit.hash) {
+                    self.seen.insert(abs.to_path_buf(), hit.clone());
+                    return Ok(h);
+                }
+            }
+        }
+        let hash = hash_file(abs, e.size)?;
+        self.hashed_files += 1;
+        if self.now_ns - e.mtime_ns.max(e.ctime_ns) >= self.racy_ns {
+            self.seen.insert(abs.to_path_buf(), StatEntry { hash: hash.hex(), ..probe });
+        }
+        Ok(hash)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn without_racy_window(mut self) -> Self {
+        self.racy_ns = 0;
+        self
+    }
+
+    /// Writes what this run saw (entries for files that are gone are dropped).
+    pub fn save(&self) -> io::Result<()> {
+        match &self.file {
+            Some(f) => write_atomic(f, &serde_json::to_vec(&self.seen).expect("json")),
+            None => Ok(()),
+        }
+    }
+}
+
+fn now_ns() -> i128 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i128)
+}
+
+fn hash_file(path: &Path, size: u64) -> io::Result<Sha256Hash> {
+    let f: File = OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(path)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 256 << 10];
+    let mut r = f.take(size + 1);
+    let mut n_total = 0u64;
+    loop {
+        let n = r.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        n_total += n as u64;
+        h.update(&buf[..n]);
+    }
+    if n_total != size {
+        return Err(io::Error::other(format!("file changed while it was being read: {}", path.display())));
+    }
+    Ok(Sha256Hash(h.finalize().into()))
+}
