@@ -15,6 +15,10 @@ pub enum Event<'a> {
     LayerDone { name: &'a str, digests: &'a LayerDigests, reused: bool, why: Option<&'a str> },
     /// Written to a destination.
     Destination { reference: &'a str, written: usize, present: usize, bytes: u64 },
+    /// A buildpack's detect answered (`framework` is what it printed, when it applies).
+    Detected { buildpack: &'a str, applies: bool, framework: &'a str },
+    /// A line a buildpack (or app hook) printed while compiling; `----->` headings included.
+    BuildpackOutput { buildpack: &'a str, line: &'a str },
     /// Something the user should know; the build goes on.
     Warning(String),
     /// Detail shown with -v.
