@@ -55,7 +55,7 @@ declare -A tool_pkg=(
   [newuidmap]=uidmap [newgidmap]=uidmap [slirp4netns]=slirp4netns
   [fuse-overlayfs]=fuse-overlayfs [pigz]=pigz [zstd]=zstd [git]=git
   [docker-registry]=docker-registry [/usr/bin/time]=time [python3]=python3
-  [runuser]=util-linux [useradd]=passwd [tar]=tar [gzip]=gzip
+  [runuser]=util-linux [useradd]=passwd [tar]=tar [gzip]=gzip [catatonit]=catatonit
 )
 missing_pkgs=()
 for tool in "${!tool_pkg[@]}"; do
@@ -138,12 +138,18 @@ if ((is_root)); then
     as_user podman "${podman_flags[@]}" system migrate >/dev/null 2>&1 || true
   fi
 
-  # A copy of the busybox fixture the user can read, for the probe.
-  probe_dir=$(mktemp -d)
+  # A copy of the busybox fixture the user can read, for the probe. Lowercase
+  # path: podman names the image after it and rejects upper case.
+  probe_dir=/tmp/imgforge-probe-$$
+  rm -rf "$probe_dir"
+  mkdir -m 0755 "$probe_dir"
   trap 'rm -rf "$probe_dir"' EXIT
-  chmod 0755 "$probe_dir"
   cp -R testdata/images/busybox "$probe_dir/busybox"
   chmod -R a+rX "$probe_dir"
+  reset_storage() {
+    as_user podman "${podman_flags[@]}" system reset --force >/dev/null 2>&1 || true
+    rm -rf "$home/.local/share/containers/storage" "$runtime_dir/containers" "$runtime_dir/libpod"
+  }
   probe() { # probe DRIVER -> 0 if a container runs with it
     as_user podman "${podman_flags[@]}" --storage-driver "$1" run --rm --network none \
       "oci:$probe_dir/busybox:latest" true >"$probe_dir/probe.log" 2>&1
@@ -154,8 +160,10 @@ if ((is_root)); then
   for d in "${drivers[@]}"; do
     if probe "$d"; then driver=$d; break; fi
     if grep -q 'does not match our storage graph driver\|database configuration mismatch' "$probe_dir/probe.log"; then
-      # storage was set up with another driver: this user's storage is ours, start afresh
-      as_user podman "${podman_flags[@]}" --storage-driver "$d" system reset --force >/dev/null 2>&1 || true
+      # Storage was set up with another driver. This user and its storage exist
+      # only for the tests: start afresh.
+      echo "resetting $user's podman storage (it was made with another storage driver)"
+      reset_storage
       if probe "$d"; then driver=$d; break; fi
     fi
     echo "storage driver $d does not work here:"; sed 's/^/    /' "$probe_dir/probe.log"
@@ -179,15 +187,20 @@ else
     die "no /etc/subuid range for $(id -un): sudo usermod --add-subuids 200000-265535 --add-subgids 200000-265535 $(id -un)"
   [[ -n ${XDG_RUNTIME_DIR:-} && -d ${XDG_RUNTIME_DIR:-} ]] ||
     die "XDG_RUNTIME_DIR is not set to an existing directory (rootless podman needs one)"
-  probe_dir=$(mktemp -d)
+  # lowercase path: podman names the image after it and rejects upper case
+  probe_dir=/tmp/imgforge-probe-$(id -u)-$$
+  rm -rf "$probe_dir"
+  mkdir -m 0755 "$probe_dir"
   trap 'rm -rf "$probe_dir"' EXIT
+  cp -R testdata/images/busybox "$probe_dir/busybox"
   driver_flag=()
   [[ -n ${IMGFORGE_TEST_STORAGE_DRIVER:-} ]] && driver_flag=(--storage-driver "$IMGFORGE_TEST_STORAGE_DRIVER")
   if ! podman "${podman_flags[@]}" "${driver_flag[@]}" run --rm --network none \
-      "oci:$repo/testdata/images/busybox:latest" true >"$probe_dir/probe.log" 2>&1; then
+      "oci:$probe_dir/busybox:latest" true >"$probe_dir/probe.log" 2>&1; then
     cat "$probe_dir/probe.log" >&2
     die "rootless podman does not work for $(id -un) (see above)"
   fi
+  podman "${podman_flags[@]}" "${driver_flag[@]}" rmi --force "localhost$probe_dir/busybox:latest" >/dev/null 2>&1 || true
   echo "podman ${podman_flags[*]} ${driver_flag[*]} works"
 fi
 

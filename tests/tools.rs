@@ -14,30 +14,19 @@ use common::*;
 #[test]
 fn busybox_fixture_blobs_match_their_digests() {
     let layout = busybox_layout();
-    assert_eq!(
-        read_json(&layout.join("oci-layout"))["imageLayoutVersion"],
-        "1.0.0"
-    );
+    assert_eq!(read_json(&layout.join("oci-layout"))["imageLayoutVersion"], "1.0.0");
     let tags = index_tags(&layout);
     assert_eq!(tags.len(), 1, "{tags:?}");
     assert_eq!(tags[0].0, "latest");
     // read_blob checks every blob against its name
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&read_blob(&layout, &tags[0].1)).unwrap();
-    let config: serde_json::Value = serde_json::from_slice(&read_blob(
-        &layout,
-        manifest["config"]["digest"].as_str().unwrap(),
-    ))
-    .unwrap();
+    let manifest: serde_json::Value = serde_json::from_slice(&read_blob(&layout, &tags[0].1)).unwrap();
+    let config: serde_json::Value =
+        serde_json::from_slice(&read_blob(&layout, manifest["config"]["digest"].as_str().unwrap())).unwrap();
     let layers = manifest["layers"].as_array().unwrap();
     assert_eq!(layers.len(), 1);
     let layer = read_blob(&layout, layers[0]["digest"].as_str().unwrap());
     assert_eq!(layer.len() as u64, layers[0]["size"].as_u64().unwrap());
-    assert!(
-        layer.len() < 2 * 1024 * 1024,
-        "fixture layer grew to {} bytes",
-        layer.len()
-    );
+    assert!(layer.len() < 2 * 1024 * 1024, "fixture layer grew to {} bytes", layer.len());
     assert_eq!(config["rootfs"]["diff_ids"].as_array().unwrap().len(), 1);
     assert_eq!(config["created"], DEFAULT_CREATED);
 }
@@ -84,11 +73,7 @@ fn busybox_fixture_unpacks_with_umoci_rootless() {
     ] {
         let p = rootfs.join(applet);
         let target = fs::read_link(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-        assert!(
-            target.to_string_lossy().ends_with("busybox"),
-            "{applet} -> {}",
-            target.display()
-        );
+        assert!(target.to_string_lossy().ends_with("busybox"), "{applet} -> {}", target.display());
     }
     let passwd = fs::read_to_string(rootfs.join("etc/passwd")).unwrap();
     assert!(passwd.contains("root:x:0:0:"), "{passwd}");
@@ -96,14 +81,9 @@ fn busybox_fixture_unpacks_with_umoci_rootless() {
     assert!(passwd.contains("nobody:x:65534:65534:"), "{passwd}");
     let group = fs::read_to_string(rootfs.join("etc/group")).unwrap();
     assert!(group.contains("app:x:1000:"), "{group}");
-    let tmp_mode = fs::metadata(rootfs.join("tmp"))
-        .unwrap()
-        .permissions()
-        .mode()
-        & 0o7777;
+    let tmp_mode = fs::metadata(rootfs.join("tmp")).unwrap().permissions().mode() & 0o7777;
     assert_eq!(tmp_mode, 0o1777, "/tmp mode {tmp_mode:o}");
-    let copyright =
-        fs::read_to_string(rootfs.join("usr/share/doc/busybox-static/copyright")).unwrap();
+    let copyright = fs::read_to_string(rootfs.join("usr/share/doc/busybox-static/copyright")).unwrap();
     assert!(copyright.contains("GNU General Public License"));
 }
 
@@ -116,11 +96,7 @@ fn busybox_fixture_runs_under_rootless_podman() {
     let uid_map = podman_run_ok(&image, &["cat", "/proc/self/uid_map"]);
     let first: Vec<&str> = uid_map.split_whitespace().take(3).collect();
     assert_eq!(first.first(), Some(&"0"), "{uid_map}");
-    assert_ne!(
-        first.get(1),
-        Some(&"0"),
-        "container root is host root: {uid_map}"
-    );
+    assert_ne!(first.get(1), Some(&"0"), "container root is host root: {uid_map}");
     // the image's Env and Cmd apply
     let env = podman_run_ok(&image, &["env"]);
     assert!(env.contains(BUSYBOX_PATH_ENV), "{env}");
@@ -152,28 +128,19 @@ fn podman_load_helper_loads_a_docker_archive() {
         Command::new("skopeo")
             .args(["copy", "--quiet"])
             .arg(busybox_ref())
-            .arg(format!(
-                "docker-archive:{}:imgforge-test/busybox:latest",
-                archive.display()
-            )),
+            .arg(format!("docker-archive:{}:imgforge-test/busybox:latest", archive.display())),
     );
     let id = podman_load(&archive);
     // podman's image id is the config digest, which skopeo copy keeps
     let layout = busybox_layout();
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&read_blob(&layout, &index_tags(&layout)[0].1)).unwrap();
-    assert_eq!(
-        Some(format!("sha256:{id}").as_str()),
-        manifest["config"]["digest"].as_str()
-    );
+    let manifest: serde_json::Value = serde_json::from_slice(&read_blob(&layout, &index_tags(&layout)[0].1)).unwrap();
+    assert_eq!(Some(format!("sha256:{id}").as_str()), manifest["config"]["digest"].as_str());
     assert_eq!(podman_run_ok(&id, &["echo", "loaded"]), "loaded\n");
     podman_rmi(&id);
 }
 
 #[test]
-#[should_panic(
-    expected = "missing tool no-such-tool-imgforge: run tests/run.sh, which installs it"
-)]
+#[should_panic(expected = "missing tool no-such-tool-imgforge: run tests/run.sh, which installs it")]
 fn require_tool_fails_loudly() {
     require_tool("no-such-tool-imgforge");
 }
@@ -183,13 +150,7 @@ fn digest_line_parsing() {
     let d = format!("sha256:{}", "ab".repeat(32));
     assert_eq!(parse_digest_line(format!("{d}\n").as_bytes()).unwrap(), d);
     assert!(parse_digest_line(d.as_bytes()).is_err(), "no newline");
-    assert!(
-        parse_digest_line(format!("{d}\n{d}\n").as_bytes()).is_err(),
-        "two lines"
-    );
-    assert!(
-        parse_digest_line(format!("log\n{d}\n").as_bytes()).is_err(),
-        "log line"
-    );
+    assert!(parse_digest_line(format!("{d}\n{d}\n").as_bytes()).is_err(), "two lines");
+    assert!(parse_digest_line(format!("log\n{d}\n").as_bytes()).is_err(), "log line");
     assert!(parse_digest_line(format!("{}\n", d.to_uppercase()).as_bytes()).is_err());
 }

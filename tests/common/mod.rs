@@ -36,8 +36,7 @@ pub const DEFAULT_EPOCH: i64 = 315_532_801;
 /// The string in testdata/apps/hello/public/index.html.
 pub const HELLO_MARKER: &str = "imgforge-hello-fixture-7f3a";
 /// PATH in the busybox fixture's config.
-pub const BUSYBOX_PATH_ENV: &str =
-    "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+pub const BUSYBOX_PATH_ENV: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 // ---------------------------------------------------------------------------
 // paths and fixtures
@@ -109,18 +108,13 @@ pub fn run(cmd: &mut Command) -> Output {
     if !program.contains('/') {
         require_tool(&program);
     }
-    cmd.output()
-        .unwrap_or_else(|e| panic!("cannot run `{}`: {e}", describe(cmd)))
+    cmd.output().unwrap_or_else(|e| panic!("cannot run `{}`: {e}", describe(cmd)))
 }
 
 /// Runs `cmd` and panics, with its stdout and stderr, unless it exits 0.
 pub fn run_ok(cmd: &mut Command) -> Output {
     let out = run(cmd);
-    assert!(
-        out.status.success(),
-        "command failed\n{}",
-        report(cmd, &out)
-    );
+    assert!(out.status.success(), "command failed\n{}", report(cmd, &out));
     out
 }
 
@@ -142,11 +136,7 @@ fn find_in_path(name: &str) -> Option<PathBuf> {
     std::env::split_paths(&path)
         .chain(["/usr/local/sbin", "/usr/sbin", "/sbin"].map(PathBuf::from))
         .map(|d| d.join(name))
-        .find(|p| {
-            p.metadata()
-                .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-                .unwrap_or(false)
-        })
+        .find(|p| p.metadata().map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false))
 }
 
 /// Panics unless `name` is an executable on PATH (or in an sbin directory).
@@ -188,10 +178,7 @@ pub fn test_user() -> Option<&'static TestUser> {
             .ok()
             .filter(|s| !s.is_empty())
             .unwrap_or_else(|| DEFAULT_TEST_USER.to_string());
-        let out = Command::new("getent")
-            .args(["passwd", &name])
-            .output()
-            .expect("cannot run getent");
+        let out = Command::new("getent").args(["passwd", &name]).output().expect("cannot run getent");
         let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
         let fields: Vec<&str> = line.split(':').collect();
         if !out.status.success() || fields.len() < 7 {
@@ -205,18 +192,10 @@ pub fn test_user() -> Option<&'static TestUser> {
         let runtime_dir = PathBuf::from(format!("/run/user/{uid}"));
         if !runtime_dir.is_dir() {
             fs::create_dir_all(&runtime_dir).expect("create XDG_RUNTIME_DIR");
-            std::os::unix::fs::chown(&runtime_dir, Some(uid), Some(gid))
-                .expect("chown XDG_RUNTIME_DIR");
-            fs::set_permissions(&runtime_dir, fs::Permissions::from_mode(0o700))
-                .expect("chmod XDG_RUNTIME_DIR");
+            std::os::unix::fs::chown(&runtime_dir, Some(uid), Some(gid)).expect("chown XDG_RUNTIME_DIR");
+            fs::set_permissions(&runtime_dir, fs::Permissions::from_mode(0o700)).expect("chmod XDG_RUNTIME_DIR");
         }
-        Some(TestUser {
-            name,
-            uid,
-            gid,
-            home: PathBuf::from(fields[5]),
-            runtime_dir,
-        })
+        Some(TestUser { name, uid, gid, home: PathBuf::from(fields[5]), runtime_dir })
     })
     .as_ref()
 }
@@ -278,11 +257,7 @@ pub fn share(path: &Path) {
             return;
         }
         let mode = meta.permissions().mode() & 0o7777;
-        let want = if meta.is_dir() || mode & 0o111 != 0 {
-            mode | 0o755
-        } else {
-            mode | 0o644
-        };
+        let want = if meta.is_dir() || mode & 0o111 != 0 { mode | 0o755 } else { mode | 0o644 };
         if want != mode {
             fs::set_permissions(p, fs::Permissions::from_mode(want))
                 .unwrap_or_else(|e| panic!("chmod {}: {e}", p.display()));
@@ -303,9 +278,7 @@ fn check_traversable(path: &Path) {
     }
     let abs = fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
     for dir in abs.ancestors().skip(1) {
-        let mode = fs::metadata(dir)
-            .map(|m| m.permissions().mode())
-            .unwrap_or(0);
+        let mode = fs::metadata(dir).map(|m| m.permissions().mode()).unwrap_or(0);
         assert!(
             mode & 0o001 != 0,
             "{} (mode {:o}) cannot be entered by the test user, so it cannot reach {}; \
@@ -335,11 +308,7 @@ impl TestDir {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.subsec_nanos())
                 .unwrap_or(0);
-            let name = format!(
-                "imgforge-test-{}-{}-{nanos:08x}",
-                std::process::id(),
-                N.fetch_add(1, Ordering::SeqCst)
-            );
+            let name = format!("imgforge-test-{}-{}-{nanos:08x}", std::process::id(), N.fetch_add(1, Ordering::SeqCst));
             let p = base.join(name);
             match fs::create_dir(&p) {
                 Ok(()) => break p,
@@ -446,11 +415,7 @@ impl Drop for TestDir {
             return;
         }
         // rootless umoci can leave directories the owner cannot write
-        let _ = Command::new("chmod")
-            .args(["-R", "u+rwX"])
-            .arg(&self.path)
-            .stderr(Stdio::null())
-            .status();
+        let _ = Command::new("chmod").args(["-R", "u+rwX"]).arg(&self.path).stderr(Stdio::null()).status();
         let _ = fs::remove_dir_all(&self.path);
     }
 }
@@ -462,11 +427,7 @@ pub fn copy_tree(src: &Path, dst: &Path) {
 
 /// Sets the mtime (and atime) of everything under `root`, symlinks included.
 pub fn touch_all(root: &Path, date: &str) {
-    run_ok(
-        Command::new("find")
-            .arg(root)
-            .args(["-exec", "touch", "-h", "-d", date, "{}", "+"]),
-    );
+    run_ok(Command::new("find").arg(root).args(["-exec", "touch", "-h", "-d", date, "{}", "+"]));
 }
 
 // ---------------------------------------------------------------------------
@@ -520,24 +481,17 @@ pub fn imgforge() -> Command {
 /// returns the digest.
 pub fn parse_digest_line(stdout: &[u8]) -> Result<String, String> {
     let s = std::str::from_utf8(stdout).map_err(|_| "stdout is not UTF-8".to_string())?;
-    let line = s
-        .strip_suffix('\n')
-        .ok_or_else(|| format!("stdout does not end with a newline: {s:?}"))?;
+    let line = s.strip_suffix('\n').ok_or_else(|| format!("stdout does not end with a newline: {s:?}"))?;
     if !is_digest(line) {
-        return Err(format!(
-            "stdout is not exactly one `sha256:<64 hex>` line: {s:?}"
-        ));
+        return Err(format!("stdout is not exactly one `sha256:<64 hex>` line: {s:?}"));
     }
     Ok(line.to_string())
 }
 
 /// `sha256:` followed by 64 lowercase hex digits.
 pub fn is_digest(s: &str) -> bool {
-    s.strip_prefix("sha256:").is_some_and(|h| {
-        h.len() == 64
-            && h.bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    })
+    s.strip_prefix("sha256:")
+        .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
 }
 
 pub fn sha256_digest(bytes: &[u8]) -> String {
@@ -548,11 +502,7 @@ pub fn sha256_digest(bytes: &[u8]) -> String {
 /// returns the digest.
 pub fn build_ok(cmd: &mut Command) -> String {
     let out = run(cmd);
-    assert!(
-        out.status.success(),
-        "imgforge build failed\n{}",
-        report(cmd, &out)
-    );
+    assert!(out.status.success(), "imgforge build failed\n{}", report(cmd, &out));
     parse_digest_line(&out.stdout).unwrap_or_else(|e| panic!("{e}\n{}", report(cmd, &out)))
 }
 
@@ -561,12 +511,8 @@ pub fn imgforge_inspect(reference: &str) -> Value {
     let mut cmd = imgforge();
     cmd.args(["inspect", reference]);
     let out = run_ok(&mut cmd);
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "imgforge inspect: stdout is not JSON: {e}\n{}",
-            report(&cmd, &out)
-        )
-    })
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("imgforge inspect: stdout is not JSON: {e}\n{}", report(&cmd, &out)))
 }
 
 // ---------------------------------------------------------------------------
@@ -593,12 +539,7 @@ pub fn blob_path(layout: &Path, digest: &str) -> PathBuf {
 pub fn read_blob(layout: &Path, digest: &str) -> Vec<u8> {
     let p = blob_path(layout, digest);
     let bytes = fs::read(&p).unwrap_or_else(|e| panic!("read blob {}: {e}", p.display()));
-    assert_eq!(
-        sha256_digest(&bytes),
-        digest,
-        "blob {} does not match its name",
-        p.display()
-    );
+    assert_eq!(sha256_digest(&bytes), digest, "blob {} does not match its name", p.display());
     bytes
 }
 
@@ -611,10 +552,7 @@ pub fn index_tags(layout: &Path) -> Vec<(String, String)> {
         .iter()
         .map(|m| {
             (
-                m["annotations"]["org.opencontainers.image.ref.name"]
-                    .as_str()
-                    .unwrap_or("")
-                    .to_string(),
+                m["annotations"]["org.opencontainers.image.ref.name"].as_str().unwrap_or("").to_string(),
                 m["digest"].as_str().unwrap_or("").to_string(),
             )
         })
@@ -680,9 +618,7 @@ pub fn umoci_unpack_rootless(layout_dir: &Path, tag: &str, bundle_dir: &Path) ->
         check_traversable(parent);
     }
     let mut c = as_test_user("umoci");
-    c.args(["unpack", "--rootless", "--image"])
-        .arg(format!("{}:{tag}", layout_dir.display()))
-        .arg(bundle_dir);
+    c.args(["unpack", "--rootless", "--image"]).arg(format!("{}:{tag}", layout_dir.display())).arg(bundle_dir);
     run_ok(&mut c);
     let rootfs = bundle_dir.join("rootfs");
     assert!(rootfs.is_dir(), "umoci made no {}", rootfs.display());
@@ -713,9 +649,7 @@ pub fn podman() -> Command {
 fn transport_path(reference: &str) -> Option<PathBuf> {
     let (transport, rest) = reference.split_once(':')?;
     match transport {
-        "oci" | "oci-archive" | "docker-archive" | "dir" => {
-            Some(PathBuf::from(rest.split(':').next().unwrap_or(rest)))
-        }
+        "oci" | "oci-archive" | "docker-archive" | "dir" => Some(PathBuf::from(rest.split(':').next().unwrap_or(rest))),
         _ => None,
     }
 }
@@ -743,17 +677,8 @@ pub fn podman_pull(image_ref: &str) -> String {
     let mut c = podman();
     c.args(["pull", "--quiet", image_ref]);
     let out = run_ok(&mut c);
-    let id = stdout_str(&out)
-        .lines()
-        .last()
-        .unwrap_or("")
-        .trim()
-        .to_string();
-    assert!(
-        !id.is_empty(),
-        "podman pull printed no image id\n{}",
-        report(&c, &out)
-    );
+    let id = stdout_str(&out).lines().last().unwrap_or("").trim().to_string();
+    assert!(!id.is_empty(), "podman pull printed no image id\n{}", report(&c, &out));
     *refs.entry(id.clone()).or_default() += 1;
     id
 }
@@ -797,15 +722,12 @@ pub fn docker_archive_image_id(archive: &Path) -> String {
         }
         None
     };
-    let manifest = read_member("manifest.json")
-        .unwrap_or_else(|| panic!("{} has no manifest.json", archive.display()));
+    let manifest = read_member("manifest.json").unwrap_or_else(|| panic!("{} has no manifest.json", archive.display()));
     let manifest: Value = serde_json::from_slice(&manifest)
         .unwrap_or_else(|e| panic!("{}: manifest.json is not JSON: {e}", archive.display()));
-    let config_name = manifest[0]["Config"]
-        .as_str()
-        .unwrap_or_else(|| panic!("{}: manifest.json has no Config", archive.display()));
-    let config = read_member(config_name)
-        .unwrap_or_else(|| panic!("{}: no member {config_name}", archive.display()));
+    let config_name =
+        manifest[0]["Config"].as_str().unwrap_or_else(|| panic!("{}: manifest.json has no Config", archive.display()));
+    let config = read_member(config_name).unwrap_or_else(|| panic!("{}: no member {config_name}", archive.display()));
     hex::encode(Sha256::digest(&config))
 }
 
@@ -825,11 +747,7 @@ fn release_image(image_id: &str, strict: bool) {
         c.args(["rmi", "--force", image_id]);
         let out = run(&mut c);
         if strict {
-            assert!(
-                out.status.success(),
-                "podman rmi failed\n{}",
-                report(&c, &out)
-            );
+            assert!(out.status.success(), "podman rmi failed\n{}", report(&c, &out));
         }
     }
 }
@@ -843,15 +761,9 @@ struct Pulled {
 impl Pulled {
     fn new(image_ref: &str) -> Self {
         if transport_path(image_ref).is_some() {
-            Pulled {
-                id: podman_pull(image_ref),
-                release: true,
-            }
+            Pulled { id: podman_pull(image_ref), release: true }
         } else {
-            Pulled {
-                id: image_ref.to_string(),
-                release: false,
-            }
+            Pulled { id: image_ref.to_string(), release: false }
         }
     }
 }
@@ -877,10 +789,7 @@ pub fn podman_run(image_ref: &str, args: &[&str]) -> Output {
 pub fn podman_run_with(image_ref: &str, run_opts: &[&str], args: &[&str]) -> Output {
     let image = Pulled::new(image_ref);
     let mut c = podman();
-    c.args(["run", "--rm", "--network", "none"])
-        .args(run_opts)
-        .arg(&image.id)
-        .args(args);
+    c.args(["run", "--rm", "--network", "none"]).args(run_opts).arg(&image.id).args(args);
     run(&mut c)
 }
 
@@ -899,10 +808,7 @@ pub fn podman_run_ok(image_ref: &str, args: &[&str]) -> String {
 
 /// A free TCP port on 127.0.0.1 (free when this returns).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind 127.0.0.1:0")
-        .port()
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("bind 127.0.0.1:0").port()
 }
 
 /// One HTTP/1.0 GET to 127.0.0.1:PORT; `(status code, body)`.
@@ -911,18 +817,13 @@ pub fn http_get(port: u16, path: &str) -> Result<(u16, String), String> {
     let mut s = TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok();
     s.set_write_timeout(Some(Duration::from_secs(5))).ok();
-    write!(
-        s,
-        "GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
-    )
-    .map_err(|e| format!("send: {e}"))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n")
+        .map_err(|e| format!("send: {e}"))?;
     let _ = s.shutdown(Shutdown::Write);
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).map_err(|e| format!("read: {e}"))?;
     let text = String::from_utf8_lossy(&buf).into_owned();
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| format!("no HTTP header end in {text:?}"))?;
+    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| format!("no HTTP header end in {text:?}"))?;
     let code = head
         .split_whitespace()
         .nth(1)
@@ -936,10 +837,7 @@ struct Container(String);
 
 impl Drop for Container {
     fn drop(&mut self) {
-        let _ = podman()
-            .args(["rm", "--force", "--time", "0", &self.0])
-            .stdin(Stdio::null())
-            .output();
+        let _ = podman().args(["rm", "--force", "--time", "0", &self.0]).stdin(Stdio::null()).output();
     }
 }
 
@@ -956,9 +854,7 @@ pub fn podman_serve_http(image_ref: &str, args: &[&str], port: u16) -> String {
 pub fn podman_serve_http_path(image_ref: &str, args: &[&str], port: u16, path: &str) -> String {
     let image = Pulled::new(image_ref);
     let mut c = podman();
-    c.args(["run", "-d", "--network", "host"])
-        .arg(&image.id)
-        .args(args);
+    c.args(["run", "-d", "--network", "host"]).arg(&image.id).args(args);
     let out = run_ok(&mut c);
     let container = Container(stdout_str(&out).trim().to_string());
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -970,13 +866,7 @@ pub fn podman_serve_http_path(image_ref: &str, args: &[&str], port: u16, path: &
             Err(e) => last_err = e,
         }
         let mut state = podman();
-        state.args([
-            "container",
-            "inspect",
-            "--format",
-            "{{.State.Status}}",
-            &container.0,
-        ]);
+        state.args(["container", "inspect", "--format", "{{.State.Status}}", &container.0]);
         let state = stdout_str(&run(&mut state)).trim().to_string();
         if Instant::now() > deadline || state == "exited" || state == "stopped" {
             let mut logs = podman();
