@@ -500,7 +500,7 @@ impl<W: Write> GzipEncoder<W> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::io::Read;
     use std::process::{Command, Stdio};

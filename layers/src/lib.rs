@@ -11,6 +11,9 @@ pub mod reader;
 pub mod tree;
 pub mod writer;
 
+#[cfg(test)]
+mod roundtrip_tests;
+
 pub use compress::{CompressOptions, Compression, Compressor, GZIP_CHUNK_SIZE};
 pub use digest::{DiffId, Digest, DigestError, HashingReader, HashingWriter, Sha256Hash};
 pub use normalize::{Normalize, Owner, TarWriter, DEFAULT_EPOCH};

@@ -222,3 +222,132 @@ impl Tree {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{symlink, PermissionsExt};
+
+    fn rels(t: &Tree) -> Vec<String> {
+        t.entries.iter().map(|e| e.rel.to_string_lossy().into_owned()).collect()
+    }
+
+    #[test]
+    fn canonical_order_is_bytewise_on_full_paths() {
+        let d = tempfile::tempdir().unwrap();
+        let r = d.path();
+        // Created in an order unrelated to the canonical one.
+        fs::create_dir(r.join("a")).unwrap();
+        fs::write(r.join("a/b"), b"").unwrap();
+        fs::write(r.join("a.txt"), b"x").unwrap();
+        fs::write(r.join("a-b"), b"").unwrap();
+        fs::write(r.join("B"), b"").unwrap();
+        fs::create_dir_all(r.join("a/c/d")).unwrap();
+        let t = scan_tree(r, &mut |_, _| true).unwrap();
+        assert_eq!(rels(&t), ["B", "a", "a-b", "a.txt", "a/b", "a/c", "a/c/d"]);
+        assert_eq!(t.entries[3].size, 1);
+        assert_eq!(t.entries[1].kind, EntryKind::Dir);
+        assert_eq!(t.entries[1].size, 0);
+    }
+
+    #[test]
+    fn first_hard_link_in_canonical_order_carries_data() {
+        let d = tempfile::tempdir().unwrap();
+        let r = d.path();
+        fs::write(r.join("z"), b"data").unwrap();
+        fs::create_dir(r.join("b")).unwrap();
+        fs::hard_link(r.join("z"), r.join("b/y")).unwrap();
+        fs::hard_link(r.join("z"), r.join("m")).unwrap();
+        let t = scan_tree(r, &mut |_, _| true).unwrap();
+        assert_eq!(rels(&t), ["b", "b/y", "m", "z"]);
+        assert_eq!(t.entries[1].kind, EntryKind::File);
+        assert_eq!(t.entries[2].kind, EntryKind::HardLink(PathBuf::from("b/y")));
+        assert_eq!(t.entries[3].kind, EntryKind::HardLink(PathBuf::from("b/y")));
+        // If the first link is filtered out, the next one carries the data.
+        let t = scan_tree(r, &mut |p, _| p != Path::new("b")).unwrap();
+        assert_eq!(rels(&t), ["m", "z"]);
+        assert_eq!(t.entries[0].kind, EntryKind::File);
+        assert_eq!(t.entries[1].kind, EntryKind::HardLink(PathBuf::from("m")));
+    }
+
+    #[test]
+    fn specials_are_skipped_and_symlinks_not_followed() {
+        let d = tempfile::tempdir().unwrap();
+        let r = d.path();
+        fs::create_dir(r.join("real")).unwrap();
+        fs::write(r.join("real/f"), b"f").unwrap();
+        symlink("real", r.join("link-to-dir")).unwrap();
+        symlink("/nonexistent/target", r.join("dangling")).unwrap();
+        let _sock = std::os::unix::net::UnixListener::bind(r.join("sock")).unwrap();
+        let fifo_made =
+            std::process::Command::new("mkfifo").arg(r.join("fifo")).status().map(|s| s.success()).unwrap_or(false);
+        let t = scan_tree(r, &mut |_, _| true).unwrap();
+        assert_eq!(rels(&t), ["dangling", "link-to-dir", "real", "real/f"]);
+        assert_eq!(t.entries[1].kind, EntryKind::Symlink(b"real".to_vec()));
+        assert_eq!(t.entries[0].kind, EntryKind::Symlink(b"/nonexistent/target".to_vec()));
+        let mut want = vec![];
+        if fifo_made {
+            want.push(Skipped { rel: "fifo".into(), what: "fifo" });
+        }
+        want.push(Skipped { rel: "sock".into(), what: "socket" });
+        assert_eq!(t.skipped, want);
+    }
+
+    #[test]
+    fn include_prunes_subtrees_and_sees_is_dir() {
+        let d = tempfile::tempdir().unwrap();
+        let r = d.path();
+        fs::create_dir_all(r.join("keep/sub")).unwrap();
+        fs::create_dir_all(r.join("node_modules/x")).unwrap();
+        fs::write(r.join("node_modules/x/f"), b"").unwrap();
+        fs::write(r.join("keep/sub/f"), b"").unwrap();
+        fs::write(r.join("keep/.env"), b"").unwrap();
+        let mut seen = Vec::new();
+        let t = scan_tree(r, &mut |p, is_dir| {
+            seen.push((p.to_path_buf(), is_dir));
+            p != Path::new("node_modules") && p.file_name() != Some(OsStr::new(".env"))
+        })
+        .unwrap();
+        assert_eq!(rels(&t), ["keep", "keep/sub", "keep/sub/f"]);
+        assert!(seen.contains(&(PathBuf::from("keep/sub"), true)));
+        assert!(seen.contains(&(PathBuf::from("keep/sub/f"), false)));
+        assert!(!seen.iter().any(|(p, _)| p.starts_with("node_modules/x")), "pruned dir not descended");
+    }
+
+    #[test]
+    fn modes_are_host_modes() {
+        let d = tempfile::tempdir().unwrap();
+        let r = d.path();
+        fs::write(r.join("x"), b"").unwrap();
+        fs::set_permissions(r.join("x"), fs::Permissions::from_mode(0o4751)).unwrap();
+        let t = scan_tree(r, &mut |_, _| true).unwrap();
+        assert_eq!(t.entries[0].mode, 0o4751);
+    }
+
+    #[test]
+    fn root_must_be_a_directory() {
+        let d = tempfile::tempdir().unwrap();
+        fs::write(d.path().join("f"), b"").unwrap();
+        assert!(scan_tree(&d.path().join("f"), &mut |_, _| true).is_err());
+        assert!(scan_tree(&d.path().join("missing"), &mut |_, _| true).is_err());
+    }
+
+    #[test]
+    fn write_to_detects_a_swapped_file() {
+        let d = tempfile::tempdir().unwrap();
+        let r = d.path();
+        fs::write(r.join("f"), b"abc").unwrap();
+        let t = scan_tree(r, &mut |_, _| true).unwrap();
+        // Replaced by another file (new inode: the old one is kept alive) after the scan.
+        fs::rename(r.join("f"), r.join("old")).unwrap();
+        fs::write(r.join("f"), b"abc").unwrap();
+        let mut w = TarWriter::new(Vec::new(), crate::Normalize::default());
+        let e = t.write_to(&mut w, b"", Owner::ROOT).unwrap_err();
+        assert!(e.to_string().contains("file changed while it was being read"), "{e}");
+        // Replaced by a symlink: O_NOFOLLOW refuses it.
+        fs::remove_file(r.join("f")).unwrap();
+        symlink("/etc/passwd", r.join("f")).unwrap();
+        let mut w = TarWriter::new(Vec::new(), crate::Normalize::default());
+        assert!(t.write_to(&mut w, b"", Owner::ROOT).is_err());
+    }
+}
