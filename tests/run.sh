@@ -9,7 +9,8 @@
 #   2. creates the unprivileged user $IMGFORGE_TEST_USER (default imgforge-test)
 #      with subordinate uid/gid ranges and an XDG_RUNTIME_DIR, and checks that
 #      rootless podman works for it (choosing the storage driver);
-#   3. runs cargo fmt --check, cargo clippy -D warnings and cargo test.
+#   3. runs cargo fmt --check, cargo clippy -D warnings and cargo test
+#      (--no-fail-fast).
 # Run as a normal user, it installs nothing: it says what is missing and exits 1,
 # and the tests run podman as that user directly. See docs/testing.md.
 #
@@ -213,8 +214,9 @@ if [[ ${IMGFORGE_SKIP_LINT:-} != 1 ]]; then
   cargo clippy --workspace --all-targets -- -D warnings
 fi
 
-section "cargo test --workspace $*"
-cargo test --workspace "$@"
+# --no-fail-fast: report every failing test binary, not just the first
+section "cargo test --workspace --no-fail-fast $*"
+cargo test --workspace --no-fail-fast "$@"
 echo "    (took $((SECONDS - step_start)) s)"
 echo
 echo "tests/run.sh: all steps passed"
