@@ -21,6 +21,7 @@ pub fn inspect(r: &ImageRef, platform: &Platform) -> Result<Value, TransportErro
     Ok(json!({
         "reference": base.reference,
         "digest": base.manifest_digest.map(|d| d.to_string()),
+        "manifest": base.manifest.as_deref().and_then(|m| serde_json::from_slice::<Value>(m).ok()),
         "config": base.config.map(|c| Value::Object(c.raw)),
         "layers": layers,
     }))

@@ -1,7 +1,7 @@
 //! The build pipeline, the only place that knows the order of steps:
 //! resolve base → stage app → write layers → config + manifest → write each destination.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
@@ -13,7 +13,8 @@ use imgforge_layers::{
 use crate::image::manifest::{Descriptor, Platform};
 use crate::image::reference::ImageRef;
 use crate::report::{Event, Reporter};
-use crate::store::layer_cache::{tree_key, LayerCache};
+use crate::buildpack;
+use crate::store::layer_cache::{tree_key, LayerCache, LayerKey};
 use crate::store::stat_cache::StatCache;
 use crate::store::{BlobStore, StoreError};
 use crate::transport::{self, BaseImage, BaseLayer, Blobs, NewImage, Source, TransportError};
@@ -23,6 +24,7 @@ pub mod config;
 pub mod git;
 pub mod launch;
 pub mod procfile;
+pub mod split;
 
 use config::{ConfigChanges, LABEL_BASE_DIGEST, LABEL_BASE_NAME, LABEL_REVISION, LABEL_SOURCE};
 
@@ -36,6 +38,8 @@ pub enum BuildError {
     Store(#[from] StoreError),
     #[error("{what}")]
     Io { what: String, source: io::Error },
+    #[error("{what}")]
+    Buildpack { what: String, source: buildpack::BuildpackError },
     #[error("{0}")]
     Invalid(String),
 }
@@ -48,13 +52,13 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> BuildError {
 pub struct BuildOptions {
     pub app_dir: PathBuf,
     pub base: ImageRef,
-    /// The base reference as the user wrote it (recorded in the image).
+    /// The base reference as the user wrote it (for messages).
     pub base_name: String,
     pub destinations: Vec<ImageRef>,
-    /// Absolute path of the app in the image.
-    pub workdir: String,
+    /// Absolute path of the app in the image [default: /workspace, or /app for buildpack builds].
+    pub workdir: Option<String>,
     pub chown: Option<Owner>,
-    /// Image environment, in the order given.
+    /// Image environment, in the order given (also the buildpacks' config vars).
     pub env: Vec<(String, String)>,
     pub default_process: Option<String>,
     pub compress: CompressOptions,
@@ -63,6 +67,12 @@ pub struct BuildOptions {
     /// SOURCE_DATE_EPOCH: every timestamp in the image.
     pub source_date_epoch: Option<u64>,
     pub keep_special_bits: bool,
+    /// `--buildpack` paths, in order.
+    pub buildpacks: Vec<PathBuf>,
+    pub buildpacks_dir: Option<PathBuf>,
+    pub stack: Option<String>,
+    /// Start the buildpacks' CACHE_DIRs empty (and skip the build cache).
+    pub clear_cache: bool,
 }
 
 #[derive(Debug)]
@@ -76,25 +86,38 @@ pub struct BuildResult {
 const ALWAYS_SKIPPED: &str = ".git";
 pub const IGNORE_FILE: &str = ".imgforgeignore";
 const MAX_PROCFILE: u64 = 1 << 20;
+const DEFAULT_STACK: &str = "heroku-24";
+const STACK_LABEL: &str = "io.buildpacks.stack.id";
+
+/// What the layer-producing step hands to the rest of the pipeline.
+struct Produced {
+    layers: Vec<(LayerDigests, String)>,
+    processes: BTreeMap<String, String>,
+    /// Image env from the buildpacks (bin/release config_vars), below the user's --env.
+    release_env: Vec<(String, String)>,
+    heroku: bool,
+    outcome: Option<buildpack::Outcome>,
+    build_key: Option<(BuildCache, String)>,
+    /// The build's scratch directory: holds the buildpacks' new caches until they are committed.
+    _work: Option<tempfile::TempDir>,
+}
 
 pub fn build(opts: &BuildOptions, reporter: &dyn Reporter) -> Result<BuildResult, BuildError> {
     let app_dir = &opts.app_dir;
     if !app_dir.is_dir() {
-        return Err(BuildError::Invalid(format!(
-            "app directory {} does not exist or is not a directory",
-            app_dir.display()
-        )));
+        return Err(BuildError::Invalid(format!("app directory {} does not exist or is not a directory", app_dir.display())));
     }
-    let workdir = validate_workdir(&opts.workdir)?;
     if opts.destinations.is_empty() {
-        return Err(BuildError::Invalid(
-            "no destination: pass -t oci:DIR:TAG (or oci-archive:FILE, docker-archive:FILE)".into(),
-        ));
+        return Err(BuildError::Invalid("no destination: pass -t oci:DIR:TAG (or oci-archive:FILE, docker-archive:FILE)".into()));
     }
     for d in &opts.destinations {
-        transport::check_destination(d)
-            .map_err(|source| BuildError::Destination { reference: d.to_string(), source })?;
+        transport::check_destination(d).map_err(|source| BuildError::Destination { reference: d.to_string(), source })?;
     }
+    let uses_buildpacks = !opts.buildpacks.is_empty()
+        || opts.buildpacks_dir.is_some()
+        || app_dir.join(".buildpacks").is_file()
+        || app_dir.join("project.toml").is_file();
+    let workdir = validate_workdir(opts.workdir.as_deref().unwrap_or(if uses_buildpacks { "/app" } else { "/workspace" }))?;
     let store = BlobStore::open(&opts.cache_dir)?;
     let _lock = store.lock(false)?;
     let epoch = opts.source_date_epoch.unwrap_or(DEFAULT_EPOCH);
@@ -119,7 +142,7 @@ pub fn build(opts: &BuildOptions, reporter: &dyn Reporter) -> Result<BuildResult
         None => base_facts::resolve_user(&base_user, &facts).map_err(BuildError::Invalid)?,
     };
 
-    // 2. The app: ignore rules, Procfile.
+    // 2. The app, and its layers (with or without buildpacks).
     reporter.report(Event::Step("Reading the app"));
     let tree = stage_app(app_dir)?;
     for s in &tree.skipped {
@@ -129,41 +152,71 @@ pub fn build(opts: &BuildOptions, reporter: &dyn Reporter) -> Result<BuildResult
             s.rel.display()
         )));
     }
-    let processes = read_procfile(app_dir)?;
-    let default_process = choose_default_process(&processes, opts.default_process.as_deref())?;
-
-    // 3. Layers.
-    let mut new_layers: Vec<(LayerDigests, String)> = Vec::new();
-    let prefix = workdir.trim_start_matches('/').as_bytes();
-    let mut stat = StatCache::load(&store, app_dir)?;
-    let key = tree_key(&tree, prefix, owner, &rules, &opts.compress, &mut stat)
+    let git = git::read(app_dir);
+    let ctx = LayerCtx {
+        store: &store,
+        cache: LayerCache::open(&store)?,
+        rules,
+        compress: opts.compress,
+        owner,
+        prefix: workdir.trim_start_matches('/').as_bytes().to_vec(),
+        scope: app_dir.canonicalize().unwrap_or_else(|_| app_dir.clone()).display().to_string(),
+        reporter,
+    };
+    let mut app_stat = StatCache::load(&store, app_dir)?;
+    let app_key = tree_key(&tree, &ctx.prefix, owner, &rules, &opts.compress, &mut app_stat)
         .map_err(io_err(format!("Failed to read the app directory {}", app_dir.display())))?;
-    let _ = stat.save();
-    let scope = format!("{}:app", app_dir.canonicalize().unwrap_or_else(|_| app_dir.clone()).display());
-    let layer_cache = LayerCache::open(&store)?;
-    let app_layer = match layer_cache.get(&store, &key) {
-        Some(hit) => {
-            reporter.report(Event::LayerDone { name: "app", digests: &hit, reused: true, why: None });
-            hit
+    let produced = if uses_buildpacks {
+        let stack = opts
+            .stack
+            .clone()
+            .or_else(|| base.config.as_ref().and_then(|c| c.label(STACK_LABEL)))
+            .unwrap_or_else(|| DEFAULT_STACK.to_string());
+        let work = tempfile::Builder::new()
+            .prefix("build-")
+            .tempdir_in(store.tmp_dir())
+            .map_err(io_err("Failed to make a build directory in the cache"))?;
+        let plan = buildpack::plan(&opts.buildpacks, app_dir, opts.buildpacks_dir.as_deref(), work.path())
+            .map_err(|e| BuildError::Buildpack { what: "Failed to find the buildpacks".into(), source: e })?;
+        let build_cache = BuildCache::open(&store)?;
+        let build_key = build_cache.key(opts, &store, &app_key, &plan, &base, &stack, &git, &workdir, facts.has_shell)?;
+        if !opts.clear_cache {
+            if let Some(image) = build_cache.get(&store, &build_key) {
+                reporter.report(Event::Step("Nothing changed since the last build: reusing its image"));
+                let _ = app_stat.save();
+                publish(opts, &image, &store, &source, reporter)?;
+                let layers = Vec::new();
+                return Ok(BuildResult { manifest_digest: image.manifest_digest, config_digest: image.config_digest, layers });
+            }
         }
-        None => {
-            let why = layer_cache.explain_miss(&scope, &key);
-            let written = write_layer(&store, opts.compress, rules, "app", Some(&why), reporter, |tar| tree.write_to(tar, prefix, owner))?;
-            let _ = layer_cache.put(&key, &written);
-            written
+        let mut p = buildpack_layers(opts, &ctx, &plan, work.path(), &tree, &app_key, &mut app_stat, &stack, git.revision.clone())?;
+        p.build_key = Some((build_cache, build_key));
+        p._work = Some(work);
+        p
+    } else {
+        let app = ctx.cached_layer("app", &tree, &app_key)?;
+        Produced {
+            layers: vec![(app, format!("imgforge build: app at {workdir}"))],
+            processes: read_procfile(app_dir)?,
+            release_env: Vec::new(),
+            heroku: false,
+            outcome: None,
+            build_key: None,
+            _work: None,
         }
     };
-    let _ = layer_cache.record(&scope, &key);
-    new_layers.push((app_layer, format!("imgforge build: app at {workdir}")));
+    let _ = app_stat.save();
+    let Produced { mut layers, processes, release_env, heroku, outcome, build_key, _work: work } = produced;
+    let default_process = choose_default_process(&processes, opts.default_process.as_deref())?;
 
-    let mut changes =
-        ConfigChanges { created: config::rfc3339(epoch), working_dir: Some(workdir.clone()), ..Default::default() };
+    // 3. How processes start.
+    let mut changes = ConfigChanges { created: config::rfc3339(epoch), working_dir: Some(workdir.clone()), ..Default::default() };
     if facts.has_shell {
         if !processes.is_empty() {
             let launch = write_layer(&store, opts.compress, rules, "launch", None, reporter, |tar| {
                 launch::write_launch_layer(tar, &processes)
             })?;
-            new_layers.push((launch, "imgforge build: launcher".into()));
+            layers.push((launch, "imgforge build: launcher".into()));
             changes.entrypoint = Some(vec![launch::LAUNCHER_PATH.into()]);
             changes.cmd = default_process.clone().map(|p| vec![p]);
         }
@@ -182,19 +235,23 @@ pub fn build(opts: &BuildOptions, reporter: &dyn Reporter) -> Result<BuildResult
         changes.cmd = Some(argv);
     }
 
-    // 4. Config and manifest.
-    changes.env = opts.env.clone();
+    // 4. Config and manifest. Env precedence: base < buildpack config_vars < --env.
+    changes.env = release_env;
+    changes.env.extend(opts.env.iter().cloned());
     let base_env = base.config.as_ref().map(|c| c.list("Env")).unwrap_or_default();
-    let has_port = |k: &str| k == "PORT";
-    if !opts.env.iter().any(|(k, _)| has_port(k)) && !base_env.iter().any(|e| e.starts_with("PORT=")) {
-        changes.env.push(("PORT".into(), "5000".into()));
+    let set_anywhere = |k: &str| changes.env.iter().any(|(e, _)| e == k) || base_env.iter().any(|e| e.starts_with(&format!("{k}=")));
+    let mut defaults = vec![("PORT".to_string(), "5000".to_string())];
+    if heroku {
+        // Heroku-classic buildpacks write profile scripts that find their files under $HOME.
+        defaults.push(("HOME".to_string(), workdir.clone()));
     }
+    let defaults: Vec<_> = defaults.into_iter().filter(|(k, _)| !set_anywhere(k)).collect();
+    changes.env.extend(defaults);
     let mut annotations = BTreeMap::new();
     if let Some(d) = base.manifest_digest {
-        annotations.insert(LABEL_BASE_NAME.to_string(), opts.base_name.clone());
+        annotations.insert(LABEL_BASE_NAME.to_string(), opts.base.portable_name());
         annotations.insert(LABEL_BASE_DIGEST.to_string(), d.to_string());
     }
-    let git = git::read(app_dir);
     if let Some(s) = git.source {
         annotations.insert(LABEL_SOURCE.to_string(), s);
     }
@@ -202,21 +259,33 @@ pub fn build(opts: &BuildOptions, reporter: &dyn Reporter) -> Result<BuildResult
         annotations.insert(LABEL_REVISION.to_string(), r);
     }
     changes.labels = annotations.clone();
-    changes.new_layers = new_layers.iter().map(|(l, by)| (l.diff_id, by.clone())).collect();
+    changes.new_layers = layers.iter().map(|(l, by)| (l.diff_id, by.clone())).collect();
     let config_bytes = config::compose_config(base.config.as_ref(), &platform, &changes);
     let config_digest = store.put_bytes(&config_bytes)?;
-    let layers = all_layers(&base, &new_layers);
-    let descriptors: Vec<Descriptor> = layers.iter().map(|l| l.descriptor.clone()).collect();
+    let all = all_layers(&base, &layers);
+    let descriptors: Vec<Descriptor> = all.iter().map(|l| l.descriptor.clone()).collect();
     let manifest = config::compose_manifest(&config_bytes, config_digest, &descriptors, &annotations);
     let manifest_digest = store.put_bytes(&manifest)?;
-    let image = NewImage { manifest, manifest_digest, config: config_bytes, config_digest, layers };
+    let image = NewImage { manifest, manifest_digest, config: config_bytes, config_digest, layers: all };
 
-    // 5. Destinations.
-    let blobs = BuildBlobs { store: &store, source: &source };
+    // 5. Destinations; only then do the buildpacks' new caches replace the old ones.
+    publish(opts, &image, &store, &source, reporter)?;
+    if let Some(outcome) = outcome {
+        outcome.commit_caches().map_err(|e| BuildError::Buildpack { what: "Failed to keep the buildpack caches".into(), source: e })?;
+    }
+    if let Some((cache, key)) = build_key {
+        let _ = cache.put(&key, &manifest_digest);
+    }
+    drop(work);
+    Ok(BuildResult { manifest_digest, config_digest, layers: layers.into_iter().map(|(l, _)| l).collect() })
+}
+
+fn publish(opts: &BuildOptions, image: &NewImage, store: &BlobStore, source: &Source, reporter: &dyn Reporter) -> Result<(), BuildError> {
+    let blobs = BuildBlobs { store, source };
     for dest in &opts.destinations {
         let reference = dest.to_string();
         reporter.report(Event::Step(&format!("Writing {reference}")));
-        let s = transport::write(dest, &image, &blobs)
+        let s = transport::write(dest, image, &blobs)
             .map_err(|source| BuildError::Destination { reference: reference.clone(), source })?;
         reporter.report(Event::Destination {
             reference: &reference,
@@ -225,7 +294,201 @@ pub fn build(opts: &BuildOptions, reporter: &dyn Reporter) -> Result<BuildResult
             bytes: s.bytes_written,
         });
     }
-    Ok(BuildResult { manifest_digest, config_digest, layers: new_layers.into_iter().map(|(l, _)| l).collect() })
+    Ok(())
+}
+
+/// What every layer written from a tree shares.
+struct LayerCtx<'a> {
+    store: &'a BlobStore,
+    cache: LayerCache,
+    rules: Normalize,
+    compress: CompressOptions,
+    owner: Owner,
+    prefix: Vec<u8>,
+    /// Identifies the app, for explaining cache misses.
+    scope: String,
+    reporter: &'a dyn Reporter,
+}
+
+impl LayerCtx<'_> {
+    /// The layer for `tree` from the cache, or written now (and cached).
+    fn cached_layer(&self, name: &str, tree: &Tree, key: &LayerKey) -> Result<LayerDigests, BuildError> {
+        let scope = format!("{}:{name}", self.scope);
+        let digests = match self.cache.get(self.store, key) {
+            Some(hit) => {
+                self.reporter.report(Event::LayerDone { name, digests: &hit, reused: true, why: None });
+                hit
+            }
+            None => {
+                let why = self.cache.explain_miss(&scope, key);
+                let owner = self.owner;
+                let written = write_layer(self.store, self.compress, self.rules, name, Some(&why), self.reporter, |tar| {
+                    tree.write_to(tar, &self.prefix, owner)
+                })?;
+                let _ = self.cache.put(key, &written);
+                written
+            }
+        };
+        let _ = self.cache.record(&scope, key);
+        Ok(digests)
+    }
+
+    fn key(&self, tree: &Tree, stat: &mut StatCache) -> Result<LayerKey, BuildError> {
+        tree_key(tree, &self.prefix, self.owner, &self.rules, &self.compress, stat)
+            .map_err(io_err(format!("Failed to read {}", tree.root.display())))
+    }
+}
+
+/// Runs the buildpacks on a private copy of the app and splits the result into layers.
+#[allow(clippy::too_many_arguments)]
+fn buildpack_layers(
+    opts: &BuildOptions,
+    ctx: &LayerCtx<'_>,
+    plan: &buildpack::Plan,
+    work: &Path,
+    tree: &Tree,
+    app_key: &LayerKey,
+    app_stat: &mut StatCache,
+    stack: &str,
+    source_version: Option<String>,
+) -> Result<Produced, BuildError> {
+    let store = ctx.store;
+    let build_dir = work.join("app");
+
+    let mut build_stat = StatCache::ephemeral();
+    split::copy_app(tree, &build_dir, app_stat, &mut build_stat)
+        .map_err(io_err(format!("Failed to copy the app into {}", build_dir.display())))?;
+    // Primed hashes rely on ctime showing any later change: let the clock move past our copies.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let removed = buildpack::apply_slugignore(&build_dir)
+        .map_err(|e| BuildError::Buildpack { what: "Failed to apply .slugignore".into(), source: e })?;
+    for r in removed {
+        ctx.reporter.report(Event::Detail(format!(".slugignore removed {}", r.display())));
+    }
+    ctx.reporter.report(Event::Step("Running buildpacks"));
+    let env = buildpack::HerokuEnv { config_vars: opts.env.clone(), stack: stack.to_string(), source_version };
+    let cache_root = store.bucket("buildpack-cache-v1")?;
+    let outcome = buildpack::run(plan, &build_dir, work, &cache_root, &ctx.scope, &env, opts.clear_cache, ctx.reporter)
+        .map_err(|e| BuildError::Buildpack { what: "Buildpack build failed".into(), source: e })?;
+
+    reporter_detail(ctx.reporter, "Splitting the built app into layers");
+    let built = imgforge_layers::scan_tree(&build_dir, &mut |_, _| true)
+        .map_err(io_err(format!("Failed to read the built app in {}", build_dir.display())))?;
+    let built_key = ctx.key(&built, &mut build_stat)?;
+    let original: HashMap<PathBuf, String> =
+        tree.entries.iter().map(|e| e.rel.clone()).zip(app_key.items.iter().map(|i| i.1.clone())).collect();
+    let mut layers = Vec::new();
+    for part in split::split(&built, &built_key.items, &original) {
+        let key = ctx.key(&part.tree, &mut build_stat)?;
+        let digests = ctx.cached_layer(&part.name, &part.tree, &key)?;
+        layers.push((digests, format!("imgforge build: {}", part.name)));
+    }
+    // The Procfile wins over the buildpacks' default process types, type by type.
+    let mut processes = outcome.default_process_types.clone();
+    processes.extend(read_procfile(&build_dir)?);
+    let release_env = outcome.config_vars.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    Ok(Produced { layers, processes, release_env, heroku: true, outcome: Some(outcome), build_key: None, _work: None })
+}
+
+/// Whole-build cache for buildpack builds: when every input is as it was, the buildpacks
+/// are not run again and the previous image is written as it is.
+struct BuildCache {
+    dir: PathBuf,
+}
+
+/// Bump when the image a build produces for the same inputs changes.
+const BUILD_FORMAT: &str = concat!("imgforge-build-v1 ", env!("CARGO_PKG_VERSION"));
+
+impl BuildCache {
+    fn open(store: &BlobStore) -> Result<BuildCache, BuildError> {
+        Ok(BuildCache { dir: store.bucket("builds-v1")? })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn key(
+        &self,
+        opts: &BuildOptions,
+        store: &BlobStore,
+        app_key: &LayerKey,
+        plan: &buildpack::Plan,
+        base: &BaseImage,
+        stack: &str,
+        git: &git::GitInfo,
+        workdir: &str,
+        has_shell: bool,
+    ) -> Result<String, BuildError> {
+        let mut bp_keys = Vec::new();
+        for bp in &plan.buildpacks {
+            bp_keys.push(source_key(store, &bp.source)?);
+        }
+        let selection = match plan.selection {
+            buildpack::Selection::All => "all",
+            buildpack::Selection::FirstThatDetects => "first",
+        };
+        let material = serde_json::json!({
+            "format": BUILD_FORMAT,
+            "app": app_key.key,
+            "buildpacks": bp_keys,
+            "selection": selection,
+            "base": base.manifest_digest.map(|d| d.to_string()),
+            "base_name": opts.base.portable_name(),
+            "env": opts.env,
+            "stack": stack,
+            "git": [git.source, git.revision],
+            "workdir": workdir,
+            "default_process": opts.default_process,
+            "platform": opts.platform.as_ref().map(ToString::to_string),
+            "shell": has_shell,
+        });
+        Ok(imgforge_layers::Sha256Hash::of(&serde_json::to_vec(&material).expect("json")).hex())
+    }
+
+    fn get(&self, store: &BlobStore, key: &str) -> Option<NewImage> {
+        let text = fs::read_to_string(self.dir.join(key)).ok()?;
+        let manifest_digest: Digest = text.trim().parse().ok()?;
+        let manifest = store.read_small(&manifest_digest, crate::image::manifest::MAX_MANIFEST_BYTES).ok()?;
+        let crate::image::manifest::Document::Manifest(m) =
+            crate::image::manifest::parse_document(&manifest, None, "cached build").ok()?
+        else {
+            return None;
+        };
+        let config = store.read_small(&m.config.digest, crate::image::manifest::MAX_CONFIG_BYTES).ok()?;
+        let parsed = crate::image::manifest::parse_config(&config, "cached build").ok()?;
+        let layers: Vec<BaseLayer> = m
+            .layers
+            .into_iter()
+            .zip(parsed.diff_ids)
+            .map(|(descriptor, diff_id)| BaseLayer { descriptor, diff_id })
+            .collect();
+        Some(NewImage { manifest, manifest_digest, config, config_digest: m.config.digest, layers })
+    }
+
+    fn put(&self, key: &str, manifest: &Digest) -> io::Result<()> {
+        crate::store::write_atomic(&self.dir.join(key), manifest.to_string().as_bytes())
+    }
+}
+
+/// Identity of a buildpack source: its tree (through a stat cache) or its archive's bytes.
+fn source_key(store: &BlobStore, path: &Path) -> Result<String, BuildError> {
+    let what = || format!("Failed to read buildpack {}", path.display());
+    if path.is_dir() {
+        let tree = imgforge_layers::scan_tree(path, &mut |_, _| true).map_err(io_err(what()))?;
+        let mut stat = StatCache::load(store, path)?;
+        let opts = CompressOptions { compression: imgforge_layers::Compression::None, level: None, threads: 1 };
+        let key = tree_key(&tree, b"", Owner { uid: 0, gid: 0 }, &Normalize::default(), &opts, &mut stat)
+            .map_err(io_err(what()))?;
+        let _ = stat.save();
+        Ok(key.key)
+    } else {
+        let mut f = File::open(path).map_err(io_err(what()))?;
+        let mut h = imgforge_layers::HashingReader::new(&mut f);
+        io::copy(&mut h, &mut io::sink()).map_err(io_err(what()))?;
+        Ok(h.finish().1.hex())
+    }
+}
+
+fn reporter_detail(r: &dyn Reporter, s: &str) {
+    r.report(Event::Detail(s.to_string()));
 }
 
 /// Base layers (media types in OCI spelling, bytes untouched) followed by the new ones.

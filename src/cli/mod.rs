@@ -55,9 +55,9 @@ struct BuildArgs {
     /// Destination (repeatable): oci:DIR[:TAG], oci-archive:FILE[:TAG], docker-archive:FILE[:NAME[:TAG]].
     #[arg(short = 't', long = "tag", value_name = "DEST", required = true, value_parser = parse_ref)]
     tags: Vec<ImageRef>,
-    /// Where the app goes in the image (also the working directory).
-    #[arg(long, default_value = "/workspace", value_name = "PATH")]
-    workdir: String,
+    /// Where the app goes in the image, and the working directory [default: /workspace, or /app with buildpacks].
+    #[arg(long, value_name = "PATH")]
+    workdir: Option<String>,
     /// Owner of the app's files [default: the base image's user].
     #[arg(long, value_name = "UID[:GID]", value_parser = parse_owner)]
     chown: Option<Owner>,
@@ -88,6 +88,18 @@ struct BuildArgs {
     /// Keep setuid, setgid and sticky bits of app files (dropped by default).
     #[arg(long)]
     keep_special_bits: bool,
+    /// A Heroku buildpack (directory or .tgz) to run, in order (repeatable).
+    #[arg(short = 'b', long = "buildpack", value_name = "PATH")]
+    buildpacks: Vec<PathBuf>,
+    /// A directory of buildpacks: the first whose bin/detect passes runs.
+    #[arg(long, value_name = "DIR")]
+    buildpacks_dir: Option<PathBuf>,
+    /// The STACK buildpacks see [default: the base image's io.buildpacks.stack.id label, else heroku-24].
+    #[arg(long, value_name = "NAME")]
+    stack: Option<String>,
+    /// Start the buildpacks' caches empty and run them even if nothing changed.
+    #[arg(long)]
+    clear_cache: bool,
 }
 
 fn parse_ref(s: &str) -> Result<ImageRef, String> {
@@ -209,6 +221,10 @@ pub fn main() -> ExitCode {
                 cache_dir,
                 source_date_epoch: sde,
                 keep_special_bits: a.keep_special_bits,
+                buildpacks: a.buildpacks.clone(),
+                buildpacks_dir: a.buildpacks_dir.clone(),
+                stack: a.stack.clone(),
+                clear_cache: a.clear_cache,
             };
             let reporter = render::for_stderr(cli.quiet, cli.verbose, std::io::stderr().is_terminal());
             let result = build(&opts, reporter.as_ref());

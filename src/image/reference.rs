@@ -56,6 +56,26 @@ impl ImageRef {
     }
 }
 
+impl ImageRef {
+    /// The name recorded in an image's `org.opencontainers.image.base.name`: for local
+    /// transports, the file or directory name and tag without the path, so the same base at
+    /// another path (another checkout, another machine) gives the same image digest. The
+    /// base's digest, recorded beside it, is its exact identity.
+    pub fn portable_name(&self) -> String {
+        let base = |p: &std::path::Path| p.file_name().map_or_else(|| p.display().to_string(), |n| n.to_string_lossy().into_owned());
+        match self {
+            ImageRef::Scratch => "scratch".into(),
+            ImageRef::OciLayout { dir, .. } => format!("oci:{}:{}", base(dir), self.tag_or_default()),
+            ImageRef::OciArchive { file, .. } => format!("oci-archive:{}:{}", base(file), self.tag_or_default()),
+            ImageRef::DockerArchive { file, name } => match name {
+                Some(n) => format!("docker-archive:{}:{}", base(file), n.familiar()),
+                None => format!("docker-archive:{}", base(file)),
+            },
+            ImageRef::Registry(n) => n.to_string(),
+        }
+    }
+}
+
 impl FromStr for ImageRef {
     type Err = ReferenceError;
 
@@ -270,6 +290,14 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn portable_names_drop_the_path() {
+        assert_eq!(p("oci:/a/b/busybox:1").portable_name(), "oci:busybox:1");
+        assert_eq!(p("oci:../x/busybox").portable_name(), "oci:busybox:latest");
+        assert_eq!(p("oci:/other/place/busybox:1").portable_name(), p("oci:busybox:1").portable_name());
+        assert_eq!(p("docker-archive:/t/base.tar:app:2").portable_name(), "docker-archive:base.tar:app:2");
     }
 
     #[test]

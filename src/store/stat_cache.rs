@@ -60,6 +60,13 @@ impl StatCache {
     /// The sha256 of the file `e` at `abs`, from the cache when its stat is unchanged.
     pub fn content_hash(&mut self, abs: &Path, e: &TreeEntry) -> io::Result<Sha256Hash> {
         let probe = StatEntry { dev: e.dev, ino: e.ino, size: e.size, mtime_ns: e.mtime_ns, ctime_ns: e.ctime_ns, hash: String::new() };
+        if let Some(hit) = self.seen.get(abs) {
+            if (StatEntry { hash: String::new(), ..hit.clone() }) == probe {
+                if let Ok(h) = Sha256Hash::from_hex(&hit.hash) {
+                    return Ok(h);
+                }
+            }
+        }
         if let Some(hit) = self.entries.get(abs) {
             if (StatEntry { hash: String::new(), ..hit.clone() }) == probe {
                 if let Ok(h) = Sha256Hash::from_hex(&hit.hash) {
@@ -80,6 +87,14 @@ impl StatCache {
     pub(crate) fn without_racy_window(mut self) -> Self {
         self.racy_ns = 0;
         self
+    }
+
+    /// Records the hash of a file this process has just written itself (a copy of a file
+    /// whose hash is known). The racy window does not apply: the caller guarantees nobody
+    /// touched the file between writing it and `e`'s stat; a later change shows in its ctime.
+    pub fn prime(&mut self, abs: &Path, e: &TreeEntry, hash: Sha256Hash) {
+        let entry = StatEntry { dev: e.dev, ino: e.ino, size: e.size, mtime_ns: e.mtime_ns, ctime_ns: e.ctime_ns, hash: hash.hex() };
+        self.seen.insert(abs.to_path_buf(), entry);
     }
 
     /// Writes what this run saw (entries for files that are gone are dropped).

@@ -72,11 +72,11 @@ pub(crate) fn resolve(
     let desc =
         Index { media_type: media::OCI_INDEX.into(), manifests: candidates }.select(platform, &reference)?.clone();
     let fetch = |d: &Descriptor, max: u64, what: &str| read_small_verified(src.open_blob(&d.digest)?, d, max, what);
-    let (digest, doc) = follow_to_manifest(&fetch, desc, platform, &reference)?;
+    let (digest, manifest, doc) = follow_to_manifest(&fetch, desc, platform, &reference)?;
     let Document::Manifest(m) = &doc else { unreachable!("follow_to_manifest returns manifests") };
     let config_bytes =
         fetch(&m.config, manifest::MAX_CONFIG_BYTES, &format!("{reference}: config {}", m.config.digest))?;
-    base_from_manifest(reference, digest, doc, &config_bytes)
+    base_from_manifest(reference, digest, manifest, doc, &config_bytes)
 }
 
 /// The descriptor of a new image's manifest, tagged.

@@ -60,13 +60,15 @@ pub struct BaseImage {
     pub reference: String,
     /// `None` for scratch.
     pub manifest_digest: Option<Digest>,
+    /// The manifest's bytes as read (`None` for scratch and docker-archive, which has none).
+    pub manifest: Option<Vec<u8>>,
     pub config: Option<ImageConfig>,
     pub layers: Vec<BaseLayer>,
 }
 
 impl BaseImage {
     pub fn scratch() -> BaseImage {
-        BaseImage { reference: "scratch".into(), manifest_digest: None, config: None, layers: Vec::new() }
+        BaseImage { reference: "scratch".into(), manifest_digest: None, manifest: None, config: None, layers: Vec::new() }
     }
 }
 
@@ -232,6 +234,7 @@ pub fn oci_layer_media_type(mt: &str) -> Option<&'static str> {
 pub(crate) fn base_from_manifest(
     reference: String,
     manifest_digest: Digest,
+    manifest: Vec<u8>,
     doc: Document,
     config_bytes: &[u8],
 ) -> Result<BaseImage, TransportError> {
@@ -252,7 +255,7 @@ pub(crate) fn base_from_manifest(
         .zip(config.diff_ids.iter().copied())
         .map(|(descriptor, diff_id)| BaseLayer { descriptor, diff_id })
         .collect();
-    Ok(BaseImage { reference, manifest_digest: Some(manifest_digest), config: Some(config), layers })
+    Ok(BaseImage { reference, manifest_digest: Some(manifest_digest), manifest: Some(manifest), config: Some(config), layers })
 }
 
 /// Parses a manifest blob reached through a descriptor, following nested indexes to `platform`.
@@ -261,13 +264,13 @@ pub(crate) fn follow_to_manifest(
     mut desc: Descriptor,
     platform: &Platform,
     reference: &str,
-) -> Result<(Digest, Document), TransportError> {
+) -> Result<(Digest, Vec<u8>, Document), TransportError> {
     for _ in 0..=manifest::MAX_INDEX_DEPTH {
         let what = format!("{reference}: manifest {}", desc.digest);
         let bytes = fetch(&desc, manifest::MAX_MANIFEST_BYTES, &what)?;
         match parse_document(&bytes, Some(&desc.media_type), &what)? {
             Document::Index(idx) => desc = idx.select(platform, &what)?.clone(),
-            doc @ Document::Manifest(_) => return Ok((desc.digest, doc)),
+            doc @ Document::Manifest(_) => return Ok((desc.digest, bytes, doc)),
         }
     }
     Err(manifest::format_error(reference, format!("indexes nested deeper than {}", manifest::MAX_INDEX_DEPTH)).into())
