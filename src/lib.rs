@@ -3,6 +3,7 @@
 //! The library never prints: progress and warnings go through [`report::Reporter`].
 
 pub mod build;
+pub mod buildpack;
 pub mod image;
 pub mod inspect;
 pub mod report;

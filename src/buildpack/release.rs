@@ -1,0 +1,172 @@
+//! What a Heroku `bin/release` prints: YAML with `default_process_types` and `config_vars`
+//! (`addons` and any other key are ignored).
+
+use std::collections::BTreeMap;
+
+use yaml_rust2::parser::{Event, EventReceiver, Parser};
+use yaml_rust2::{Yaml, YamlLoader};
+
+use super::valid_var_name;
+
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Release {
+    pub default_process_types: BTreeMap<String, String>,
+    pub config_vars: BTreeMap<String, String>,
+}
+
+/// Process type names: `[A-Za-z0-9_-]+`.
+pub(crate) fn valid_process_type(name: &str) -> bool {
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+struct AliasCounter(usize);
+
+impl EventReceiver for AliasCounter {
+    fn on_event(&mut self, ev: Event) {
+        if matches!(ev, Event::Alias(_)) {
+            self.0 += 1;
+        }
+    }
+}
+
+/// Parses release output. Errors are messages for the user (the caller names the buildpack).
+pub(crate) fn parse(text: &str) -> Result<Release, String> {
+    // Aliases are expanded by copying: a few lines can grow into gigabytes. No release
+    // output needs them.
+    let mut aliases = AliasCounter(0);
+    Parser::new_from_str(text).load(&mut aliases, true).map_err(|e| scan_error(text, &e))?;
+    if aliases.0 > 0 {
+        return Err("YAML aliases (*name) are not supported".into());
+    }
+    let docs = YamlLoader::load_from_str(text).map_err(|e| scan_error(text, &e))?;
+    let mut out = Release::default();
+    let doc = match docs.as_slice() {
+        [] => return Ok(out),
+        [d] => d,
+        _ => return Err(format!("expected one YAML document, got {}", docs.len())),
+    };
+    let map = match doc {
+        Yaml::Null => return Ok(out),
+        Yaml::Hash(h) => h,
+        other => return Err(format!("expected a mapping at the top, got {}", kind(other))),
+    };
+    for (key, value) in map {
+        match key.as_str() {
+            Some("default_process_types") => {
+                for (name, command) in mapping("default_process_types", value)? {
+                    if !valid_process_type(&name) {
+                        return Err(format!(
+                            "process type {name:?} in default_process_types: names are letters, digits, '_' and '-'"
+                        ));
+                    }
+                    out.default_process_types.insert(name, command);
+                }
+            }
+            Some("config_vars") => {
+                for (name, v) in mapping("config_vars", value)? {
+                    if !valid_var_name(&name) {
+                        return Err(format!("config var {name:?}: names are [A-Za-z_][A-Za-z0-9_]*"));
+                    }
+                    out.config_vars.insert(name, v);
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+/// A mapping of names to scalars (numbers and booleans stringified, null as ""); a null
+/// mapping is empty.
+fn mapping(what: &str, value: &Yaml) -> Result<Vec<(String, String)>, String> {
+    let h = match value {
+        Yaml::Null => return Ok(Vec::new()),
+        Yaml::Hash(h) => h,
+        other => return Err(format!("{what}: expected a mapping, got {}", kind(other))),
+    };
+    let mut out = Vec::new();
+    for (k, v) in h {
+        let name = scalar(k).ok_or_else(|| format!("{what}: a key is {}, not a name", kind(k)))?;
+        let v = match v {
+            Yaml::Null => String::new(),
+            v => scalar(v).ok_or_else(|| format!("{what}: {name}: expected a string, got {}", kind(v)))?,
+        };
+        out.push((name, v));
+    }
+    Ok(out)
+}
+
+fn scalar(y: &Yaml) -> Option<String> {
+    match y {
+        Yaml::String(s) | Yaml::Real(s) => Some(s.clone()),
+        Yaml::Integer(i) => Some(i.to_string()),
+        Yaml::Boolean(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+fn kind(y: &Yaml) -> &'static str {
+    match y {
+        Yaml::Real(_) => "a number",
+        Yaml::Integer(_) => "a number",
+        Yaml::String(_) => "a string",
+        Yaml::Boolean(_) => "a boolean",
+        Yaml::Array(_) => "a list",
+        Yaml::Hash(_) => "a mapping",
+        Yaml::Alias(_) => "an alias",
+        Yaml::Null => "null",
+        Yaml::BadValue => "an invalid value",
+    }
+}
+
+fn scan_error(text: &str, e: &yaml_rust2::ScanError) -> String {
+    let line_no = e.marker().line();
+    let line = text.lines().nth(line_no.saturating_sub(1)).unwrap_or("");
+    format!("invalid YAML ({}) at line {line_no}: {line:?}", e.info())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn processes_and_config_vars() {
+        let r = parse(
+            "---\naddons:\n  - heroku-postgresql\nconfig_vars:\n  PATH: /app/bin:/usr/bin\n  WORKERS: 4\n  \
+             DEBUG: false\n  RATIO: 0.5\n  EMPTY:\ndefault_process_types:\n  web: bin/start -p $PORT\n  \
+             worker-1: \"rake jobs:work\"\n",
+        )
+        .unwrap();
+        let m = |v: &[(&str, &str)]| v.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+        assert_eq!(r.default_process_types, m(&[("web", "bin/start -p $PORT"), ("worker-1", "rake jobs:work")]));
+        assert_eq!(
+            r.config_vars,
+            m(&[("PATH", "/app/bin:/usr/bin"), ("WORKERS", "4"), ("DEBUG", "false"), ("RATIO", "0.5"), ("EMPTY", "")])
+        );
+    }
+
+    #[test]
+    fn empty_and_null() {
+        assert_eq!(parse("").unwrap(), Release::default());
+        assert_eq!(parse("---\n").unwrap(), Release::default());
+        assert_eq!(parse("default_process_types:\nconfig_vars: ~\n").unwrap(), Release::default());
+    }
+
+    #[test]
+    fn errors() {
+        let e = parse("default_process_types:\n  web: ok\n   bad: [unclosed\n").unwrap_err();
+        assert!(e.contains("invalid YAML") && e.contains("line 3"), "{e}");
+        let e = parse("default_process_types:\n  \"we b\": x\n").unwrap_err();
+        assert!(e.contains("\"we b\""), "{e}");
+        let e = parse("config_vars:\n  1A: x\n").unwrap_err();
+        assert!(e.contains("\"1A\""), "{e}");
+        let e = parse("default_process_types: [web]\n").unwrap_err();
+        assert!(e.contains("expected a mapping, got a list"), "{e}");
+        let e = parse("config_vars:\n  A: {b: c}\n").unwrap_err();
+        assert!(e.contains("A: expected a string, got a mapping"), "{e}");
+        let e = parse("- a\n").unwrap_err();
+        assert!(e.contains("top"), "{e}");
+        let e = parse("a: &x [1, 2]\nb: *x\n").unwrap_err();
+        assert!(e.contains("alias"), "{e}");
+    }
+}
