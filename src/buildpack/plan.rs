@@ -91,13 +91,20 @@ fn materialize(w: &Wanted, root: &Path, n: usize) -> Result<Buildpack, Buildpack
         }
     })?;
     let meta = fs::metadata(&source).map_err(io_err(format!("Failed to read {}", source.display())))?;
-    let name = source.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "root".into());
+    // The name as given (a symlinked buildpack keeps the link's name); `.`, `..` or `/`
+    // give the real directory's name.
+    let given = match w.path.components().next_back() {
+        Some(std::path::Component::Normal(n)) => Some(n),
+        _ => None,
+    };
+    let name =
+        given.or_else(|| source.file_name()).map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "root".into());
     let copy = root.join(format!("{n}-{}", name.replace(|c: char| c.is_control(), "_")));
     let dir = if meta.is_dir() {
         // Sockets and the like have no business in a buildpack: not copied.
         copy_tree(&source, &copy, 0o200, Links::PinEscaping)?;
         copy
-    } else if meta.is_file() && is_archive_name(&source) {
+    } else if meta.is_file() && (is_archive_name(&w.path) || is_archive_name(&source)) {
         archive::extract(&source, &copy)?;
         archive::buildpack_root(&copy, &source)?
     } else {
@@ -295,6 +302,11 @@ mod tests {
         assert_eq!(p.buildpacks[0].source, app.canonicalize().unwrap().join("local/mine"));
         assert_eq!(p.buildpacks[0].dir, work.join("buildpacks/0-mine"));
         assert!(p.buildpacks[0].dir.join("bin/compile").is_file());
+
+        std::os::unix::fs::symlink(app.join("local/mine"), app.join("linked")).unwrap();
+        let p = plan(&[app.join("linked"), app.join("local/mine/.")], &app, None, &work).unwrap();
+        assert_eq!(names(&p), ["linked", "mine"]);
+        assert_eq!(p.buildpacks[0].source, p.buildpacks[1].source);
 
         let p = plan(&[unit_bp("beta")], &app, Some(&bps), &work).unwrap();
         assert_eq!((names(&p), p.selection), (vec!["beta"], Selection::All));
