@@ -688,3 +688,23 @@ fn concurrent_builds_into_one_layout_keep_every_tag() {
         assert!(tags.contains(want), "concurrent builds lost a tag: want {want:?} in {tags:?}");
     }
 }
+
+#[test]
+fn base_at_another_path_gives_the_same_digest() {
+    // CI checkouts live at different paths: the base's location must not leak into the image.
+    let t = TestDir::new();
+    let app = app_copy(&t, "app");
+    let mut digests = Vec::new();
+    for (i, dir) in ["one/base", "two/deeper/place/base"].iter().enumerate() {
+        let base = t.join(dir);
+        fs::create_dir_all(base.parent().unwrap()).unwrap();
+        copy_tree(&busybox_layout(), &base);
+        let out = t.join(format!("out{i}"));
+        let mut c = build_cmd(&t, &app, &format!("oci:{}:latest", base.display()));
+        c.arg("-t").arg(format!("oci:{}:v", out.display()));
+        digests.push(build_ok(&mut c));
+        let config = skopeo_inspect_config(&format!("oci:{}:v", out.display()));
+        assert_eq!(config["config"]["Labels"]["org.opencontainers.image.base.name"], "oci:base:latest", "{config:#}");
+    }
+    assert_eq!(digests[0], digests[1], "the base's path changed the image digest");
+}
