@@ -5,7 +5,8 @@
 //! uname/gname, numeric uid/gid from [`Owner`], device numbers written as octal 0, modes
 //! normalized by [`Normalize::file_mode`]. Whatever does not fit ustar goes into a PAX
 //! extended header (`x`) placed just before the entry: paths that do not fit name/prefix,
-//! link targets over 100 bytes, sizes of 8 GiB and more, uid/gid over 2097151, and
+//! link targets over 100 bytes, sizes of 8 GiB and more, uid/gid over 2097151, mtimes
+//! after 2242, and
 //! (optionally) the `security.capability` xattr. The PAX header itself is deterministic:
 //! named `PaxHeaders/<file name>` (truncated to 100 bytes), mode 0644, uid/gid 0, the same
 //! mtime, records in a fixed order. A field that only the PAX header carries is written as
@@ -76,7 +77,7 @@ const BLOCK: usize = 512;
 const USTAR_NAME: usize = 100;
 const USTAR_PREFIX: usize = 155;
 const USTAR_LINK: usize = 100;
-/// Largest value of an 11-digit octal size field + 1.
+/// Largest value of an 11-digit octal field (size, mtime): 8 GiB - 1.
 const USTAR_MAX_SIZE: u64 = 0o77777777777;
 /// Largest value of a 7-digit octal id field.
 const USTAR_MAX_ID: u64 = 0o7777777;
@@ -262,7 +263,7 @@ impl<W: Write> TarWriter<W> {
         let mut h = [0u8; BLOCK];
         let mut pax: Vec<(&str, Vec<u8>)> = Vec::new();
 
-        // Records in a fixed (alphabetical) order.
+        // Records in a fixed order.
         let gid = u64::from(owner.gid);
         if gid > USTAR_MAX_ID {
             pax.push(("gid", gid.to_string().into_bytes()));
@@ -271,6 +272,10 @@ impl<W: Write> TarWriter<W> {
             if l.len() > USTAR_LINK {
                 pax.push(("linkpath", l.to_vec()));
             }
+        }
+        let mtime = self.rules.mtime;
+        if mtime > USTAR_MAX_SIZE {
+            pax.push(("mtime", mtime.to_string().into_bytes()));
         }
         let split = split_ustar_path(name);
         if split.is_none() {
@@ -307,7 +312,7 @@ impl<W: Write> TarWriter<W> {
         put_octal(&mut h[108..116], if uid > USTAR_MAX_ID { 0 } else { uid });
         put_octal(&mut h[116..124], if gid > USTAR_MAX_ID { 0 } else { gid });
         put_octal(&mut h[124..136], if size > USTAR_MAX_SIZE { 0 } else { size });
-        put_octal(&mut h[136..148], self.rules.mtime.min(0o77777777777));
+        put_octal(&mut h[136..148], if mtime > USTAR_MAX_SIZE { 0 } else { mtime });
         h[156] = kind.typeflag();
         if let Some(l) = link {
             let n = l.len().min(USTAR_LINK);
@@ -336,7 +341,7 @@ impl<W: Write> TarWriter<W> {
         put_octal(&mut h[108..116], 0);
         put_octal(&mut h[116..124], 0);
         put_octal(&mut h[124..136], body.len() as u64);
-        put_octal(&mut h[136..148], self.rules.mtime.min(0o77777777777));
+        put_octal(&mut h[136..148], self.rules.mtime.min(USTAR_MAX_SIZE));
         h[156] = b'x';
         finish_ustar(&mut h);
         self.out.write_all(&h)?;
@@ -556,6 +561,28 @@ mod tests {
         let eh = &out[1024..1536];
         assert_eq!(&eh[108..116], b"0000000\0");
         assert_eq!(eh[156], b'2');
+    }
+
+    #[test]
+    fn huge_sizes_and_mtimes_go_to_pax() {
+        let rules = Normalize { mtime: 1 << 34, ..Normalize::default() };
+        let mut w = TarWriter::new(Vec::new(), rules);
+        w.header(b"big", Kind::File, 0o644, Owner::ROOT, 8 << 30, None, None).unwrap();
+        let out = w.out;
+        assert_eq!(out[156], b'x');
+        let body = std::str::from_utf8(&out[512..512 + 40]).unwrap();
+        assert!(body.starts_with("21 mtime=17179869184\n19 size=8589934592\n"), "{body:?}");
+        let h = &out[1024..1536];
+        assert_eq!(&h[124..136], b"00000000000\0");
+        assert_eq!(&h[136..148], b"00000000000\0");
+        // Our reader takes the PAX values.
+        let mut r = crate::LayerReader::new(&out[..], crate::Limits::default());
+        let e = r.next_entry().unwrap().unwrap();
+        assert_eq!((e.size, e.mtime), (8 << 30, 1 << 34));
+        // Just under the limit: plain ustar.
+        let mut w = TarWriter::new(Vec::new(), Normalize::default());
+        w.header(b"big", Kind::File, 0o644, Owner::ROOT, (8 << 30) - 1, None, None).unwrap();
+        assert_eq!(&w.out[124..136], b"77777777777\0");
     }
 
     #[test]

@@ -146,6 +146,8 @@ pub struct LayerReader<R: Read> {
     padding: u64,
     total: u64,
     done: bool,
+    /// Set by any error: the stream position is then unknown, so nothing more is read.
+    failed: bool,
 }
 
 #[derive(Default)]
@@ -161,7 +163,17 @@ struct Pax {
 
 impl<R: Read> LayerReader<R> {
     pub fn new(r: R, limits: Limits) -> Self {
-        LayerReader { r, limits, index: 0, cur_path: String::new(), remaining: 0, padding: 0, total: 0, done: false }
+        LayerReader {
+            r,
+            limits,
+            index: 0,
+            cur_path: String::new(),
+            remaining: 0,
+            padding: 0,
+            total: 0,
+            done: false,
+            failed: false,
+        }
     }
 
     /// Bytes of tar stream consumed so far.
@@ -235,6 +247,17 @@ impl<R: Read> LayerReader<R> {
     /// Reads data of the current entry. Returns 0 at its end. A stream that ends early is
     /// an `UnexpectedEof` error.
     pub fn read_data(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.failed {
+            return Err(io::Error::other("tar stream already failed"));
+        }
+        let r = self.read_data_inner(buf);
+        if r.is_err() {
+            self.failed = true;
+        }
+        r
+    }
+
+    fn read_data_inner(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if self.remaining == 0 || buf.is_empty() {
             return Ok(0);
         }
@@ -258,19 +281,32 @@ impl<R: Read> LayerReader<R> {
         EntryData { reader: self }
     }
 
-    /// The next entry, or `None` at the end of the archive.
+    /// The next entry, or `None` at the end of the archive. After an error every call
+    /// fails: the position in the stream is no longer trustworthy.
     pub fn next_entry(&mut self) -> Result<Option<Entry>, ReadError> {
+        if self.failed {
+            return Err(ReadError::Malformed {
+                entry: self.index,
+                path: self.cur_path.clone(),
+                why: "tar stream already failed".into(),
+            });
+        }
         if self.done {
             return Ok(None);
         }
+        let r = self.next_entry_inner();
+        if r.is_err() {
+            self.failed = true;
+        }
+        r
+    }
+
+    fn next_entry_inner(&mut self) -> Result<Option<Entry>, ReadError> {
         let skip = self.remaining + self.padding;
         self.remaining = 0;
         self.padding = 0;
         self.skip(skip)?;
-        if self.index > 0 || !self.cur_path.is_empty() {
-            // cur_path is from the previous entry until the new one is known.
-            self.cur_path.clear();
-        }
+        self.cur_path.clear();
 
         let mut pax: Option<Pax> = None;
         let mut long_name: Option<Vec<u8>> = None;
@@ -797,12 +833,18 @@ mod tests {
     }
 
     #[test]
-    fn pax_size_mismatch_is_rejected() {
+    fn pax_size_mismatch_is_rejected_and_errors_are_sticky() {
         let mut t = pax(&rec("size", b"1024"), b'x');
         t.extend(hdr(b"outer", b'0', &size(512)));
-        t.extend(vec![0u8; 1024]);
+        t.extend(hdr(b"smuggled", b'0', &size(0)));
+        t.extend(vec![0u8; 512]);
         t.extend(end());
         assert!(why(read_all(&t).unwrap_err()).contains("PAX size 1024 disagrees with ustar size 512"));
+        // Calling again must not resynchronise on the smuggled header.
+        let mut r = LayerReader::new(&t[..], Limits::default());
+        assert!(r.next_entry().is_err());
+        assert!(why(r.next_entry().unwrap_err()).contains("already failed"));
+        assert!(r.read_data(&mut [0u8; 10]).is_err());
     }
 
     #[test]
