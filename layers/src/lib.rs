@@ -14,9 +14,9 @@ pub mod writer;
 #[cfg(test)]
 mod roundtrip_tests;
 
-pub use compress::{CompressOptions, Compression, Compressor, GZIP_CHUNK_SIZE};
+pub use compress::{CompressOptions, Compression, Compressor, ParseCompressionError, GZIP_CHUNK_SIZE, ZSTD_CHUNK_SIZE};
 pub use digest::{DiffId, Digest, DigestError, HashingReader, HashingWriter, Sha256Hash};
 pub use normalize::{Normalize, Owner, TarWriter, DEFAULT_EPOCH};
-pub use reader::{decompress, Entry, EntryType, LayerReader, Limits, ReadError};
+pub use reader::{decompress, Entry, EntryData, EntryType, LayerReader, Limits, ReadError};
 pub use tree::{scan_tree, EntryKind, Skipped, Tree, TreeEntry};
 pub use writer::{write_tree_layer, LayerDigests, LayerWriter};
