@@ -572,7 +572,7 @@ pub(crate) mod tests {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            if x % 97 == 0 {
+            if x.is_multiple_of(97) {
                 // a run of noise
                 for _ in 0..(x % 300) {
                     x ^= x << 13;

@@ -147,7 +147,7 @@ impl Descriptor {
 
     fn from_oci(d: &oci_spec::image::Descriptor, what: &str) -> Result<Descriptor, FormatError> {
         let digest = d.digest().to_string().parse::<Digest>().map_err(|e| format_error(what, e.to_string()))?;
-        let size = u64::try_from(d.size()).map_err(|_| format_error(what, "negative size"))?;
+        let size = d.size();
         let platform = d.platform().as_ref().map(|p| Platform {
             os: p.os().to_string(),
             architecture: p.architecture().to_string(),
@@ -180,7 +180,7 @@ pub struct Index {
 
 #[derive(Clone, Debug)]
 pub enum Document {
-    Manifest(Manifest),
+    Manifest(Box<Manifest>),
     Index(Index),
 }
 
@@ -290,12 +290,12 @@ pub fn parse_document(bytes: &[u8], declared: Option<&str>, what: &str) -> Resul
                 return Err(format_error(what, format!("layers[{i}] has unsupported media type {:?}", l.media_type)));
             }
         }
-        Ok(Document::Manifest(Manifest {
+        Ok(Document::Manifest(Box::new(Manifest {
             media_type,
             config,
             layers,
             annotations: m.annotations().clone().unwrap_or_default().into_iter().collect(),
-        }))
+        })))
     }
 }
 

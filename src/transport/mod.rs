@@ -258,9 +258,12 @@ pub(crate) fn base_from_manifest(
     Ok(BaseImage { reference, manifest_digest: Some(manifest_digest), manifest: Some(manifest), config: Some(config), layers })
 }
 
+/// Reads a small blob by descriptor, capped and verified: `(descriptor, max bytes, what)`.
+pub(crate) type FetchSmall<'a> = dyn Fn(&Descriptor, u64, &str) -> Result<Vec<u8>, TransportError> + 'a;
+
 /// Parses a manifest blob reached through a descriptor, following nested indexes to `platform`.
 pub(crate) fn follow_to_manifest(
-    fetch: &dyn Fn(&Descriptor, u64, &str) -> Result<Vec<u8>, TransportError>,
+    fetch: &FetchSmall<'_>,
     mut desc: Descriptor,
     platform: &Platform,
     reference: &str,
