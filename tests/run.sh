@@ -9,6 +9,8 @@
 #   2. creates the unprivileged user $IMGFORGE_TEST_USER (default imgforge-test)
 #      with subordinate uid/gid ranges and an XDG_RUNTIME_DIR, and checks that
 #      rootless podman works for it (choosing the storage driver);
+#   2b. makes (once; cached) a Debian bookworm base image with python3 and nodejs
+#      for tests/buildpacks.rs and exports IMGFORGE_TEST_DEBIAN_BASE;
 #   3. runs cargo fmt --check, cargo clippy -D warnings and cargo test
 #      (--no-fail-fast).
 # Run as a normal user, it installs nothing: it says what is missing and exits 1,
@@ -18,6 +20,7 @@
 #   IMGFORGE_TEST_USER            unprivileged user for podman/umoci (root only)
 #   IMGFORGE_TEST_STORAGE_DRIVER  force a podman storage driver (overlay|vfs)
 #   IMGFORGE_SKIP_LINT=1          skip fmt and clippy (for a quick local loop)
+#   IMGFORGE_TEST_BASE_DIR        where the Debian base is cached (default /var/tmp/imgforge-test-base)
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -204,6 +207,69 @@ else
   podman "${podman_flags[@]}" "${driver_flag[@]}" rmi --force "localhost$probe_dir/busybox:latest" >/dev/null 2>&1 || true
   echo "podman ${podman_flags[*]} ${driver_flag[*]} works"
 fi
+
+# --- 2b. Debian base image for tests/buildpacks.rs ---------------------------------
+# The Python and Node sample apps run on a real Debian (bookworm minbase + python3 +
+# nodejs), made once with shared/bench/make-base.sh (debootstrap, so root and network
+# to the Debian mirror) and cached as an OCI layout. The tests read its reference from
+# IMGFORGE_TEST_DEBIAN_BASE. Delete the cache directory to rebuild it.
+section "Debian base image (bookworm + python3, nodejs)"
+debian_extra=python3,nodejs
+debian_root=${IMGFORGE_TEST_BASE_DIR:-/var/tmp/imgforge-test-base}
+# the name carries everything that changes the contents: bump v1 when make-base.sh changes
+debian_layout=$debian_root/debian-bookworm-${debian_extra//,/-}-v1
+debian_ready() { [[ -f $debian_layout/index.json ]] && grep -q '"bookworm"' "$debian_layout/index.json"; }
+if debian_ready; then
+  echo "cached: $debian_layout"
+else
+  make_base=$repo/../shared/bench/make-base.sh
+  [[ -f $make_base ]] || make_base=/work/shared/bench/make-base.sh
+  [[ -f $make_base ]] || die "make-base.sh not found at $repo/../shared/bench/ or /work/shared/bench/"
+  if ((!is_root)); then
+    die "the Debian base image $debian_layout is missing and making it needs root (debootstrap): run tests/run.sh once as root, or point IMGFORGE_TEST_BASE_DIR at a directory that has it"
+  fi
+  mkdir -p "$debian_root"
+  chmod 0755 "$debian_root"
+  # one builder at a time; a second run.sh waits and then finds it cached
+  exec {debian_lock}>"$debian_root/.lock"
+  flock "$debian_lock"
+  if debian_ready; then
+    echo "cached (made by a concurrent run): $debian_layout"
+  else
+    echo "making it with $make_base (debootstrap; takes a few minutes)"
+    debian_tmp=$debian_layout.tmp-$$
+    rm -rf "$debian_tmp"
+    if ! bash "$make_base" "$debian_tmp" "$debian_extra"; then
+      rm -rf "$debian_tmp"
+      die "make-base.sh failed (see above)"
+    fi
+    # the unprivileged test user reads it (imgforge as that user, umoci, podman)
+    chmod -R a+rX "$debian_tmp"
+    chmod 0755 "$debian_tmp"
+    rm -rf "$debian_layout"
+    mv "$debian_tmp" "$debian_layout"   # atomic: a half-made layout is never "cached"
+    echo "made $debian_layout ($(du -sh "$debian_layout" | cut -f1))"
+  fi
+  flock -u "$debian_lock"
+  exec {debian_lock}>&-
+fi
+export IMGFORGE_TEST_DEBIAN_BASE=oci:$debian_layout:bookworm
+# The sample Python buildpack (testdata/buildpacks/python) installs from a local
+# wheelhouse with the host's `python3 -m pip` (buildpacks run on the host).
+if ! python3 -m pip --version >/dev/null 2>&1; then
+  if ((is_root)); then
+    echo "installing: python3-pip"
+    log=$(mktemp)
+    if ! { apt-get update -qq && apt-get install -y -qq --no-install-recommends python3-pip; } >"$log" 2>&1; then
+      cat "$log" >&2
+      die "apt-get install python3-pip failed"
+    fi
+    rm -f "$log"
+  else
+    die "python3 -m pip is missing: sudo apt-get install --no-install-recommends python3-pip"
+  fi
+fi
+echo "IMGFORGE_TEST_DEBIAN_BASE=$IMGFORGE_TEST_DEBIAN_BASE"
 
 # --- 3. Rust checks ----------------------------------------------------------------
 if [[ ${IMGFORGE_SKIP_LINT:-} != 1 ]]; then

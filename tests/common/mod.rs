@@ -883,3 +883,33 @@ pub fn podman_serve_http_path(image_ref: &str, args: &[&str], port: u16, path: &
         std::thread::sleep(Duration::from_millis(250));
     }
 }
+
+// ---------------------------------------------------------------------------
+// the Debian base image (tests/buildpacks.rs)
+// ---------------------------------------------------------------------------
+
+/// Env var with the Debian base made by tests/run.sh (bookworm minbase with
+/// python3 and nodejs, an `oci:DIR:bookworm` reference).
+pub const DEBIAN_BASE_ENV: &str = "IMGFORGE_TEST_DEBIAN_BASE";
+
+/// `oci:<dir>:bookworm`, the Debian base tests/run.sh makes (once, cached under
+/// `$IMGFORGE_TEST_BASE_DIR`) and exports as `$IMGFORGE_TEST_DEBIAN_BASE`.
+/// Panics when it is not set: the tests that need it fail rather than skip.
+pub fn debian_base() -> String {
+    match std::env::var(DEBIAN_BASE_ENV) {
+        Ok(r) if !r.is_empty() => {
+            if let Some(p) = transport_path(&r) {
+                assert!(
+                    p.join("index.json").is_file(),
+                    "{DEBIAN_BASE_ENV}={r}: {} is not an OCI layout; run tests/run.sh",
+                    p.display()
+                );
+            }
+            r
+        }
+        _ => panic!(
+            "{DEBIAN_BASE_ENV} is not set: run tests/run.sh, which makes the Debian base image \
+             (bookworm + python3, nodejs) once and exports it"
+        ),
+    }
+}
