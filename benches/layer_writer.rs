@@ -17,8 +17,28 @@ const STREAM_BYTES: usize = 64 << 20;
 /// source code (gzip ≈ 0.42, zstd ≈ 0.40).
 fn pseudo_text(len: usize, seed: u64) -> Vec<u8> {
     const WORDS: &[&[u8]] = &[
-        b"layer", b"image", b"tar", b"digest", b"the", b"of", b"build", b"pack", b"rust", b"zstd", b"gzip", b"\n",
-        b"root", b"sha256", b"config", b"manifest", b"lorem", b"ipsum", b"function", b"return", b"{", b"}",
+        b"layer",
+        b"image",
+        b"tar",
+        b"digest",
+        b"the",
+        b"of",
+        b"build",
+        b"pack",
+        b"rust",
+        b"zstd",
+        b"gzip",
+        b"\n",
+        b"root",
+        b"sha256",
+        b"config",
+        b"manifest",
+        b"lorem",
+        b"ipsum",
+        b"function",
+        b"return",
+        b"{",
+        b"}",
     ];
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     let mut out = Vec::with_capacity(len + 256);

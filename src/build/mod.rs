@@ -10,10 +10,10 @@ use imgforge_layers::{
     scan_tree, CompressOptions, Digest, LayerDigests, LayerWriter, Normalize, Owner, TarWriter, Tree, DEFAULT_EPOCH,
 };
 
+use crate::buildpack;
 use crate::image::manifest::{Descriptor, Platform};
 use crate::image::reference::ImageRef;
 use crate::report::{Event, Reporter};
-use crate::buildpack;
 use crate::store::layer_cache::{tree_key, LayerCache, LayerKey};
 use crate::store::stat_cache::StatCache;
 use crate::store::{BlobStore, StoreError};
@@ -105,19 +105,26 @@ struct Produced {
 pub fn build(opts: &BuildOptions, reporter: &dyn Reporter) -> Result<BuildResult, BuildError> {
     let app_dir = &opts.app_dir;
     if !app_dir.is_dir() {
-        return Err(BuildError::Invalid(format!("app directory {} does not exist or is not a directory", app_dir.display())));
+        return Err(BuildError::Invalid(format!(
+            "app directory {} does not exist or is not a directory",
+            app_dir.display()
+        )));
     }
     if opts.destinations.is_empty() {
-        return Err(BuildError::Invalid("no destination: pass -t oci:DIR:TAG (or oci-archive:FILE, docker-archive:FILE)".into()));
+        return Err(BuildError::Invalid(
+            "no destination: pass -t oci:DIR:TAG (or oci-archive:FILE, docker-archive:FILE)".into(),
+        ));
     }
     for d in &opts.destinations {
-        transport::check_destination(d).map_err(|source| BuildError::Destination { reference: d.to_string(), source })?;
+        transport::check_destination(d)
+            .map_err(|source| BuildError::Destination { reference: d.to_string(), source })?;
     }
     let uses_buildpacks = !opts.buildpacks.is_empty()
         || opts.buildpacks_dir.is_some()
         || app_dir.join(".buildpacks").is_file()
         || app_dir.join("project.toml").is_file();
-    let workdir = validate_workdir(opts.workdir.as_deref().unwrap_or(if uses_buildpacks { "/app" } else { "/workspace" }))?;
+    let workdir =
+        validate_workdir(opts.workdir.as_deref().unwrap_or(if uses_buildpacks { "/app" } else { "/workspace" }))?;
     let store = BlobStore::open(&opts.cache_dir)?;
     let _lock = store.lock(false)?;
     let epoch = opts.source_date_epoch.unwrap_or(DEFAULT_EPOCH);
@@ -179,17 +186,32 @@ pub fn build(opts: &BuildOptions, reporter: &dyn Reporter) -> Result<BuildResult
         let plan = buildpack::plan(&opts.buildpacks, app_dir, opts.buildpacks_dir.as_deref(), work.path())
             .map_err(|e| BuildError::Buildpack { what: "Failed to find the buildpacks".into(), source: e })?;
         let build_cache = BuildCache::open(&store)?;
-        let build_key = build_cache.key(opts, &store, &app_key, &plan, &base, &stack, &git, &workdir, facts.has_shell)?;
+        let build_key =
+            build_cache.key(opts, &store, &app_key, &plan, &base, &stack, &git, &workdir, facts.has_shell)?;
         if !opts.clear_cache {
             if let Some(image) = build_cache.get(&store, &build_key) {
                 reporter.report(Event::Step("Nothing changed since the last build: reusing its image"));
                 let _ = app_stat.save();
                 publish(opts, &image, &store, &source, reporter)?;
                 let layers = Vec::new();
-                return Ok(BuildResult { manifest_digest: image.manifest_digest, config_digest: image.config_digest, layers });
+                return Ok(BuildResult {
+                    manifest_digest: image.manifest_digest,
+                    config_digest: image.config_digest,
+                    layers,
+                });
             }
         }
-        let mut p = buildpack_layers(opts, &ctx, &plan, work.path(), &tree, &app_key, &mut app_stat, &stack, git.revision.clone())?;
+        let mut p = buildpack_layers(
+            opts,
+            &ctx,
+            &plan,
+            work.path(),
+            &tree,
+            &app_key,
+            &mut app_stat,
+            &stack,
+            git.revision.clone(),
+        )?;
         p.build_key = Some((build_cache, build_key));
         p._work = Some(work);
         p
@@ -210,7 +232,8 @@ pub fn build(opts: &BuildOptions, reporter: &dyn Reporter) -> Result<BuildResult
     let default_process = choose_default_process(&processes, opts.default_process.as_deref())?;
 
     // 3. How processes start.
-    let mut changes = ConfigChanges { created: config::rfc3339(epoch), working_dir: Some(workdir.clone()), ..Default::default() };
+    let mut changes =
+        ConfigChanges { created: config::rfc3339(epoch), working_dir: Some(workdir.clone()), ..Default::default() };
     if facts.has_shell {
         if !processes.is_empty() {
             let launch = write_layer(&store, opts.compress, rules, "launch", None, reporter, |tar| {
@@ -239,7 +262,8 @@ pub fn build(opts: &BuildOptions, reporter: &dyn Reporter) -> Result<BuildResult
     changes.env = release_env;
     changes.env.extend(opts.env.iter().cloned());
     let base_env = base.config.as_ref().map(|c| c.list("Env")).unwrap_or_default();
-    let set_anywhere = |k: &str| changes.env.iter().any(|(e, _)| e == k) || base_env.iter().any(|e| e.starts_with(&format!("{k}=")));
+    let set_anywhere =
+        |k: &str| changes.env.iter().any(|(e, _)| e == k) || base_env.iter().any(|e| e.starts_with(&format!("{k}=")));
     let mut defaults = vec![("PORT".to_string(), "5000".to_string())];
     if heroku {
         // Heroku-classic buildpacks write profile scripts that find their files under $HOME.
@@ -271,7 +295,9 @@ pub fn build(opts: &BuildOptions, reporter: &dyn Reporter) -> Result<BuildResult
     // 5. Destinations; only then do the buildpacks' new caches replace the old ones.
     publish(opts, &image, &store, &source, reporter)?;
     if let Some(outcome) = outcome {
-        outcome.commit_caches().map_err(|e| BuildError::Buildpack { what: "Failed to keep the buildpack caches".into(), source: e })?;
+        outcome
+            .commit_caches()
+            .map_err(|e| BuildError::Buildpack { what: "Failed to keep the buildpack caches".into(), source: e })?;
     }
     if let Some((cache, key)) = build_key {
         let _ = cache.put(&key, &manifest_digest);
@@ -280,7 +306,13 @@ pub fn build(opts: &BuildOptions, reporter: &dyn Reporter) -> Result<BuildResult
     Ok(BuildResult { manifest_digest, config_digest, layers: layers.into_iter().map(|(l, _)| l).collect() })
 }
 
-fn publish(opts: &BuildOptions, image: &NewImage, store: &BlobStore, source: &Source, reporter: &dyn Reporter) -> Result<(), BuildError> {
+fn publish(
+    opts: &BuildOptions,
+    image: &NewImage,
+    store: &BlobStore,
+    source: &Source,
+    reporter: &dyn Reporter,
+) -> Result<(), BuildError> {
     let blobs = BuildBlobs { store, source };
     for dest in &opts.destinations {
         let reference = dest.to_string();
@@ -322,9 +354,10 @@ impl LayerCtx<'_> {
             None => {
                 let why = self.cache.explain_miss(&scope, key);
                 let owner = self.owner;
-                let written = write_layer(self.store, self.compress, self.rules, name, Some(&why), self.reporter, |tar| {
-                    tree.write_to(tar, &self.prefix, owner)
-                })?;
+                let written =
+                    write_layer(self.store, self.compress, self.rules, name, Some(&why), self.reporter, |tar| {
+                        tree.write_to(tar, &self.prefix, owner)
+                    })?;
                 let _ = self.cache.put(key, &written);
                 written
             }

@@ -205,7 +205,10 @@ mod tests {
         };
         assert_eq!(paths("runtime:misc"), ["new-top-file", "requirements.txt"]);
         assert_eq!(paths("app"), ["app.py", "vendor", "vendor/README"]);
-        assert_eq!(paths("runtime:vendor/bundle"), ["vendor", "vendor/bundle", "vendor/bundle/gems", "vendor/bundle/gems/a.rb"]);
+        assert_eq!(
+            paths("runtime:vendor/bundle"),
+            ["vendor", "vendor/bundle", "vendor/bundle/gems", "vendor/bundle/gems/a.rb"]
+        );
         assert!(paths("runtime:.heroku").contains(&".heroku/python/lib/x.py".to_string()));
     }
 }

@@ -46,7 +46,9 @@ fn line(event: &Event<'_>, verbose: bool) -> Option<String> {
         Event::Destination { reference, written, present, bytes } => {
             format!("Wrote {reference}: {written} blobs ({}), {present} already there", mb(*bytes))
         }
-        Event::Detected { buildpack, applies: true, framework } => format!("Buildpack {buildpack}: detected {framework}"),
+        Event::Detected { buildpack, applies: true, framework } => {
+            format!("Buildpack {buildpack}: detected {framework}")
+        }
         Event::Detected { buildpack, applies: false, .. } => format!("Buildpack {buildpack}: does not apply"),
         Event::BuildpackOutput { line, .. } => line.to_string(),
         Event::Warning(w) => format!("warning: {w}"),

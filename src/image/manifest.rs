@@ -382,7 +382,12 @@ impl ImageConfig {
     }
 
     pub fn label(&self, key: &str) -> Option<String> {
-        self.raw.get("config").and_then(|c| c.get("Labels")).and_then(|l| l.get(key)).and_then(Value::as_str).map(str::to_string)
+        self.raw
+            .get("config")
+            .and_then(|c| c.get("Labels"))
+            .and_then(|l| l.get(key))
+            .and_then(Value::as_str)
+            .map(str::to_string)
     }
 
     pub fn string(&self, key: &str) -> Option<String> {

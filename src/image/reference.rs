@@ -62,7 +62,9 @@ impl ImageRef {
     /// another path (another checkout, another machine) gives the same image digest. The
     /// base's digest, recorded beside it, is its exact identity.
     pub fn portable_name(&self) -> String {
-        let base = |p: &std::path::Path| p.file_name().map_or_else(|| p.display().to_string(), |n| n.to_string_lossy().into_owned());
+        let base = |p: &std::path::Path| {
+            p.file_name().map_or_else(|| p.display().to_string(), |n| n.to_string_lossy().into_owned())
+        };
         match self {
             ImageRef::Scratch => "scratch".into(),
             ImageRef::OciLayout { dir, .. } => format!("oci:{}:{}", base(dir), self.tag_or_default()),

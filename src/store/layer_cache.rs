@@ -7,7 +7,9 @@ use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
-use imgforge_layers::{CompressOptions, Compression, DiffId, Digest, EntryKind, LayerDigests, Normalize, Owner, Sha256Hash, Tree};
+use imgforge_layers::{
+    CompressOptions, Compression, DiffId, Digest, EntryKind, LayerDigests, Normalize, Owner, Sha256Hash, Tree,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sha2::{Digest as _, Sha256};
@@ -29,7 +31,14 @@ pub struct LayerKey {
 }
 
 /// Computes the key of the layer `tree.write_to(prefix, owner)` would write with these settings.
-pub fn tree_key(tree: &Tree, prefix: &[u8], owner: Owner, rules: &Normalize, compress: &CompressOptions, stat: &mut StatCache) -> std::io::Result<LayerKey> {
+pub fn tree_key(
+    tree: &Tree,
+    prefix: &[u8],
+    owner: Owner,
+    rules: &Normalize,
+    compress: &CompressOptions,
+    stat: &mut StatCache,
+) -> std::io::Result<LayerKey> {
     let level = compress.level.unwrap_or_else(|| compress.compression.default_level());
     let settings = format!(
         "{FORMAT} prefix={} owner={}:{} mtime={} special-bits={} capabilities={} compression={} level={}",
@@ -86,7 +95,8 @@ impl LayerCache {
 
     /// The layer stored under `key`, if its blob is still in the store.
     pub fn get(&self, store: &BlobStore, key: &LayerKey) -> Option<LayerDigests> {
-        let v: serde_json::Value = serde_json::from_slice(&fs::read(self.dir.join(format!("{}.json", key.key))).ok()?).ok()?;
+        let v: serde_json::Value =
+            serde_json::from_slice(&fs::read(self.dir.join(format!("{}.json", key.key))).ok()?).ok()?;
         let d = LayerDigests {
             diff_id: v["diff_id"].as_str()?.parse::<DiffId>().ok()?,
             digest: v["digest"].as_str()?.parse::<Digest>().ok()?,
@@ -111,11 +121,14 @@ impl LayerCache {
 
     /// Why `key` differs from the last key recorded for `scope`: the first changed setting or path.
     pub fn explain_miss(&self, scope: &str, key: &LayerKey) -> String {
-        let Some(prev) = fs::read(self.scope_file(scope)).ok().and_then(|b| serde_json::from_slice::<LayerKey>(&b).ok()) else {
+        let Some(prev) =
+            fs::read(self.scope_file(scope)).ok().and_then(|b| serde_json::from_slice::<LayerKey>(&b).ok())
+        else {
             return "first build".into();
         };
         if prev.settings != key.settings {
-            let changed: Vec<&str> = key.settings.split(' ').filter(|s| !prev.settings.split(' ').any(|p| p == *s)).collect();
+            let changed: Vec<&str> =
+                key.settings.split(' ').filter(|s| !prev.settings.split(' ').any(|p| p == *s)).collect();
             return format!("settings changed: {}", changed.join(", "));
         }
         let (mut a, mut b) = (prev.items.iter().peekable(), key.items.iter().peekable());

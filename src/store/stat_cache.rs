@@ -49,17 +49,38 @@ impl StatCache {
         let name = Sha256Hash::of(root.as_os_str().as_bytes()).hex();
         let file = store.bucket(BUCKET)?.join(format!("{name}.json"));
         let entries = fs::read(&file).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
-        Ok(StatCache { file: Some(file), entries, seen: HashMap::new(), now_ns: now_ns(), racy_ns: RACY_NS, hashed_files: 0 })
+        Ok(StatCache {
+            file: Some(file),
+            entries,
+            seen: HashMap::new(),
+            now_ns: now_ns(),
+            racy_ns: RACY_NS,
+            hashed_files: 0,
+        })
     }
 
     /// A cache that remembers nothing between runs.
     pub fn ephemeral() -> StatCache {
-        StatCache { file: None, entries: HashMap::new(), seen: HashMap::new(), now_ns: now_ns(), racy_ns: RACY_NS, hashed_files: 0 }
+        StatCache {
+            file: None,
+            entries: HashMap::new(),
+            seen: HashMap::new(),
+            now_ns: now_ns(),
+            racy_ns: RACY_NS,
+            hashed_files: 0,
+        }
     }
 
     /// The sha256 of the file `e` at `abs`, from the cache when its stat is unchanged.
     pub fn content_hash(&mut self, abs: &Path, e: &TreeEntry) -> io::Result<Sha256Hash> {
-        let probe = StatEntry { dev: e.dev, ino: e.ino, size: e.size, mtime_ns: e.mtime_ns, ctime_ns: e.ctime_ns, hash: String::new() };
+        let probe = StatEntry {
+            dev: e.dev,
+            ino: e.ino,
+            size: e.size,
+            mtime_ns: e.mtime_ns,
+            ctime_ns: e.ctime_ns,
+            hash: String::new(),
+        };
         if let Some(hit) = self.seen.get(abs) {
             if (StatEntry { hash: String::new(), ..hit.clone() }) == probe {
                 if let Ok(h) = Sha256Hash::from_hex(&hit.hash) {
@@ -93,7 +114,14 @@ impl StatCache {
     /// whose hash is known). The racy window does not apply: the caller guarantees nobody
     /// touched the file between writing it and `e`'s stat; a later change shows in its ctime.
     pub fn prime(&mut self, abs: &Path, e: &TreeEntry, hash: Sha256Hash) {
-        let entry = StatEntry { dev: e.dev, ino: e.ino, size: e.size, mtime_ns: e.mtime_ns, ctime_ns: e.ctime_ns, hash: hash.hex() };
+        let entry = StatEntry {
+            dev: e.dev,
+            ino: e.ino,
+            size: e.size,
+            mtime_ns: e.mtime_ns,
+            ctime_ns: e.ctime_ns,
+            hash: hash.hex(),
+        };
         self.seen.insert(abs.to_path_buf(), entry);
     }
 

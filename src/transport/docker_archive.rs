@@ -114,7 +114,13 @@ impl DockerArchiveSource {
         }
         *self.blobs.lock().expect("not poisoned") = blobs;
         // The archive has no manifest of its own: its identity is the config's digest.
-        Ok(BaseImage { reference: what, manifest_digest: Some(config_digest), manifest: None, config: Some(config), layers })
+        Ok(BaseImage {
+            reference: what,
+            manifest_digest: Some(config_digest),
+            manifest: None,
+            config: Some(config),
+            layers,
+        })
     }
 
     pub fn open_blob(&self, d: &Digest) -> Result<Box<dyn Read + Send + '_>, TransportError> {

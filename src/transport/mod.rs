@@ -68,7 +68,13 @@ pub struct BaseImage {
 
 impl BaseImage {
     pub fn scratch() -> BaseImage {
-        BaseImage { reference: "scratch".into(), manifest_digest: None, manifest: None, config: None, layers: Vec::new() }
+        BaseImage {
+            reference: "scratch".into(),
+            manifest_digest: None,
+            manifest: None,
+            config: None,
+            layers: Vec::new(),
+        }
     }
 }
 
@@ -255,7 +261,13 @@ pub(crate) fn base_from_manifest(
         .zip(config.diff_ids.iter().copied())
         .map(|(descriptor, diff_id)| BaseLayer { descriptor, diff_id })
         .collect();
-    Ok(BaseImage { reference, manifest_digest: Some(manifest_digest), manifest: Some(manifest), config: Some(config), layers })
+    Ok(BaseImage {
+        reference,
+        manifest_digest: Some(manifest_digest),
+        manifest: Some(manifest),
+        config: Some(config),
+        layers,
+    })
 }
 
 /// Reads a small blob by descriptor, capped and verified: `(descriptor, max bytes, what)`.
