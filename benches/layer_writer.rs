@@ -9,61 +9,13 @@ use std::io::{self, Write};
 use std::path::Path;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use imgforge_layers::synthetic::PseudoText;
 use imgforge_layers::{scan_tree, CompressOptions, Compression, LayerWriter, Normalize, Owner, TarWriter};
 
 const STREAM_BYTES: usize = 64 << 20;
 
-/// Deterministic pseudo-text (words, with short random runs): compresses about like
-/// source code (gzip ≈ 0.42, zstd ≈ 0.40).
-fn pseudo_text(len: usize, seed: u64) -> Vec<u8> {
-    const WORDS: &[&[u8]] = &[
-        b"layer",
-        b"image",
-        b"tar",
-        b"digest",
-        b"the",
-        b"of",
-        b"build",
-        b"pack",
-        b"rust",
-        b"zstd",
-        b"gzip",
-        b"\n",
-        b"root",
-        b"sha256",
-        b"config",
-        b"manifest",
-        b"lorem",
-        b"ipsum",
-        b"function",
-        b"return",
-        b"{",
-        b"}",
-    ];
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len + 256);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        if x % 61 == 0 {
-            for _ in 0..(x % 200) {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                out.push((x >> 24) as u8);
-            }
-        } else {
-            out.extend_from_slice(WORDS[(x % WORDS.len() as u64) as usize]);
-            out.push(b' ');
-        }
-    }
-    out.truncate(len);
-    out
-}
-
 fn layer_writer(c: &mut Criterion) {
-    let data = pseudo_text(STREAM_BYTES, 1);
+    let data = PseudoText::bytes(STREAM_BYTES, 1);
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let mut g = c.benchmark_group("layer_writer_64MiB");
     g.sample_size(10);
@@ -99,7 +51,7 @@ fn make_tree(root: &Path) -> u64 {
         fs::create_dir_all(&dir).unwrap();
         for f in 0..50 {
             let len = 1024 + ((d * 50 + f) * 7919) % (63 * 1024);
-            fs::write(dir.join(format!("mod{f:03}.py")), pseudo_text(len, (d * 50 + f) as u64)).unwrap();
+            fs::write(dir.join(format!("mod{f:03}.py")), PseudoText::bytes(len, (d * 50 + f) as u64)).unwrap();
             total += len as u64;
         }
         std::os::unix::fs::symlink("lib/mod000.py", root.join(format!("pkg{d:02}/main.py"))).unwrap();

@@ -12,55 +12,8 @@
 use std::io::Write;
 use std::time::Instant;
 
+use imgforge_layers::synthetic::PseudoText;
 use imgforge_layers::{CompressOptions, Compression, LayerWriter};
-
-/// Deterministic pseudo-text: words with occasional random runs; `state` carries on.
-fn fill(buf: &mut Vec<u8>, len: usize, state: &mut u64) {
-    const WORDS: &[&[u8]] = &[
-        b"layer",
-        b"image",
-        b"tar",
-        b"digest",
-        b"the",
-        b"of",
-        b"build",
-        b"pack",
-        b"rust",
-        b"zstd",
-        b"gzip",
-        b"\n",
-        b"root",
-        b"sha256",
-        b"config",
-        b"manifest",
-        b"lorem",
-        b"ipsum",
-        b"function",
-        b"return",
-        b"{",
-        b"}",
-    ];
-    buf.clear();
-    let mut x = *state;
-    while buf.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        if x % 61 == 0 {
-            for _ in 0..(x % 200) {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                buf.push((x >> 24) as u8);
-            }
-        } else {
-            buf.extend_from_slice(WORDS[(x % WORDS.len() as u64) as usize]);
-            buf.push(b' ');
-        }
-    }
-    buf.truncate(len);
-    *state = x;
-}
 
 fn main() -> std::io::Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -72,11 +25,11 @@ fn main() -> std::io::Result<()> {
 
     let sink = std::fs::OpenOptions::new().write(true).open("/dev/null")?;
     let mut w = LayerWriter::new(std::io::BufWriter::with_capacity(256 * 1024, sink), opts)?;
-    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut text = PseudoText::new(1);
     let mut buf = Vec::with_capacity(1 << 20);
     let start = Instant::now();
     for _ in 0..mib {
-        fill(&mut buf, 1 << 20, &mut state);
+        text.fill(&mut buf, 1 << 20);
         w.write_all(&buf)?;
     }
     let (d, _) = w.finish()?;

@@ -8,6 +8,7 @@ pub mod compress;
 pub mod digest;
 pub mod normalize;
 pub mod reader;
+pub mod synthetic;
 pub mod tree;
 pub mod writer;
 

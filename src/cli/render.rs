@@ -23,7 +23,7 @@ fn mb(bytes: u64) -> String {
 /// The line an event is worth, or `None` (progress ticks, or details when not verbose).
 fn line(event: &Event<'_>, verbose: bool) -> Option<String> {
     Some(match event {
-        Event::Step(s) => format!("{s}"),
+        Event::Step(s) => s.to_string(),
         Event::BaseResolved { reference, digest, layers } => match digest {
             Some(d) => format!("Base {reference} ({d}, {layers} layers)"),
             None => format!("Base {reference} (empty)"),
