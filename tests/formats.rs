@@ -150,7 +150,8 @@ fn tampered_blobs_are_refused_naming_them() {
 #[test]
 fn malformed_and_oversized_documents_fail_cleanly() {
     let t = TestDir::new();
-    let cases: Vec<(&str, Box<dyn Fn(&Path)>, &str)> = vec![
+    type Breaker = Box<dyn Fn(&Path)>;
+    let cases: Vec<(&str, Breaker, &str)> = vec![
         (
             "index not json",
             Box::new(|l: &Path| fs::write(l.join("index.json"), "{not json").unwrap()),
