@@ -64,7 +64,7 @@ impl PseudoText {
     }
 
     /// The first `len` bytes of the stream for `seed`.
-    pub fn bytes(seed: u64, len: usize) -> Vec<u8> {
+    pub fn bytes(len: usize, seed: u64) -> Vec<u8> {
         let mut out = Vec::with_capacity(len + 256);
         PseudoText::new(seed).fill(&mut out, len);
         out
@@ -77,9 +77,9 @@ mod tests {
 
     #[test]
     fn same_seed_same_bytes_and_streaming_matches_one_shot() {
-        let one = PseudoText::bytes(7, 10_000);
-        assert_eq!(one, PseudoText::bytes(7, 10_000));
-        assert_ne!(one, PseudoText::bytes(8, 10_000));
+        let one = PseudoText::bytes(10_000, 7);
+        assert_eq!(one, PseudoText::bytes(10_000, 7));
+        assert_ne!(one, PseudoText::bytes(10_000, 8));
         assert_eq!(one.len(), 10_000);
     }
 }
