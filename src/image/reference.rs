@@ -169,7 +169,7 @@ impl fmt::Display for ImageRef {
             }
             ImageRef::DockerArchive { file, name } => {
                 write!(f, "docker-archive:{}", file.display())?;
-                name.as_ref().map_or(Ok(()), |n| write!(f, ":{}", n.familiar()))
+                name.as_ref().map_or(Ok(()), |n| write!(f, ":{}", n.archive_name()))
             }
             ImageRef::Registry(n) => write!(f, "docker://{n}"),
         }
@@ -243,12 +243,29 @@ impl DockerName {
 
     /// `name:tag` as `docker save` writes it in RepoTags (familiar form, tag defaulted).
     pub fn familiar(&self) -> String {
-        let repo = if self.registry == "docker.io" {
-            self.repository.strip_prefix("library/").unwrap_or(&self.repository).to_string()
-        } else {
-            format!("{}/{}", self.registry, self.repository)
-        };
-        format!("{repo}:{}", self.tag.as_deref().unwrap_or(DEFAULT_TAG))
+        format!("{}:{}", self.short_name(), self.tag.as_deref().unwrap_or(DEFAULT_TAG))
+    }
+
+    /// The shortest spelling that parses back to the same registry and repository.
+    fn short_name(&self) -> String {
+        if self.registry != "docker.io" {
+            return format!("{}/{}", self.registry, self.repository);
+        }
+        let first = self.repository.split('/').next().unwrap_or("");
+        let looks_like_registry = first.contains('.') || first.contains(':') || first == "localhost";
+        match self.repository.strip_prefix("library/") {
+            Some(rest) if !rest.contains('/') => rest.to_string(),
+            _ if looks_like_registry => format!("docker.io/{}", self.repository),
+            _ => self.repository.clone(),
+        }
+    }
+
+    /// The name as written for docker-archive references: the tag only when one was given.
+    fn archive_name(&self) -> String {
+        match &self.tag {
+            Some(t) => format!("{}:{t}", self.short_name()),
+            None => self.short_name(),
+        }
     }
 }
 
@@ -300,6 +317,26 @@ mod tests {
         assert_eq!(p("oci:../x/busybox").portable_name(), "oci:busybox:latest");
         assert_eq!(p("oci:/other/place/busybox:1").portable_name(), p("oci:busybox:1").portable_name());
         assert_eq!(p("docker-archive:/t/base.tar:app:2").portable_name(), "docker-archive:base.tar:app:2");
+    }
+
+    #[test]
+    fn docker_archive_names_round_trip() {
+        // Found by the reference fuzz target (REF-1).
+        for s in [
+            "docker-archive:a.tar:app",
+            "docker-archive:a.tar:library/x/y:1",
+            "docker-archive:aa:library/library/x",
+            "docker-archive:a.tar:docker.io/a.b/c:t",
+            "docker-archive:a.tar:docker.io/my_team.example/app:1",
+            "docker-archive:a.tar:reg.example:5000/team/app:2",
+        ] {
+            let r = p(s);
+            let printed = r.to_string();
+            assert_eq!(p(&printed), r, "{s} printed as {printed}");
+            assert_eq!(p(&printed).to_string(), printed, "printing {s} is not stable");
+        }
+        let ImageRef::DockerArchive { name: Some(n), .. } = p("docker-archive:a.tar:library/x/y:1") else { panic!() };
+        assert_eq!(n.familiar(), "library/x/y:1");
     }
 
     #[test]

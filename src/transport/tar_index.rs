@@ -3,7 +3,9 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
+use std::io::{BufReader, Read, Seek, SeekFrom};
+
+use imgforge_layers::{EntryType, LayerReader, Limits};
 use std::path::{Path, PathBuf};
 
 use super::{io_error, TransportError};
@@ -16,23 +18,28 @@ pub struct TarIndex {
 }
 
 impl TarIndex {
+    /// Indexes the archive with imgforge's strict reader (PAX records parsed by their
+    /// lengths, size disagreements and truncation refused), never the lenient one.
     pub fn open(path: &Path) -> Result<TarIndex, TransportError> {
         let what = path.display().to_string();
         let file = File::open(path).map_err(io_error(&what))?;
-        let mut archive = tar::Archive::new(file);
+        let mut reader = LayerReader::new(BufReader::new(file), Limits::default());
         let mut entries = HashMap::new();
-        for entry in archive.entries().map_err(io_error(&what))? {
-            let entry = entry.map_err(io_error(format!("{what}: reading the archive")))?;
+        loop {
+            let entry = match reader.next_entry() {
+                Ok(Some(e)) => e,
+                Ok(None) => break,
+                Err(e) => return Err(TransportError::Unsupported(format!("{what}: not a valid tar archive: {e}"))),
+            };
             if entries.len() >= MAX_ENTRIES {
                 return Err(TransportError::Unsupported(format!("{what}: more than {MAX_ENTRIES} entries")));
             }
-            if !entry.header().entry_type().is_file() {
+            if entry.kind != EntryType::File {
                 continue;
             }
-            let raw = entry.path_bytes();
-            let name = String::from_utf8_lossy(&raw);
-            let name = name.trim_start_matches("./").to_string();
-            let pos = (entry.raw_file_position(), entry.size());
+            // The reader has consumed the header(s) and none of the data: this is where it starts.
+            let pos = (reader.position(), entry.size);
+            let name = String::from_utf8_lossy(&entry.path).into_owned();
             if entries.insert(name.clone(), pos).is_some() {
                 return Err(TransportError::Unsupported(format!(
                     "{what}: {name:?} appears twice in the archive; refusing an ambiguous archive"
