@@ -12,7 +12,7 @@ use imgforge::build::config::{compose_config, rfc3339, ConfigChanges};
 use imgforge::image::manifest::{
     self, media, parse_config, parse_document, Descriptor, Document, Index, Platform, MAX_FANOUT,
 };
-use imgforge::image::reference::{ImageRef, DEFAULT_TAG};
+use imgforge::image::reference::ImageRef;
 use imgforge_layers::{
     decompress, CompressOptions, Compression, DiffId, Digest, Entry, EntryType, LayerReader, LayerWriter, Limits,
     Normalize, Owner, TarWriter, DEFAULT_EPOCH,
