@@ -1,0 +1,449 @@
+#!/usr/bin/env bash
+# End-to-end comparison of imgforge with other tools doing the same work. See benches/README.md.
+#
+# usage: benches/compare.sh [-n RUNS] [CASE...]
+#   CASE: gzip_vs_umoci zstd_vs_floor gzip_floor big_layer_rss (default: all of them, in that order)
+# env:
+#   RUNS=3                          runs per command; the table shows the median (also min and max)
+#   BENCH_DIR=/var/tmp/imgforge-bench   cache of the base image and trees, and scratch space
+#   BENCH_SCRIPTS=<repo>/../shared/bench  where make-base.sh and make-tree.py are
+#   IMGFORGE=<path>                 imgforge binary to measure [default: cargo build --release here]
+#   REV=<git revision>              build and measure that commit instead of the work tree, from a
+#                                   clean export under $BENCH_DIR/src (for a repo with others'
+#                                   uncommitted edits in it); also used for the write_layer example
+#   TREE_FILES=12000 TREE_MB=100    app tree for cases 1-3 (make-tree.py's default profile)
+#   BIG_FILES=2000 BIG_MB=1024      app tree for the peak-RSS case
+#   WAIT_LOAD=<cores>               before each case, wait (up to WAIT_MAX=1800 s) until other work
+#                                   keeps at most this many cores busy (sampled over 3 s from
+#                                   /proc/stat), e.g. 0.3 on a shared machine
+#   KEEP=1                          keep the outputs of the last run under $BENCH_DIR/run
+#
+# Exit status: 0 when every command ran and every output checked out, whether or not a target
+# was met (this is a measurement); 1 when a tool failed or an output did not check out; 2 on
+# bad usage.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/.." && pwd)
+RUNS=${RUNS:-3}
+BENCH_DIR=${BENCH_DIR:-/var/tmp/imgforge-bench}
+BENCH_SCRIPTS=${BENCH_SCRIPTS:-$here/../../shared/bench}
+TREE_FILES=${TREE_FILES:-12000}
+TREE_MB=${TREE_MB:-100}
+BIG_FILES=${BIG_FILES:-2000}
+BIG_MB=${BIG_MB:-1024}
+ALL_CASES=(gzip_vs_umoci zstd_vs_floor gzip_floor big_layer_rss)
+
+usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; exit 2; }
+cases=()
+while [ $# -gt 0 ]; do
+  case $1 in
+    -n) RUNS=${2:?-n needs a number}; shift 2 ;;
+    -n*) RUNS=${1#-n}; shift ;;
+    -h|--help) usage ;;
+    -*) echo "unknown option $1" >&2; usage ;;
+    *) cases+=("$1"); shift ;;
+  esac
+done
+[ ${#cases[@]} -gt 0 ] || cases=("${ALL_CASES[@]}")
+[[ $RUNS =~ ^[1-9][0-9]*$ ]] || { echo "RUNS must be a positive whole number, not $RUNS" >&2; exit 2; }
+
+log() { printf '%s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# ---------------------------------------------------------------------------------------------
+# Tools and inputs
+
+need_tools() {
+  local missing=() t
+  for t in "$@"; do
+    command -v "${t%%:*}" >/dev/null 2>&1 || missing+=("${t#*:}")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  [ "$(id -u)" = 0 ] || die "missing tools (Debian packages: ${missing[*]}); install them or run as root"
+  log "installing ${missing[*]}"
+  apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
+# A cached input is a directory with a DIR.stamp file beside it naming what made it; anything else is
+# made again (into a temporary name, renamed when complete, so an interrupted run leaves no
+# half-made input behind).
+stamp_of() { printf '%s %s\n' "$(sha256sum "$1" | cut -c1-16)" "${*:2}"; }
+
+ensure_base() {
+  local dir=$BENCH_DIR/base stamp
+  stamp=$(stamp_of "$BENCH_SCRIPTS/make-base.sh" bookworm)
+  if [ -f "$dir/index.json" ] && [ "$(cat "$dir.stamp" 2>/dev/null)" = "$stamp" ]; then
+    return 0
+  fi
+  [ "$(id -u)" = 0 ] || die "making the Debian base needs root (debootstrap); run once as root"
+  log "making the Debian base image (debootstrap, a few minutes) in $dir"
+  rm -rf "$dir.tmp" "$dir.stamp"
+  bash "$BENCH_SCRIPTS/make-base.sh" "$dir.tmp" >&2
+  rm -rf "$dir" && mv "$dir.tmp" "$dir"
+  printf '%s\n' "$stamp" >"$dir.stamp"
+}
+
+ensure_tree() { # NAME FILES MB -> prints the tree's path
+  local dir=$BENCH_DIR/$1 stamp
+  stamp=$(stamp_of "$BENCH_SCRIPTS/make-tree.py" "--files $2 --mb $3")
+  if [ "$(cat "$dir.stamp" 2>/dev/null)" != "$stamp" ] || [ ! -d "$dir" ]; then
+    log "making app tree $dir (--files $2 --mb $3)"
+    rm -rf "$dir" "$dir.tmp" "$dir.stamp"
+    python3 "$BENCH_SCRIPTS/make-tree.py" "$dir.tmp" --files "$2" --mb "$3"
+    mv "$dir.tmp" "$dir"
+    printf '%s\n' "$stamp" >"$dir.stamp"
+  fi
+  printf '%s\n' "$dir"
+}
+
+# Read every byte of a tree once so that it is in the page cache for every tool alike. (GNU tar
+# skips reading file data when its output is /dev/null, hence the pipe.) Prints the tar size.
+warm_tree() { tar -C "$1" -cf - . | wc -c; }
+
+regular_files() { find "$1" -type f | wc -l; }
+
+# SRC is the source tree that is built: the repo's work tree, or with REV a clean export of that
+# commit (its own target dir under $BENCH_DIR, kept between runs so rebuilds are incremental).
+prepare_src() {
+  if [ -z "${REV:-}" ]; then
+    SRC=$repo TARGET=${CARGO_TARGET_DIR:-$repo/target}
+    COMMIT="$(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo '?')"
+    git -C "$repo" diff --quiet HEAD -- 2>/dev/null ||
+      COMMIT="$COMMIT + uncommitted changes (git diff HEAD sha256 $(git -C "$repo" diff HEAD | sha256sum | cut -c1-12))"
+    return 0
+  fi
+  local sha
+  sha=$(git -C "$repo" rev-parse --verify "$REV^{commit}") || die "REV=$REV is not a commit"
+  SRC=$BENCH_DIR/src/$sha TARGET=$BENCH_DIR/target COMMIT="$(git -C "$repo" rev-parse --short "$sha") (clean export)"
+  if [ ! -f "$SRC/Cargo.toml" ]; then
+    rm -rf "$SRC.tmp" && mkdir -p "$SRC.tmp"
+    git -C "$repo" archive --format=tar "$sha" | tar -x -C "$SRC.tmp"
+    mv "$SRC.tmp" "$SRC"
+  fi
+}
+
+build_imgforge() {
+  if [ -n "${IMGFORGE:-}" ]; then
+    [ -x "$IMGFORGE" ] || die "IMGFORGE=$IMGFORGE is not an executable"
+    COMMIT="? (IMGFORGE given)"
+    return 0
+  fi
+  log "cargo build --release (imgforge) in $SRC"
+  (cd "$SRC" && CARGO_TARGET_DIR=$TARGET cargo build --release -q --bin imgforge) ||
+    die "cargo build --release failed"
+  # A private copy, so that someone else's cargo build in the same target dir cannot swap
+  # the binary in the middle of the measurements.
+  mkdir -p "$BENCH_DIR/bin"
+  cp "$TARGET/release/imgforge" "$BENCH_DIR/bin/imgforge"
+  IMGFORGE=$BENCH_DIR/bin/imgforge
+}
+
+# ---------------------------------------------------------------------------------------------
+# Measuring. Every measured command gets a KEY; each run appends "wall_ns rss_kib cpu_s" to
+# $res/KEY.runs. Wall time comes from the clock around the command, peak RSS and CPU time from
+# /usr/bin/time (for a pipeline run by bash -c, the RSS is that of its largest process).
+
+measure() { # KEY CMD...
+  local key=$1 t0 t1 out
+  shift
+  out=$res/$key
+  t0=$(date +%s%N)
+  if ! /usr/bin/time -f '%M %U %S' -o "$out.time" "$@" >"$out.stdout" 2>"$out.stderr"; then
+    log "error: $key failed: $*"
+    tail -n 20 "$out.stderr" >&2
+    exit 1
+  fi
+  t1=$(date +%s%N)
+  tail -n 1 "$out.time" | awk -v ns=$((t1 - t0)) '{ printf "%s %s %.2f\n", ns, $1, $2 + $3 }' >>"$out.runs"
+}
+
+# Statistics over a key's runs: median|min|max of wall seconds, max RSS in KiB, median CPU s.
+stat_of() { # KEY FIELD
+  awk -v f="$2" '
+    { w[NR] = $1 / 1e9; r = ($2 > r ? $2 : r); c[NR] = $3 }
+    function med(a, n,   i, j, t) {
+      for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
+      return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+    }
+    END {
+      if (f == "median") printf "%.3f", med(w, NR)
+      else if (f == "min") { m = w[1]; for (i in w) if (w[i] < m) m = w[i]; printf "%.3f", m }
+      else if (f == "max") { m = w[1]; for (i in w) if (w[i] > m) m = w[i]; printf "%.3f", m }
+      else if (f == "rss") printf "%d", r
+      else if (f == "cpu") printf "%.2f", med(c, NR)
+    }' "$res/$1.runs"
+}
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }'; }
+
+# A table row: CASE KEY LABEL REFKEY COMPRESSED_BYTES UNCOMPRESSED_BYTES (REFKEY, sizes may be "-")
+row() { printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$@" >>"$res/table"; }
+
+# A target: NAME MEASURED LIMIT UNIT (PASS when MEASURED <= LIMIT); info: NAME MEASURED UNIT.
+target() { printf '%s\t%s\t%s\t%s\n' "$@" >>"$res/targets"; }
+info() { printf '%s\t%s\t-\t%s\n' "$@" >>"$res/targets"; }
+note() { printf '%s\n' "$*" >>"$res/notes"; }
+
+fresh() { rm -rf "$@"; sync; } # a fresh output, and no writeback left over from the last run
+
+load1() { cut -d' ' -f1 /proc/loadavg; }
+
+# How many cores were busy over the last 3 seconds (the load average lags by minutes).
+busy_cores() {
+  local a b
+  a=$(head -n 1 /proc/stat)
+  sleep 3
+  b=$(head -n 1 /proc/stat)
+  printf '%s\n%s\n' "$a" "$b" | awk '
+    { idle[NR] = $5 + $6; tot[NR] = 0; for (i = 2; i <= NF; i++) tot[NR] += $i }
+    END { d = tot[2] - tot[1]; printf "%.2f", (d > 0 ? (1 - (idle[2] - idle[1]) / d) * n : 0) }' n="$(nproc)"
+}
+
+wait_for_load() {
+  [ -n "${WAIT_LOAD:-}" ] || return 0
+  local waited=0 busy
+  while busy=$(busy_cores) && awk -v b="$busy" -v m="$WAIT_LOAD" 'BEGIN { exit !(b > m) }'; do
+    if [ "$waited" -ge "${WAIT_MAX:-1800}" ]; then
+      log "still $busy cores busy after ${waited}s: going on anyway"
+      return 0
+    fi
+    sleep 5
+    waited=$((waited + 8))
+  done
+  log "$busy cores busy before the case (waited ${waited}s)"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Checks on outputs
+
+# The manifest of an OCI layout, by tag, as JSON on stdout; skopeo must accept the image.
+check_layout() { # DIR TAG
+  skopeo inspect "oci:$1:$2" >/dev/null 2>"$res/skopeo.err" || {
+    cat "$res/skopeo.err" >&2
+    die "skopeo inspect oci:$1:$2 failed"
+  }
+  skopeo inspect --raw "oci:$1:$2"
+}
+
+# Compressed size and path of the image's top layer: "SIZE PATH".
+top_layer() { # DIR TAG
+  check_layout "$1" "$2" | python3 -c '
+import json, sys
+m = json.load(sys.stdin)
+l = m["layers"][-1]
+print(l["size"], sys.argv[1] + "/blobs/" + l["digest"].replace(":", "/"))' "$1"
+}
+
+# The layer must hold every regular file of the tree, so that every tool did the same work.
+# A complaint from tar about the end of the stream is noted, not fatal (umoci 0.4.7's layers
+# end without the end-of-archive blocks, which tar -t reports as "Unexpected EOF").
+check_layer_files() { # BLOB DECOMPRESSOR EXPECTED WHO
+  local n list=$res/layer.list rc
+  set +e
+  "$2" -dc <"$1" | tar -tvf - >"$list" 2>"$list.err"
+  rc=("${PIPESTATUS[@]}")
+  set -e
+  [ "${rc[0]}" = 0 ] || die "$4: $2 -dc of its layer failed"
+  n=$(grep -c '^-' "$list" || true)
+  [ "$n" = "$3" ] || die "$4: its layer holds $n regular files, the tree $3"
+  [ "${rc[1]}" = 0 ] || note "$4: all $n files are there, but tar -t says: $(head -n 1 "$list.err")"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Cases. Each is a function case_NAME, run in a subshell in the order given; it measures with
+# `measure`, adds table rows with `row` and targets with `target`/`info`. To add a case, write
+# case_NAME and add NAME to ALL_CASES.
+
+imgforge_build() { # KEY TREE OUT CACHE COMPRESSION
+  fresh "$3" "$4"
+  measure "$1" "$IMGFORGE" build "$2" --base "oci:$BASE:bookworm" -t "oci:$3:app" \
+    --compression "$5" --cache-dir "$4" -q
+}
+
+# 1. imgforge gzip cold build vs umoci insert of the same tree into a copy of the base.
+case_gzip_vs_umoci() {
+  local out=$run/if-gzip cache=$run/cache-gzip u=$run/umoci size blob usize ublob
+  for _ in $(seq "$RUNS"); do
+    imgforge_build imgforge_gzip "$TREE" "$out" "$cache" gzip
+    fresh "$u"
+    cp -a "$BASE" "$u" && sync
+    measure umoci_insert umoci insert --rootless --image "$u:bookworm" "$TREE" /workspace
+  done
+  read -r size blob < <(top_layer "$out" app)
+  read -r usize ublob < <(top_layer "$u" bookworm)
+  check_layer_files "$blob" gzip "$TREE_REGULAR" "imgforge gzip"
+  check_layer_files "$ublob" gzip "$TREE_REGULAR" "umoci insert"
+  row 1 imgforge_gzip "imgforge build, gzip, cold" umoci_insert "$size" "$TREE_TAR"
+  row 1 umoci_insert "umoci insert --rootless" umoci_insert "$usize" "$TREE_TAR"
+  target "gzip build vs umoci insert" \
+    "$(ratio "$(stat_of imgforge_gzip median)" "$(stat_of umoci_insert median)")" 0.80 x
+}
+
+# 2. imgforge zstd cold build vs tar | zstd -T0 -3, the floor for a zstd layer.
+case_zstd_vs_floor() {
+  local out=$run/if-zstd cache=$run/cache-zstd f=$run/floor.tar.zst size blob
+  for _ in $(seq "$RUNS"); do
+    imgforge_build imgforge_zstd "$TREE" "$out" "$cache" zstd
+    fresh "$f"
+    # shellcheck disable=SC2016 # expanded by the inner bash
+    measure zstd_floor bash -c 'set -o pipefail; tar -C "$1" -cf - . | zstd -q -T0 -3 >"$2"' _ "$TREE" "$f"
+  done
+  read -r size blob < <(top_layer "$out" app)
+  check_layer_files "$blob" zstd "$TREE_REGULAR" "imgforge zstd"
+  row 2 imgforge_zstd "imgforge build, zstd, cold" zstd_floor "$size" "$TREE_TAR"
+  row 2 zstd_floor "tar | zstd -T0 -3 (floor)" zstd_floor "$(stat -c %s "$f")" "$TREE_TAR"
+  target "zstd build vs tar|zstd -T0 -3" \
+    "$(ratio "$(stat_of imgforge_zstd median)" "$(stat_of zstd_floor median)")" 1.20 x
+}
+
+# 3. tar | pigz -6: what a parallel gzip of the same bytes costs, for reference.
+case_gzip_floor() {
+  local f=$run/floor.tar.gz
+  for _ in $(seq "$RUNS"); do
+    fresh "$f"
+    # shellcheck disable=SC2016 # expanded by the inner bash
+    measure pigz_floor bash -c 'set -o pipefail; tar -C "$1" -cf - . | pigz -6 >"$2"' _ "$TREE" "$f"
+  done
+  row 3 pigz_floor "tar | pigz -6 (floor)" pigz_floor "$(stat -c %s "$f")" "$TREE_TAR"
+  if [ -s "$res/imgforge_gzip.runs" ]; then
+    info "gzip build vs tar|pigz -6 (no target)" \
+      "$(ratio "$(stat_of imgforge_gzip median)" "$(stat_of pigz_floor median)")" x
+  fi
+}
+
+# 4. Peak RSS of imgforge writing a ~1 GiB gzip layer (and of the write_layer example, if any).
+case_big_layer_rss() {
+  local big out=$run/if-big cache=$run/cache-big size blob tar_bytes ex
+  big=$(ensure_tree "app-${BIG_FILES}f-${BIG_MB}m" "$BIG_FILES" "$BIG_MB")
+  tar_bytes=$(warm_tree "$big")
+  for _ in $(seq "$RUNS"); do
+    imgforge_build imgforge_big "$big" "$out" "$cache" gzip
+  done
+  read -r size blob < <(top_layer "$out" app)
+  row 4 imgforge_big "imgforge build, gzip, ${BIG_MB} MB tree" - "$size" "$tar_bytes"
+  target "peak RSS, ${BIG_MB} MB gzip layer" \
+    "$(awk -v k="$(stat_of imgforge_big rss)" 'BEGIN { printf "%.1f", k / 1024 }')" 64 MiB
+  rm -rf "$out" "$cache"
+
+  if [ -f "$SRC/layers/examples/write_layer.rs" ]; then
+    log "cargo build --release -p imgforge-layers --example write_layer"
+    (cd "$SRC" && CARGO_TARGET_DIR=$TARGET cargo build --release -q -p imgforge-layers --example write_layer) ||
+      die "building the write_layer example failed"
+    cp "$TARGET/release/examples/write_layer" "$BENCH_DIR/bin/write_layer"
+    ex=$BENCH_DIR/bin/write_layer
+    mkdir -p "$run/write_layer"
+    for _ in $(seq "$RUNS"); do
+      (cd "$run/write_layer" && measure write_layer "$ex" 1024)
+    done
+    row 4 write_layer "example write_layer 1024" - - -
+    note "write_layer 1024 (last run) says: $(tail -n 1 "$res/write_layer.stdout")"
+    target "peak RSS, example write_layer 1024" \
+      "$(awk -v k="$(stat_of write_layer rss)" 'BEGIN { printf "%.1f", k / 1024 }')" 64 MiB
+  else
+    log "layers/examples/write_layer.rs is absent: skipping the example"
+  fi
+}
+
+# ---------------------------------------------------------------------------------------------
+# Report
+
+print_table() {
+  local c key label ref size tar med
+  printf '\n%-4s %-34s %8s %8s %8s %7s %8s %8s %9s %6s\n' \
+    case command "median s" "min s" "max s" ratio "cpu s" "RSS MiB" "layer MB" "tar:z"
+  while IFS=$'\t' read -r c key label ref size tar; do
+    med=$(stat_of "$key" median)
+    printf '%-4s %-34s %8s %8s %8s %7s %8s %8s %9s %6s\n' "$c" "$label" "$med" \
+      "$(stat_of "$key" min)" "$(stat_of "$key" max)" \
+      "$([ "$ref" != - ] && echo "$(ratio "$med" "$(stat_of "$ref" median)")x" || echo -)" \
+      "$(stat_of "$key" cpu)" "$(awk -v k="$(stat_of "$key" rss)" 'BEGIN { printf "%.1f", k / 1024 }')" \
+      "$([ "$size" != - ] && awk -v s="$size" 'BEGIN { printf "%.2f", s / 1e6 }' || echo -)" \
+      "$([ "$size" != - ] && ratio "$tar" "$size" || echo -)"
+  done <"$res/table"
+  printf '\nratio: median / median of the case'"'"'s reference (umoci for 1, the zstd floor for 2).\n'
+  printf 'layer MB: compressed size of the layer (of the output file for the floors).\n'
+  printf 'cpu s: user+sys, median. RSS: peak over runs. tar:z: uncompressed tar bytes / compressed.\n'
+}
+
+print_targets() {
+  local name val limit unit verdict
+  printf '\n== targets ==\n'
+  while IFS=$'\t' read -r name val limit unit; do
+    if [ "$limit" = - ]; then
+      verdict=info
+      printf '%-5s %-40s %8s%s\n' "$verdict" "$name" "$val" "$unit"
+    else
+      verdict=$(awk -v v="$val" -v l="$limit" 'BEGIN { print (v <= l ? "PASS" : "FAIL") }')
+      printf '%-5s %-40s %8s%s  (target <= %s%s)\n' "$verdict" "$name" "$val" "$unit" "$limit" "$unit"
+    fi
+  done <"$res/targets"
+}
+
+# ---------------------------------------------------------------------------------------------
+
+for c in "${cases[@]}"; do
+  declare -F "case_$c" >/dev/null || { echo "unknown case $c (cases: ${ALL_CASES[*]})" >&2; exit 2; }
+done
+[ -d "$BENCH_SCRIPTS" ] || die "BENCH_SCRIPTS=$BENCH_SCRIPTS: no such directory"
+BENCH_SCRIPTS=$(cd "$BENCH_SCRIPTS" && pwd)
+
+need_tools time:time python3:python3 skopeo:skopeo umoci:umoci pigz:pigz zstd:zstd \
+  debootstrap:debootstrap cargo:cargo
+mkdir -p "$BENCH_DIR"
+BENCH_DIR=$(cd "$BENCH_DIR" && pwd)
+prepare_src
+build_imgforge
+ensure_base
+BASE=$BENCH_DIR/base
+TREE=$(ensure_tree "app-${TREE_FILES}f-${TREE_MB}m" "$TREE_FILES" "$TREE_MB")
+run=$BENCH_DIR/run
+res=$run/results
+rm -rf "$run" && mkdir -p "$res"
+: >"$res/table"
+: >"$res/targets"
+: >"$res/notes"
+
+TREE_TAR=$(warm_tree "$TREE")
+TREE_REGULAR=$(regular_files "$TREE")
+
+printf '== imgforge end-to-end comparison ==\n'
+printf 'date:     %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+printf 'commit:   %s\n' "$COMMIT"
+printf 'machine:  %s cores, %s (family %s model %s), %s GiB, kernel %s\n' "$(nproc)" \
+  "$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)" \
+  "$(sed -n 's/^cpu family[[:space:]]*: //p' /proc/cpuinfo | head -1)" \
+  "$(sed -n 's/^model[[:space:]]*: //p' /proc/cpuinfo | head -1)" \
+  "$(awk '/MemTotal/ { printf "%.0f", $2 / 1048576 }' /proc/meminfo)" "$(uname -r)"
+printf 'imgforge: %s (%s)\n' "$IMGFORGE" "$("$IMGFORGE" --version 2>/dev/null)"
+printf 'tools:    umoci %s; zstd %s; pigz %s; %s\n' "$(umoci --version | awk '{print $3}')" \
+  "$(zstd --version | grep -o 'v[0-9.]*' | head -1)" "$(pigz --version 2>&1 | awk '{print $2}')" \
+  "$(tar --version | head -1)"
+printf 'tree:     %s: %s regular files, %s tar bytes (warm in page cache)\n' "$TREE" "$TREE_REGULAR" "$TREE_TAR"
+printf 'base:     %s:bookworm\n' "$BASE"
+printf 'runs:     %s per command, interleaved; load average at start %s\n' "$RUNS" "$(cut -d' ' -f1-3 /proc/loadavg)"
+
+errors=()
+for c in "${cases[@]}"; do
+  wait_for_load
+  printf 'case %s ... (load %s)\n' "$c" "$(load1)"
+  set +e
+  (set -e; "case_$c")
+  case_rc=$?
+  set -e
+  [ "$case_rc" -eq 0 ] || errors+=("$c")
+done
+printf 'load average at end %s\n' "$(cut -d' ' -f1-3 /proc/loadavg)"
+
+print_table
+print_targets
+if [ -s "$res/notes" ]; then
+  printf '\n== notes ==\n'
+  cat "$res/notes"
+fi
+[ "${KEEP:-0}" = 1 ] || rm -rf "$run"
+if [ ${#errors[@]} -gt 0 ]; then
+  printf '\nERROR in case(s): %s (see messages above)\n' "${errors[*]}"
+  exit 1
+fi
