@@ -14,6 +14,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+use crate::digest::{HashingReader, Sha256Hash};
 use crate::normalize::{validate_rel_path, Owner, TarWriter};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -194,6 +195,18 @@ impl Tree {
     /// root). First the parents of `prefix` (root-owned, 0755), then `prefix` itself
     /// (owned by `owner`, 0755), then the entries, all owned by `owner`.
     pub fn write_to<W: Write>(&self, tar: &mut TarWriter<W>, prefix: &[u8], owner: Owner) -> io::Result<()> {
+        self.write_to_hashing(tar, prefix, owner, &mut |_, _| {})
+    }
+
+    /// [`Tree::write_to`], also handing back the sha256 of each regular file's content as it
+    /// is streamed (entry index, hash): a caller that needs content hashes reads each file once.
+    pub fn write_to_hashing<W: Write>(
+        &self,
+        tar: &mut TarWriter<W>,
+        prefix: &[u8],
+        owner: Owner,
+        on_file: &mut dyn FnMut(usize, Sha256Hash),
+    ) -> io::Result<()> {
         if !prefix.is_empty() {
             validate_rel_path(prefix)?;
             for (i, &b) in prefix.iter().enumerate() {
@@ -203,7 +216,7 @@ impl Tree {
             }
             tar.dir(prefix, 0o755, owner)?;
         }
-        for e in &self.entries {
+        for (i, e) in self.entries.iter().enumerate() {
             let path = join_prefix(prefix, e.rel.as_os_str());
             match &e.kind {
                 EntryKind::Dir => tar.dir(&path, e.mode, owner)?,
@@ -214,8 +227,9 @@ impl Tree {
                 }
                 EntryKind::File => {
                     let abs = self.root.join(&e.rel);
-                    let mut f = open_checked(&abs, e)?;
+                    let mut f = HashingReader::new(open_checked(&abs, e)?);
                     tar.file(&path, e.mode, owner, e.size, &mut f)?;
+                    on_file(i, f.finish().1);
                 }
             }
         }
@@ -230,6 +244,23 @@ mod tests {
 
     fn rels(t: &Tree) -> Vec<String> {
         t.entries.iter().map(|e| e.rel.to_string_lossy().into_owned()).collect()
+    }
+
+    #[test]
+    fn write_to_hashing_reports_each_file_once() {
+        let d = tempfile::tempdir().unwrap();
+        fs::write(d.path().join("a"), b"alpha").unwrap();
+        fs::create_dir(d.path().join("d")).unwrap();
+        fs::write(d.path().join("d/b"), b"beta").unwrap();
+        let t = scan_tree(d.path(), &mut |_, _| true).unwrap();
+        let mut seen = Vec::new();
+        let mut tar = TarWriter::new(Vec::new(), crate::Normalize::default());
+        t.write_to_hashing(&mut tar, b"p", Owner::ROOT, &mut |i, h| seen.push((rels(&t)[i].clone(), h))).unwrap();
+        let with_hashes = tar.finish().unwrap();
+        let mut plain = TarWriter::new(Vec::new(), crate::Normalize::default());
+        t.write_to(&mut plain, b"p", Owner::ROOT).unwrap();
+        assert_eq!(with_hashes, plain.finish().unwrap(), "hashing must not change the tar");
+        assert_eq!(seen, vec![("a".into(), Sha256Hash::of(b"alpha")), ("d/b".into(), Sha256Hash::of(b"beta"))]);
     }
 
     #[test]

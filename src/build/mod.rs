@@ -14,7 +14,7 @@ use crate::buildpack;
 use crate::image::manifest::{Descriptor, Platform};
 use crate::image::reference::ImageRef;
 use crate::report::{Event, Reporter};
-use crate::store::layer_cache::{tree_key, LayerCache, LayerKey};
+use crate::store::layer_cache::{tree_key, tree_key_with, LayerCache, LayerKey};
 use crate::store::stat_cache::StatCache;
 use crate::store::{BlobStore, StoreError};
 use crate::transport::{self, BaseImage, BaseLayer, Blobs, NewImage, Source, TransportError};
@@ -141,12 +141,19 @@ pub fn build(opts: &BuildOptions, reporter: &dyn Reporter) -> Result<BuildResult
         digest: base.manifest_digest.map(|d| d.to_string()),
         layers: base.layers.len(),
     });
-    let facts = base_facts::base_facts(&source, &base, &store)
-        .map_err(|e| BuildError::Invalid(format!("Failed to inspect the base image: {e}")))?;
+    // What the base's filesystem holds (shell, accounts) costs a pass over its layers: learn
+    // it only if something may need it, on a thread beside the app's layers.
     let base_user = base.config.as_ref().and_then(|c| c.string("User")).unwrap_or_default();
+    let user_needs_facts = opts.chown.is_none() && !base_user.is_empty();
+    let mut facts = if user_needs_facts || uses_buildpacks || app_dir.join("Procfile").exists() {
+        LazyFacts::start(opts, &base, &platform)
+    } else {
+        LazyFacts::unneeded()
+    };
     let owner = match opts.chown {
         Some(o) => o,
-        None => base_facts::resolve_user(&base_user, &facts).map_err(BuildError::Invalid)?,
+        None if base_user.is_empty() => Owner::ROOT,
+        None => base_facts::resolve_user(&base_user, facts.get()?).map_err(BuildError::Invalid)?,
     };
 
     // 2. The app, and its layers (with or without buildpacks).
@@ -171,9 +178,8 @@ pub fn build(opts: &BuildOptions, reporter: &dyn Reporter) -> Result<BuildResult
         reporter,
     };
     let mut app_stat = StatCache::load(&store, app_dir)?;
-    let app_key = tree_key(&tree, &ctx.prefix, owner, &rules, &opts.compress, &mut app_stat)
-        .map_err(io_err(format!("Failed to read the app directory {}", app_dir.display())))?;
     let produced = if uses_buildpacks {
+        let app_key = ctx.key(&tree, &mut app_stat)?;
         let stack = opts
             .stack
             .clone()
@@ -186,8 +192,7 @@ pub fn build(opts: &BuildOptions, reporter: &dyn Reporter) -> Result<BuildResult
         let plan = buildpack::plan(&opts.buildpacks, app_dir, opts.buildpacks_dir.as_deref(), work.path())
             .map_err(|e| BuildError::Buildpack { what: "Failed to find the buildpacks".into(), source: e })?;
         let build_cache = BuildCache::open(&store)?;
-        let build_key =
-            build_cache.key(opts, &store, &app_key, &plan, &base, &stack, &git, &workdir, facts.has_shell)?;
+        let build_key = build_cache.key(opts, &store, &app_key, &plan, &base, &stack, &git, &workdir)?;
         if !opts.clear_cache {
             if let Some(image) = build_cache.get(&store, &build_key) {
                 reporter.report(Event::Step("Nothing changed since the last build: reusing its image"));
@@ -216,7 +221,14 @@ pub fn build(opts: &BuildOptions, reporter: &dyn Reporter) -> Result<BuildResult
         p._work = Some(work);
         p
     } else {
-        let app = ctx.cached_layer("app", &tree, &app_key)?;
+        let app = if app_stat.is_cold() {
+            // First build from this path: nothing to reuse is likely, so write the layer and
+            // derive its key from the hashes taken while streaming (each file read once).
+            ctx.write_then_key("app", &tree, &mut app_stat)?
+        } else {
+            let key = ctx.key(&tree, &mut app_stat)?;
+            ctx.cached_layer("app", &tree, &key)?
+        };
         Produced {
             layers: vec![(app, format!("imgforge build: app at {workdir}"))],
             processes: read_procfile(app_dir)?,
@@ -234,15 +246,14 @@ pub fn build(opts: &BuildOptions, reporter: &dyn Reporter) -> Result<BuildResult
     // 3. How processes start.
     let mut changes =
         ConfigChanges { created: config::rfc3339(epoch), working_dir: Some(workdir.clone()), ..Default::default() };
-    if facts.has_shell {
-        if !processes.is_empty() {
-            let launch = write_layer(&store, opts.compress, rules, "launch", None, reporter, |tar| {
-                launch::write_launch_layer(tar, &processes)
-            })?;
-            layers.push((launch, "imgforge build: launcher".into()));
-            changes.entrypoint = Some(vec![launch::LAUNCHER_PATH.into()]);
-            changes.cmd = default_process.clone().map(|p| vec![p]);
-        }
+    let has_shell = !processes.is_empty() && facts.get()?.has_shell;
+    if has_shell {
+        let launch = write_layer(&store, opts.compress, rules, "launch", None, reporter, |tar| {
+            launch::write_launch_layer(tar, &processes)
+        })?;
+        layers.push((launch, "imgforge build: launcher".into()));
+        changes.entrypoint = Some(vec![launch::LAUNCHER_PATH.into()]);
+        changes.cmd = default_process.clone().map(|p| vec![p]);
     } else if let Some(p) = &default_process {
         let argv = procfile::split_without_shell(&processes[p]).map_err(|why| {
             BuildError::Invalid(format!(
@@ -366,6 +377,26 @@ impl LayerCtx<'_> {
         Ok(digests)
     }
 
+    /// Writes the layer for `tree`, then computes its key from the content hashes taken while
+    /// streaming, caches it and teaches `stat` those hashes.
+    fn write_then_key(&self, name: &str, tree: &Tree, stat: &mut StatCache) -> Result<LayerDigests, BuildError> {
+        let mut hashes = vec![None; tree.entries.len()];
+        let owner = self.owner;
+        let written =
+            write_layer(self.store, self.compress, self.rules, name, Some("first build here"), self.reporter, |tar| {
+                tree.write_to_hashing(tar, &self.prefix, owner, &mut |i, h| hashes[i] = Some(h))
+            })?;
+        let key = tree_key_with(tree, &self.prefix, owner, &self.rules, &self.compress, &mut |i, e| {
+            let h = hashes[i].ok_or_else(|| io::Error::other(format!("{} was not read", e.rel.display())))?;
+            stat.remember(&tree.root.join(&e.rel), e, h);
+            Ok(h)
+        })
+        .map_err(io_err(format!("Failed to read {}", tree.root.display())))?;
+        let _ = self.cache.put(&key, &written);
+        let _ = self.cache.record(&format!("{}:{name}", self.scope), &key);
+        Ok(written)
+    }
+
     fn key(&self, tree: &Tree, stat: &mut StatCache) -> Result<LayerKey, BuildError> {
         tree_key(tree, &self.prefix, self.owner, &self.rules, &self.compress, stat)
             .map_err(io_err(format!("Failed to read {}", tree.root.display())))
@@ -423,6 +454,49 @@ fn buildpack_layers(
     Ok(Produced { layers, processes, release_env, heroku: true, outcome: Some(outcome), build_key: None, _work: None })
 }
 
+/// The base image's filesystem facts, learned on a background thread and waited for only
+/// when first asked for.
+struct LazyFacts {
+    job: Option<std::thread::JoinHandle<Result<base_facts::BaseFacts, String>>>,
+    value: Option<base_facts::BaseFacts>,
+}
+
+impl LazyFacts {
+    fn start(opts: &BuildOptions, base: &BaseImage, platform: &Platform) -> LazyFacts {
+        // The thread owns what it reads: its own handle on the source and the store.
+        let (reference, base, platform, cache_dir) =
+            (opts.base.clone(), base.clone(), platform.clone(), opts.cache_dir.clone());
+        let job = std::thread::spawn(move || {
+            let source = Source::open(&reference).map_err(|e| e.to_string())?;
+            // A docker-archive learns where its blobs are while resolving.
+            let base = match source {
+                Source::DockerArchive(_) => source.resolve(&platform).map_err(|e| e.to_string())?,
+                _ => base,
+            };
+            let store = BlobStore::open(&cache_dir).map_err(|e| e.to_string())?;
+            base_facts::base_facts(&source, &base, &store)
+        });
+        LazyFacts { job: Some(job), value: None }
+    }
+
+    fn unneeded() -> LazyFacts {
+        LazyFacts { job: None, value: Some(base_facts::BaseFacts::default()) }
+    }
+
+    fn get(&mut self) -> Result<&base_facts::BaseFacts, BuildError> {
+        if let Some(job) = self.job.take() {
+            let facts = job
+                .join()
+                .map_err(|_| {
+                    BuildError::Invalid("Failed to inspect the base image: the inspecting thread panicked".into())
+                })?
+                .map_err(|e| BuildError::Invalid(format!("Failed to inspect the base image: {e}")))?;
+            self.value = Some(facts);
+        }
+        Ok(self.value.as_ref().expect("set above or at construction"))
+    }
+}
+
 /// Whole-build cache for buildpack builds: when every input is as it was, the buildpacks
 /// are not run again and the previous image is written as it is.
 struct BuildCache {
@@ -448,7 +522,6 @@ impl BuildCache {
         stack: &str,
         git: &git::GitInfo,
         workdir: &str,
-        has_shell: bool,
     ) -> Result<String, BuildError> {
         let mut bp_keys = Vec::new();
         for bp in &plan.buildpacks {
@@ -471,7 +544,6 @@ impl BuildCache {
             "workdir": workdir,
             "default_process": opts.default_process,
             "platform": opts.platform.as_ref().map(ToString::to_string),
-            "shell": has_shell,
         });
         Ok(imgforge_layers::Sha256Hash::of(&serde_json::to_vec(&material).expect("json")).hex())
     }

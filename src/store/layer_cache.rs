@@ -30,7 +30,8 @@ pub struct LayerKey {
     pub items: Vec<(String, String)>,
 }
 
-/// Computes the key of the layer `tree.write_to(prefix, owner)` would write with these settings.
+/// Computes the key of the layer `tree.write_to(prefix, owner)` would write with these settings,
+/// reading content hashes through the stat cache.
 pub fn tree_key(
     tree: &Tree,
     prefix: &[u8],
@@ -38,6 +39,18 @@ pub fn tree_key(
     rules: &Normalize,
     compress: &CompressOptions,
     stat: &mut StatCache,
+) -> std::io::Result<LayerKey> {
+    tree_key_with(tree, prefix, owner, rules, compress, &mut |_, e| stat.content_hash(&tree.root.join(&e.rel), e))
+}
+
+/// [`tree_key`] with file content hashes from `content(entry index, entry)`.
+pub fn tree_key_with(
+    tree: &Tree,
+    prefix: &[u8],
+    owner: Owner,
+    rules: &Normalize,
+    compress: &CompressOptions,
+    content: &mut dyn FnMut(usize, &imgforge_layers::TreeEntry) -> std::io::Result<Sha256Hash>,
 ) -> std::io::Result<LayerKey> {
     let level = compress.level.unwrap_or_else(|| compress.compression.default_level());
     let settings = format!(
@@ -54,12 +67,12 @@ pub fn tree_key(
     let mut key = Sha256::new();
     key.update(settings.as_bytes());
     let mut items = Vec::with_capacity(tree.entries.len());
-    for e in &tree.entries {
+    for (i, e) in tree.entries.iter().enumerate() {
         let mut h = Sha256::new();
         match &e.kind {
             EntryKind::Dir => h.update(format!("dir {:o}", rules.dir_mode(e.mode))),
             EntryKind::File => {
-                let content = stat.content_hash(&tree.root.join(&e.rel), e)?;
+                let content = content(i, e)?;
                 h.update(format!("file {:o} {} ", rules.file_mode(e.mode), e.size));
                 h.update(content.0);
             }

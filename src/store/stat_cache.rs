@@ -98,10 +98,30 @@ impl StatCache {
         }
         let hash = hash_file(abs, e.size)?;
         self.hashed_files += 1;
-        if self.now_ns - e.mtime_ns.max(e.ctime_ns) >= self.racy_ns {
-            self.seen.insert(abs.to_path_buf(), StatEntry { hash: hash.hex(), ..probe });
-        }
+        self.remember(abs, e, hash);
         Ok(hash)
+    }
+
+    /// Whether nothing was remembered for this tree (first build from this path): every file
+    /// would have to be read to compute a key, so it is cheaper to write first and key after.
+    pub fn is_cold(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Records a hash computed elsewhere (e.g. while the file was streamed into a layer),
+    /// under the same racy-clean rule as a hash computed here.
+    pub fn remember(&mut self, abs: &Path, e: &TreeEntry, hash: Sha256Hash) {
+        if self.now_ns - e.mtime_ns.max(e.ctime_ns) >= self.racy_ns {
+            let entry = StatEntry {
+                dev: e.dev,
+                ino: e.ino,
+                size: e.size,
+                mtime_ns: e.mtime_ns,
+                ctime_ns: e.ctime_ns,
+                hash: hash.hex(),
+            };
+            self.seen.insert(abs.to_path_buf(), entry);
+        }
     }
 
     #[cfg(test)]
