@@ -10,7 +10,7 @@ use std::io::Read;
 use imgforge_layers::{decompress, Compression, EntryType, LayerReader, Limits, Owner};
 use serde::{Deserialize, Serialize};
 
-use crate::store::{write_atomic, BlobStore};
+use crate::store::{write_hint, BlobStore};
 use crate::transport::{BaseImage, Source};
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -90,7 +90,7 @@ pub fn base_facts(source: &Source, base: &BaseImage, store: &BlobStore) -> Resul
         passwd: passwd.filter(|_| exists(b"etc/passwd")),
         group: group.filter(|_| exists(b"etc/group")),
     };
-    let _ = write_atomic(&cache, &serde_json::to_vec(&facts).expect("json"));
+    let _ = write_hint(&cache, &serde_json::to_vec(&facts).expect("json"));
     Ok(facts)
 }
 

@@ -569,7 +569,7 @@ impl BuildCache {
     }
 
     fn put(&self, key: &str, manifest: &Digest) -> io::Result<()> {
-        crate::store::write_atomic(&self.dir.join(key), manifest.to_string().as_bytes())
+        crate::store::write_hint(&self.dir.join(key), manifest.to_string().as_bytes())
     }
 }
 

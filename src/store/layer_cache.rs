@@ -15,7 +15,7 @@ use serde_json::json;
 use sha2::{Digest as _, Sha256};
 
 use super::stat_cache::StatCache;
-use super::{write_atomic, BlobStore, StoreError};
+use super::{write_hint, BlobStore, StoreError};
 
 /// Bump when the bytes `imgforge-layers` writes for the same input change.
 const FORMAT: &str = "imgforge-layer-v1";
@@ -125,7 +125,7 @@ impl LayerCache {
             "diff_id": d.diff_id.to_string(), "digest": d.digest.to_string(), "size": d.size,
             "tar_size": d.tar_size, "compression": d.compression.name(),
         });
-        write_atomic(&self.dir.join(format!("{}.json", key.key)), &serde_json::to_vec(&v).expect("json"))
+        write_hint(&self.dir.join(format!("{}.json", key.key)), &serde_json::to_vec(&v).expect("json"))
     }
 
     fn scope_file(&self, scope: &str) -> PathBuf {
@@ -163,7 +163,7 @@ impl LayerCache {
     }
 
     pub fn record(&self, scope: &str, key: &LayerKey) -> std::io::Result<()> {
-        write_atomic(&self.scope_file(scope), &serde_json::to_vec(key).expect("json"))
+        write_hint(&self.scope_file(scope), &serde_json::to_vec(key).expect("json"))
     }
 }
 

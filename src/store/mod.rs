@@ -216,6 +216,17 @@ pub fn write_atomic(dest: &Path, bytes: &[u8]) -> io::Result<()> {
     sync_dir(dir)
 }
 
+/// Replaces `dest` by rename, without fsync: for cache entries whose loss or tearing in a
+/// crash costs only a rebuild (readers treat an unreadable entry as absent, and blobs are
+/// verified when read). Durable data goes through [`write_atomic`].
+pub fn write_hint(dest: &Path, bytes: &[u8]) -> io::Result<()> {
+    let dir = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let mut tmp = tempfile::Builder::new().prefix(".imgforge-").tempfile_in(dir)?;
+    tmp.write_all(bytes)?;
+    tmp.persist(dest).map_err(|e| e.error)?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

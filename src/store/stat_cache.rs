@@ -17,7 +17,7 @@ use imgforge_layers::{Sha256Hash, TreeEntry};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
-use super::{write_atomic, BlobStore, StoreError};
+use super::{write_hint, BlobStore, StoreError};
 
 const BUCKET: &str = "stat-v1";
 const RACY_NS: i128 = 2_000_000_000;
@@ -148,7 +148,7 @@ impl StatCache {
     /// Writes what this run saw (entries for files that are gone are dropped).
     pub fn save(&self) -> io::Result<()> {
         match &self.file {
-            Some(f) => write_atomic(f, &serde_json::to_vec(&self.seen).expect("json")),
+            Some(f) => write_hint(f, &serde_json::to_vec(&self.seen).expect("json")),
             None => Ok(()),
         }
     }
