@@ -14,7 +14,7 @@ pub enum Event<'a> {
     /// A layer is done: written now, or reused.
     LayerDone { name: &'a str, digests: &'a LayerDigests, reused: bool, why: Option<&'a str> },
     /// Written to a destination.
-    Destination { reference: &'a str, written: usize, present: usize, bytes: u64 },
+    Destination { reference: &'a str, written: usize, linked: usize, present: usize, bytes: u64 },
     /// A buildpack's detect answered (`framework` is what it printed, when it applies).
     Detected { buildpack: &'a str, applies: bool, framework: &'a str },
     /// A line a buildpack (or app hook) printed while compiling; `----->` headings included.

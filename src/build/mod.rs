@@ -333,6 +333,7 @@ fn publish(
         reporter.report(Event::Destination {
             reference: &reference,
             written: s.blobs_written,
+            linked: s.blobs_linked,
             present: s.blobs_present,
             bytes: s.bytes_written,
         });

@@ -43,8 +43,9 @@ fn line(event: &Event<'_>, verbose: bool) -> Option<String> {
                 digests.compression.name()
             )
         }
-        Event::Destination { reference, written, present, bytes } => {
-            format!("Wrote {reference}: {written} blobs ({}), {present} already there", mb(*bytes))
+        Event::Destination { reference, written, linked, present, bytes } => {
+            let linked = if *linked > 0 { format!(", {linked} hard-linked") } else { String::new() };
+            format!("Wrote {reference}: {written} blobs copied ({}){linked}, {present} already there", mb(*bytes))
         }
         Event::Detected { buildpack, applies: true, framework } => {
             format!("Buildpack {buildpack}: detected {framework}")

@@ -15,7 +15,10 @@ pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
 /// What a destination write did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct WriteSummary {
+    /// Blobs copied in (`bytes_written` counts their bytes).
     pub blobs_written: usize,
+    /// Blobs hard-linked from the cache or the base: no bytes moved.
+    pub blobs_linked: usize,
     pub blobs_present: usize,
     pub bytes_written: u64,
 }

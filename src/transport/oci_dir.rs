@@ -145,7 +145,7 @@ fn put_blob(
         match fs::hard_link(&src, &dest) {
             Ok(()) => {
                 sync_dir(blob_dir).map_err(io_error(blob_dir.display()))?;
-                summary.blobs_written += 1;
+                summary.blobs_linked += 1;
                 return Ok(());
             }
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
