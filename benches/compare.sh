@@ -2,7 +2,8 @@
 # End-to-end comparison of imgforge with other tools doing the same work. See benches/README.md.
 #
 # usage: benches/compare.sh [-n RUNS] [CASE...]
-#   CASE: gzip_vs_umoci zstd_vs_floor gzip_floor big_layer_rss (default: all of them, in that order)
+#   CASE: gzip_vs_umoci zstd_vs_floor gzip_floor big_layer_rss rebuild_vs_buildah
+#         (default: all of them, in that order)
 # env:
 #   RUNS=3                          runs per command; the table shows the median (also min and max)
 #   BENCH_DIR=/var/tmp/imgforge-bench   cache of the base image and trees, and scratch space
@@ -11,12 +12,17 @@
 #   REV=<git revision>              build and measure that commit instead of the work tree, from a
 #                                   clean export under $BENCH_DIR/src (for a repo with others'
 #                                   uncommitted edits in it); also used for the write_layer example
-#   TREE_FILES=12000 TREE_MB=100    app tree for cases 1-3 (make-tree.py's default profile)
+#   TREE_FILES=12000 TREE_MB=100    app tree for cases 1-3, and case 5's dependency store
+#                                   (make-tree.py's default profile)
 #   BIG_FILES=2000 BIG_MB=1024      app tree for the peak-RSS case
 #   WAIT_LOAD=<cores>               before each case, wait (up to WAIT_MAX=1800 s) until other work
 #                                   keeps at most this many cores busy (sampled over 3 s from
 #                                   /proc/stat), e.g. 0.3 on a shared machine
 #   KEEP=1                          keep the outputs of the last run under $BENCH_DIR/run
+#   REBUILD_DIR=$BENCH_DIR/run/rebuild  case 5's scratch: the app, imgforge's cache and output,
+#                                   buildah's storage (e.g. /dev/shm/imgforge-rebuild for tmpfs)
+#   BUILDAH_USER=imgforge-test      as root, case 5 runs buildah rootless as this user
+#   BUILDAH_STORAGE_DRIVER=overlay  its storage driver
 #
 # Exit status: 0 when every command ran and every output checked out, whether or not a target
 # was met (this is a measurement); 1 when a tool failed or an output did not check out; 2 on
@@ -32,7 +38,7 @@ TREE_FILES=${TREE_FILES:-12000}
 TREE_MB=${TREE_MB:-100}
 BIG_FILES=${BIG_FILES:-2000}
 BIG_MB=${BIG_MB:-1024}
-ALL_CASES=(gzip_vs_umoci zstd_vs_floor gzip_floor big_layer_rss)
+ALL_CASES=(gzip_vs_umoci zstd_vs_floor gzip_floor big_layer_rss rebuild_vs_buildah)
 
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; exit 2; }
 cases=()
@@ -159,7 +165,8 @@ measure() { # KEY CMD...
   tail -n 1 "$out.time" | awk -v ns=$((t1 - t0)) '{ printf "%s %s %.2f\n", ns, $1, $2 + $3 }' >>"$out.runs"
 }
 
-# Statistics over a key's runs: median|min|max of wall seconds, max RSS in KiB, median CPU s.
+# Statistics over a key's runs: median|min|max of wall seconds (median_fine: to the
+# microsecond, for ratios of short runs), max RSS in KiB, median CPU s.
 stat_of() { # KEY FIELD
   awk -v f="$2" '
     { w[NR] = $1 / 1e9; r = ($2 > r ? $2 : r); c[NR] = $3 }
@@ -169,6 +176,7 @@ stat_of() { # KEY FIELD
     }
     END {
       if (f == "median") printf "%.3f", med(w, NR)
+      else if (f == "median_fine") printf "%.6f", med(w, NR)
       else if (f == "min") { m = w[1]; for (i in w) if (w[i] < m) m = w[i]; printf "%.3f", m }
       else if (f == "max") { m = w[1]; for (i in w) if (w[i] > m) m = w[i]; printf "%.3f", m }
       else if (f == "rss") printf "%d", r
@@ -176,14 +184,16 @@ stat_of() { # KEY FIELD
     }' "$res/$1.runs"
 }
 
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }'; }
+# A / B to 2 decimals (4 below 0.1, so that a ratio like 0.0031 is not printed as 0.00).
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { r = (b > 0 ? a / b : 0); printf (r < 0.1 ? "%.4f" : "%.2f"), r }'; }
 
 # A table row: CASE KEY LABEL REFKEY COMPRESSED_BYTES UNCOMPRESSED_BYTES (REFKEY, sizes may be "-")
 row() { printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$@" >>"$res/table"; }
 
-# A target: NAME MEASURED LIMIT UNIT (PASS when MEASURED <= LIMIT); info: NAME MEASURED UNIT.
-target() { printf '%s\t%s\t%s\t%s\n' "$@" >>"$res/targets"; }
-info() { printf '%s\t%s\t-\t%s\n' "$@" >>"$res/targets"; }
+# A target: NAME MEASURED LIMIT UNIT [OP] (PASS when MEASURED <= LIMIT; OP ge: when MEASURED >=
+# LIMIT; OP eq: when MEASURED is the string LIMIT, UNIT -); info: NAME MEASURED UNIT.
+target() { printf '%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" "${5:-le}" >>"$res/targets"; }
+info() { printf '%s\t%s\t-\t%s\tle\n' "$@" >>"$res/targets"; }
 note() { printf '%s\n' "$*" >>"$res/notes"; }
 
 fresh() { rm -rf "$@"; sync; } # a fresh output, and no writeback left over from the last run
@@ -346,6 +356,261 @@ case_big_layer_rss() {
   fi
 }
 
+# 5. Rebuilds of a buildpack app: imgforge vs `buildah bud --layers` (rootless, --isolation
+# chroot) with an equivalent Containerfile, on the same workload: a small app (a few files)
+# whose dependencies, the make-tree.py tree, an offline buildpack (benches/buildpack) copies
+# to /app/node_modules. Per run, for each tool in turn: a cold build, a no-op rebuild and a
+# rebuild after one app source file changed. imgforge keeps its --cache-dir (fresh for the
+# cold build) and writes to the same OCI layout; buildah commits to a private storage from
+# which the app's images and cached layers are removed (untimed) before its cold build.
+
+# The app: package.json, package-lock.json (its "integrity" names the dependency store, so a
+# new store is a new lockfile), server.js, lib/*.js, public/index.html. lib/greeting.js is the
+# file the one-file rebuild changes: VERSION goes into it.
+make_rebuild_app() { # DIR VERSION
+  local d=$1 integrity
+  integrity=$(cut -d' ' -f1-3 "$TREE.stamp" | sha256sum | cut -c1-32)
+  mkdir -p "$d/lib" "$d/public"
+  cat >"$d/package.json" <<'JSON'
+{
+  "name": "imgforge-bench-app",
+  "version": "1.0.0",
+  "private": true,
+  "main": "server.js",
+  "scripts": { "start": "node server.js" },
+  "dependencies": { "bench-deps": "1.0.0" }
+}
+JSON
+  cat >"$d/package-lock.json" <<JSON
+{
+  "name": "imgforge-bench-app",
+  "version": "1.0.0",
+  "lockfileVersion": 3,
+  "requires": true,
+  "packages": {
+    "": { "name": "imgforge-bench-app", "version": "1.0.0", "dependencies": { "bench-deps": "1.0.0" } },
+    "node_modules/bench-deps": { "version": "1.0.0", "integrity": "sha256-$integrity" }
+  }
+}
+JSON
+  cat >"$d/server.js" <<'JS'
+'use strict';
+const http = require('http');
+const routes = require('./lib/routes');
+const port = Number(process.env.PORT || 5000);
+http.createServer(routes.handle).listen(port, '0.0.0.0', () => console.log(`listening on ${port}`));
+JS
+  cat >"$d/lib/routes.js" <<'JS'
+'use strict';
+const fs = require('fs');
+const path = require('path');
+const greeting = require('./greeting');
+const index = fs.readFileSync(path.join(__dirname, '..', 'public', 'index.html'));
+exports.handle = (req, res) => {
+  if (req.url === '/') { res.writeHead(200, { 'Content-Type': 'text/html' }); return res.end(index); }
+  res.writeHead(200, { 'Content-Type': 'text/plain' });
+  res.end(greeting.hello(req.url.slice(1)) + '\n');
+};
+JS
+  # shellcheck disable=SC2016 # JavaScript, not shell
+  printf '%s\n' "'use strict';" "// $2" 'exports.hello = (who) => `hello, ${who || "world"}`;' \
+    >"$d/lib/greeting.js"
+  printf '%s\n' '<!doctype html>' '<title>imgforge bench app</title>' '<h1>imgforge bench app</h1>' \
+    >"$d/public/index.html"
+}
+
+# buildah as $BUILDAH_USER (when root; else as ourselves) with a private storage under DIR:
+# sets the array BH (the command up to and including buildah's global options).
+buildah_setup() { # DIR
+  local user=${BUILDAH_USER:-imgforge-test} uid home rt
+  if [ "$(id -u)" = 0 ]; then
+    uid=$(id -u "$user" 2>/dev/null) ||
+      die "buildah runs rootless as BUILDAH_USER=$user, which does not exist (tests/run.sh creates imgforge-test)"
+    home=$(getent passwd "$user" | cut -d: -f6)
+    rt=/run/user/$uid
+    [ -d "$rt" ] || { mkdir -p "$rt" && chown "$user:" "$rt" && chmod 0700 "$rt"; }
+    BH=(runuser -u "$user" -- env -C / -u XDG_CONFIG_HOME -u XDG_DATA_HOME -u TMPDIR
+      -u CONTAINERS_CONF -u CONTAINERS_STORAGE_CONF HOME="$home" USER="$user" LOGNAME="$user"
+      XDG_RUNTIME_DIR="$rt")
+  else
+    user=$(id -un)
+    rt=${XDG_RUNTIME_DIR:?rootless buildah needs XDG_RUNTIME_DIR}
+    BH=(env -C /)
+  fi
+  BH_ROOT=$1/buildah-storage BH_RUNROOT=$rt/imgforge-bench-$$ BH_USER=$user
+  mkdir -p "$BH_ROOT"
+  [ "$(id -u)" != 0 ] || chown "$user:" "$BH_ROOT"
+  BH+=(buildah --root "$BH_ROOT" --runroot "$BH_RUNROOT" --storage-driver "${BUILDAH_STORAGE_DRIVER:-overlay}")
+}
+
+# At the end of the case: buildah's storage goes (unless KEEP=1; its run root always), and so
+# does the case's scratch dir (unless KEEP=1).
+rebuild_cleanup() { # DIR
+  local gone=("$BH_RUNROOT")
+  if [ "${KEEP:-0}" != 1 ]; then
+    "${BH[@]}" rmi --all --force >/dev/null 2>&1 || true
+    gone+=("$BH_ROOT" "$1")
+  fi
+  if [ "$(id -u)" = 0 ]; then
+    rm -rf "${gone[@]}"
+  else # files of the storage belong to subordinate ids
+    buildah unshare rm -rf "${gone[@]}" 2>/dev/null || rm -rf "${gone[@]}"
+  fi
+}
+
+# "NAME DIGEST SIZE" for every layer of an image in a layout, NAME from the layer's history
+# entry: the part after "imgforge build: " (app, runtime:node_modules, launcher), else
+# "base". skopeo must accept the image.
+layout_layers() { # DIR TAG
+  check_layout "$1" "$2" | python3 -c '
+import json, sys
+m = json.load(sys.stdin)
+alg, hex_ = m["config"]["digest"].split(":")
+cfg = json.load(open(sys.argv[1] + "/blobs/" + alg + "/" + hex_))
+names = [h.get("created_by", "?") for h in cfg.get("history", []) if not h.get("empty_layer")]
+if len(names) != len(m["layers"]):
+    names = ["?"] * len(m["layers"])
+for n, l in zip(names, m["layers"]):
+    n = n.split("imgforge build: ", 1)[1] if n.startswith("imgforge build: ") else "base"
+    print(n.replace(" ", "_"), l["digest"], l["size"])' "$1"
+}
+
+# The names of the layers whose digest differs between two layout_layers listings ("none"),
+# or "layer-list:A,B->A,C" when the lists themselves differ.
+changed_layers() { # BEFORE AFTER
+  python3 - "$1" "$2" <<'PY'
+import sys
+a = [l.split() for l in open(sys.argv[1]) if l.strip()]
+b = [l.split() for l in open(sys.argv[2]) if l.strip()]
+if [x[0] for x in a] != [x[0] for x in b]:
+    print("layer-list:" + ",".join(x[0] for x in a) + "->" + ",".join(x[0] for x in b))
+else:
+    print(",".join(x[0] for x, y in zip(a, b) if x[1] != y[1]) or "none")
+PY
+}
+
+# The first 12 hex digits of each diff_id of a `buildah inspect --type image` document.
+buildah_diff_ids() { # JSON
+  python3 -c 'import json, sys
+print(" ".join(d.split(":")[1][:12] for d in json.load(open(sys.argv[1]))["OCIv1"]["rootfs"]["diff_ids"]))' "$1"
+}
+
+case_rebuild_vs_buildah() {
+  local rb=${REBUILD_DIR:-$run/rebuild} bp ctx app out cache i changed bad=0 id if_cold \
+    nm_blob nm_size base_ref=localhost/imgforge-bench-base:bookworm
+  command -v buildah >/dev/null || die "buildah is not installed (Debian package buildah)"
+  umask 022
+  fresh "$rb"
+  mkdir -p "$rb"
+  chmod 0755 "$rb"
+  bp=$rb/buildpack ctx=$rb/ctx app=$rb/ctx/app out=$rb/if-out cache=$rb/if-cache
+
+  # The buildpack, pointed at its dependency store; the buildah context: the same app dir, a
+  # copy of the store as node_modules (hard links when it can), and the Containerfile.
+  cp -a "$here/buildpack" "$bp"
+  ln -s "$TREE" "$bp/store"
+  mkdir -p "$ctx"
+  make_rebuild_app "$app" v0
+  cp -al "$TREE" "$ctx/node_modules" 2>/dev/null || { rm -rf "$ctx/node_modules"; cp -a "$TREE" "$ctx/node_modules"; }
+  printf '%s\n' "FROM $base_ref" 'COPY node_modules /app/node_modules' 'COPY app /app' 'WORKDIR /app' \
+    'ENV PORT=5000 HOME=/app' 'CMD ["/bin/sh", "-c", "node server.js"]' >"$ctx/Containerfile"
+
+  # The base for both: a copy of the layout (blobs hard-linked when it can) in the scratch dir,
+  # so that imgforge links its blob into its output as it does for cases 1-4 and buildah's
+  # user can read its index.json. buildah pulls it into its private storage once, untimed.
+  buildah_setup "$rb"
+  # shellcheck disable=SC2064 # rb is expanded now, on purpose
+  trap "rebuild_cleanup '$rb'" EXIT
+  mkdir -p "$rb/base"
+  cp -al "$BASE/blobs" "$rb/base/" 2>/dev/null || { rm -rf "$rb/base/blobs"; cp -a "$BASE/blobs" "$rb/base/"; }
+  cp "$BASE/index.json" "$BASE/oci-layout" "$rb/base/"
+  chmod a+r "$rb/base/index.json" "$rb/base/oci-layout"
+  log "buildah: pulling the base into $BH_ROOT as $BH_USER (untimed)"
+  id=$("${BH[@]}" pull -q "oci:$rb/base:bookworm" 2>"$res/buildah-pull.err") ||
+    { cat "$res/buildah-pull.err" >&2; die "buildah pull oci:$rb/base:bookworm failed"; }
+  "${BH[@]}" tag "$id" "$base_ref" >/dev/null || die "buildah tag $id $base_ref failed"
+
+  local ifb=("$IMGFORGE" build "$app" --base "oci:$rb/base:bookworm" -b "$bp" -t "oci:$out:app"
+    --cache-dir "$cache" -q)
+  local bud=("${BH[@]}" bud --layers --isolation chroot --pull=never -q
+    -t localhost/imgforge-bench-app:latest -f "$ctx/Containerfile" "$ctx")
+
+  for i in $(seq "$RUNS"); do
+    # imgforge: cold (fresh cache and output), no-op, one file changed (same cache and output).
+    make_rebuild_app "$app" v0
+    fresh "$out" "$cache"
+    measure rb_if_cold "${ifb[@]}"
+    if_cold=$(tr -d '\n' <"$res/rb_if_cold.stdout")
+    layout_layers "$out" app >"$res/layers.before"
+    sync
+    measure rb_if_noop "${ifb[@]}"
+    [ "$(tr -d '\n' <"$res/rb_if_noop.stdout")" = "$if_cold" ] ||
+      die "imgforge's no-op rebuild made $(cat "$res/rb_if_noop.stdout"), its cold build $if_cold"
+    [ "sha256:$(check_layout "$out" app | sha256sum | cut -d' ' -f1)" = "$if_cold" ] ||
+      die "after the no-op rebuild, $out:app is not the cold build's manifest $if_cold"
+    make_rebuild_app "$app" "v$i"
+    sync
+    measure rb_if_one "${ifb[@]}"
+    layout_layers "$out" app >"$res/layers.after"
+    changed=$(changed_layers "$res/layers.before" "$res/layers.after")
+    if [ "$changed" != app ]; then
+      bad=1
+      log "run $i: imgforge's one-file rebuild changed these layers: $changed (expected: app only)"
+      note "run $i: imgforge's one-file rebuild changed these layers: $changed (expected: app only)"
+    fi
+
+    # buildah: no image of the app and no cached layer left, then the same three builds.
+    "${BH[@]}" rmi -f localhost/imgforge-bench-app:latest >/dev/null 2>&1 || true
+    "${BH[@]}" rmi --prune >/dev/null 2>&1 || true
+    [ "$("${BH[@]}" images -a -q | wc -l)" = 1 ] ||
+      die "buildah's storage still holds more than the base: $("${BH[@]}" images -a 2>&1)"
+    make_rebuild_app "$app" v0
+    sync
+    measure rb_bh_cold "${bud[@]}"
+    id=$(tail -n 1 "$res/rb_bh_cold.stdout")
+    "${BH[@]}" inspect --type image localhost/imgforge-bench-app:latest >"$res/bh.before.json"
+    sync
+    measure rb_bh_noop "${bud[@]}"
+    [ "$(tail -n 1 "$res/rb_bh_noop.stdout")" = "$id" ] ||
+      note "run $i: buildah's no-op rebuild made image $(tail -n 1 "$res/rb_bh_noop.stdout"), its cold build $id"
+    make_rebuild_app "$app" "v$i"
+    sync
+    measure rb_bh_one "${bud[@]}"
+    "${BH[@]}" inspect --type image localhost/imgforge-bench-app:latest >"$res/bh.after.json"
+  done
+
+  # The last run's images: imgforge's layers before and after the one-file change, its
+  # node_modules layer holding every file of the tree; buildah's diff_ids.
+  note "imgforge layers, cold build (v0) -> after the one-file change (v$RUNS):"
+  paste -d' ' "$res/layers.before" "$res/layers.after" | while read -r n1 d1 s1 _ d2 s2; do
+    note "$(printf '  %-22s %s %9s -> %s %9s  %s' "$n1" "${d1:7:12}" "$s1" "${d2:7:12}" "$s2" \
+      "$([ "$d1" = "$d2" ] && echo same || echo CHANGED)")"
+  done
+  read -r _ nm_blob nm_size < <(grep '^runtime:node_modules ' "$res/layers.after") ||
+    die "imgforge's image has no runtime:node_modules layer (it has: $(cut -d' ' -f1 "$res/layers.after" | tr '\n' ' '))"
+  check_layer_files "$out/blobs/${nm_blob/://}" gzip "$TREE_REGULAR" "imgforge node_modules layer"
+  note "buildah diff_ids, cold build -> after the one-file change: $(buildah_diff_ids "$res/bh.before.json") -> $(buildah_diff_ids "$res/bh.after.json")"
+
+  row 5 rb_if_cold "imgforge buildpack build, cold" rb_if_cold "$nm_size" "$TREE_TAR"
+  row 5 rb_if_noop "imgforge rebuild, nothing changed" rb_if_cold - -
+  row 5 rb_if_one "imgforge rebuild, 1 file changed" rb_if_cold - -
+  row 5 rb_bh_cold "buildah bud --layers, cold" rb_bh_cold - -
+  row 5 rb_bh_noop "buildah bud, nothing changed" rb_bh_cold - -
+  row 5 rb_bh_one "buildah bud, 1 file changed" rb_bh_cold - -
+  target "imgforge no-op rebuild / cold build" \
+    "$(ratio "$(stat_of rb_if_noop median_fine)" "$(stat_of rb_if_cold median_fine)")" 0.02 x
+  target "buildah no-op / imgforge no-op" \
+    "$(ratio "$(stat_of rb_bh_noop median_fine)" "$(stat_of rb_if_noop median_fine)")" 100 x ge
+  target "imgforge 1-file rebuild / cold build" \
+    "$(ratio "$(stat_of rb_if_one median_fine)" "$(stat_of rb_if_cold median_fine)")" 0.10 x
+  target "layers a 1-file edit changes (imgforge)" "$( ((bad)) && echo not-only-app || echo app)" app - eq
+  info "buildah cold / imgforge cold (no target)" \
+    "$(ratio "$(stat_of rb_bh_cold median_fine)" "$(stat_of rb_if_cold median_fine)")" x
+  info "buildah 1-file / imgforge 1-file (no target)" \
+    "$(ratio "$(stat_of rb_bh_one median_fine)" "$(stat_of rb_if_one median_fine)")" x
+  ((bad == 0)) || die "imgforge's one-file rebuild changed more than the app layer (see the notes)"
+}
+
 # ---------------------------------------------------------------------------------------------
 # Report
 
@@ -357,26 +622,32 @@ print_table() {
     med=$(stat_of "$key" median)
     printf '%-4s %-34s %8s %8s %8s %7s %8s %8s %9s %6s\n' "$c" "$label" "$med" \
       "$(stat_of "$key" min)" "$(stat_of "$key" max)" \
-      "$([ "$ref" != - ] && echo "$(ratio "$med" "$(stat_of "$ref" median)")x" || echo -)" \
+      "$([ "$ref" != - ] && echo "$(ratio "$(stat_of "$key" median_fine)" "$(stat_of "$ref" median_fine)")x" || echo -)" \
       "$(stat_of "$key" cpu)" "$(awk -v k="$(stat_of "$key" rss)" 'BEGIN { printf "%.1f", k / 1024 }')" \
       "$([ "$size" != - ] && awk -v s="$size" 'BEGIN { printf "%.2f", s / 1e6 }' || echo -)" \
       "$([ "$size" != - ] && ratio "$tar" "$size" || echo -)"
   done <"$res/table"
-  printf '\nratio: median / median of the case'"'"'s reference (umoci for 1, the zstd floor for 2).\n'
+  printf '\nratio: median / median of the case'"'"'s reference (umoci for 1, the zstd floor for 2,\n'
+  printf 'each tool'"'"'s cold build for 5).\n'
   printf 'layer MB: compressed size of the layer (of the output file for the floors).\n'
   printf 'cpu s: user+sys, median. RSS: peak over runs. tar:z: uncompressed tar bytes / compressed.\n'
 }
 
 print_targets() {
-  local name val limit unit verdict
+  local name val limit unit op verdict
   printf '\n== targets ==\n'
-  while IFS=$'\t' read -r name val limit unit; do
+  while IFS=$'\t' read -r name val limit unit op; do
     if [ "$limit" = - ]; then
       verdict=info
       printf '%-5s %-40s %8s%s\n' "$verdict" "$name" "$val" "$unit"
+    elif [ "$op" = eq ]; then
+      verdict=$([ "$val" = "$limit" ] && echo PASS || echo FAIL)
+      printf '%-5s %-40s %8s  (target: %s)\n' "$verdict" "$name" "$val" "$limit"
     else
-      verdict=$(awk -v v="$val" -v l="$limit" 'BEGIN { print (v <= l ? "PASS" : "FAIL") }')
-      printf '%-5s %-40s %8s%s  (target <= %s%s)\n' "$verdict" "$name" "$val" "$unit" "$limit" "$unit"
+      verdict=$(awk -v v="$val" -v l="$limit" -v op="$op" \
+        'BEGIN { print ((op == "ge" ? v >= l : v <= l) ? "PASS" : "FAIL") }')
+      printf '%-5s %-40s %8s%s  (target %s %s%s)\n' "$verdict" "$name" "$val" "$unit" \
+        "$([ "$op" = ge ] && echo '>=' || echo '<=')" "$limit" "$unit"
     fi
   done <"$res/targets"
 }
@@ -417,9 +688,9 @@ printf 'machine:  %s cores, %s (family %s model %s), %s GiB, kernel %s\n' "$(npr
   "$(sed -n 's/^model[[:space:]]*: //p' /proc/cpuinfo | head -1)" \
   "$(awk '/MemTotal/ { printf "%.0f", $2 / 1048576 }' /proc/meminfo)" "$(uname -r)"
 printf 'imgforge: %s (%s)\n' "$IMGFORGE" "$("$IMGFORGE" --version 2>/dev/null)"
-printf 'tools:    umoci %s; zstd %s; pigz %s; %s\n' "$(umoci --version | awk '{print $3}')" \
+printf 'tools:    umoci %s; zstd %s; pigz %s; %s; buildah %s\n' "$(umoci --version | awk '{print $3}')" \
   "$(zstd --version | grep -o 'v[0-9.]*' | head -1)" "$(pigz --version 2>&1 | awk '{print $2}')" \
-  "$(tar --version | head -1)"
+  "$(tar --version | head -1)" "$(buildah --version 2>/dev/null | awk '{print $3}' || echo -)"
 printf 'tree:     %s: %s regular files, %s tar bytes (warm in page cache)\n' "$TREE" "$TREE_REGULAR" "$TREE_TAR"
 printf 'base:     %s:bookworm\n' "$BASE"
 printf 'runs:     %s per command, interleaved; load average at start %s\n' "$RUNS" "$(cut -d' ' -f1-3 /proc/loadavg)"
