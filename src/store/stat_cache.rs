@@ -32,6 +32,19 @@ struct StatEntry {
     hash: String,
 }
 
+impl StatEntry {
+    fn of(e: &TreeEntry, hash: Sha256Hash) -> StatEntry {
+        StatEntry { dev: e.dev, ino: e.ino, size: e.size, mtime_ns: e.mtime_ns, ctime_ns: e.ctime_ns, hash: hash.hex() }
+    }
+
+    /// The remembered hash, if `e`'s stat is exactly the one it was remembered with.
+    fn hash_if_unchanged(&self, e: &TreeEntry) -> Option<Sha256Hash> {
+        let same = (self.dev, self.ino, self.size, self.mtime_ns, self.ctime_ns)
+            == (e.dev, e.ino, e.size, e.mtime_ns, e.ctime_ns);
+        same.then(|| Sha256Hash::from_hex(&self.hash).ok()).flatten()
+    }
+}
+
 /// One stat cache per tree root (the app dir, a build dir, …).
 pub struct StatCache {
     file: Option<PathBuf>,
@@ -73,27 +86,13 @@ impl StatCache {
 
     /// The sha256 of the file `e` at `abs`, from the cache when its stat is unchanged.
     pub fn content_hash(&mut self, abs: &Path, e: &TreeEntry) -> io::Result<Sha256Hash> {
-        let probe = StatEntry {
-            dev: e.dev,
-            ino: e.ino,
-            size: e.size,
-            mtime_ns: e.mtime_ns,
-            ctime_ns: e.ctime_ns,
-            hash: String::new(),
-        };
-        if let Some(hit) = self.seen.get(abs) {
-            if (StatEntry { hash: String::new(), ..hit.clone() }) == probe {
-                if let Ok(h) = Sha256Hash::from_hex(&hit.hash) {
-                    return Ok(h);
-                }
-            }
+        if let Some(h) = self.seen.get(abs).and_then(|hit| hit.hash_if_unchanged(e)) {
+            return Ok(h);
         }
         if let Some(hit) = self.entries.get(abs) {
-            if (StatEntry { hash: String::new(), ..hit.clone() }) == probe {
-                if let Ok(h) = Sha256Hash::from_hex(&hit.hash) {
-                    self.seen.insert(abs.to_path_buf(), hit.clone());
-                    return Ok(h);
-                }
+            if let Some(h) = hit.hash_if_unchanged(e) {
+                self.seen.insert(abs.to_path_buf(), hit.clone());
+                return Ok(h);
             }
         }
         let hash = hash_file(abs, e.size)?;
@@ -112,15 +111,7 @@ impl StatCache {
     /// under the same racy-clean rule as a hash computed here.
     pub fn remember(&mut self, abs: &Path, e: &TreeEntry, hash: Sha256Hash) {
         if self.now_ns - e.mtime_ns.max(e.ctime_ns) >= self.racy_ns {
-            let entry = StatEntry {
-                dev: e.dev,
-                ino: e.ino,
-                size: e.size,
-                mtime_ns: e.mtime_ns,
-                ctime_ns: e.ctime_ns,
-                hash: hash.hex(),
-            };
-            self.seen.insert(abs.to_path_buf(), entry);
+            self.seen.insert(abs.to_path_buf(), StatEntry::of(e, hash));
         }
     }
 
@@ -134,15 +125,7 @@ impl StatCache {
     /// whose hash is known). The racy window does not apply: the caller guarantees nobody
     /// touched the file between writing it and `e`'s stat; a later change shows in its ctime.
     pub fn prime(&mut self, abs: &Path, e: &TreeEntry, hash: Sha256Hash) {
-        let entry = StatEntry {
-            dev: e.dev,
-            ino: e.ino,
-            size: e.size,
-            mtime_ns: e.mtime_ns,
-            ctime_ns: e.ctime_ns,
-            hash: hash.hex(),
-        };
-        self.seen.insert(abs.to_path_buf(), entry);
+        self.seen.insert(abs.to_path_buf(), StatEntry::of(e, hash));
     }
 
     /// Writes what this run saw (entries for files that are gone are dropped).
