@@ -73,7 +73,7 @@ struct BuildArgs {
     /// Layer compression.
     #[arg(long, default_value = "gzip", value_parser = ["gzip", "zstd", "none"])]
     compression: String,
-    /// Compression level [default: gzip 5, zstd 3].
+    /// Compression level [default: gzip 4, zstd 3].
     #[arg(long, value_name = "N")]
     compression_level: Option<i32>,
     /// Compression threads: changes speed, never the bytes [default: all cores].
