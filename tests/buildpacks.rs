@@ -655,6 +655,14 @@ fn append(path: &Path, line: &str) {
     fs::write(path, text).unwrap();
 }
 
+/// Builds a sample app with the sample buildpacks dir, PORT set, to `<t>/<tag>`: ((digest, stderr), dest).
+fn build_sample(t: &TestDir, app: &Path, base: &str, dir: &Path, port: u16, tag: &str) -> ((String, String), String) {
+    let dest = out_ref(t, tag);
+    let mut c = build_cmd(t, app, base);
+    c.arg("--buildpacks-dir").arg(dir).args(["--env", &format!("PORT={port}"), "-t", &dest]);
+    (build(&mut c), dest)
+}
+
 #[test]
 fn python_sample_installs_from_its_wheelhouse_and_serves_http_on_debian() {
     let base = debian_base();
@@ -662,12 +670,7 @@ fn python_sample_installs_from_its_wheelhouse_and_serves_http_on_debian() {
     let dir = sample_buildpacks_dir(&t);
     let app = sample_app(&t, "python");
     let port = free_port();
-    let b = |tag: &str| {
-        let dest = out_ref(&t, tag);
-        let mut c = build_cmd(&t, &app, &base);
-        c.arg("--buildpacks-dir").arg(&dir).args(["--env", &format!("PORT={port}"), "-t", &dest]);
-        (build(&mut c), dest)
-    };
+    let b = |tag: &str| build_sample(&t, &app, &base, &dir, port, tag);
 
     let ((_, e1), v1) = b("v1");
     assert!(e1.lines().any(|l| l.contains("python") && l.contains("Python")), "python detects:\n{e1}");
@@ -707,12 +710,7 @@ fn node_sample_installs_vendored_dependencies_and_serves_http_on_debian() {
     let dir = sample_buildpacks_dir(&t);
     let app = sample_app(&t, "node");
     let port = free_port();
-    let b = |tag: &str| {
-        let dest = out_ref(&t, tag);
-        let mut c = build_cmd(&t, &app, &base);
-        c.arg("--buildpacks-dir").arg(&dir).args(["--env", &format!("PORT={port}"), "-t", &dest]);
-        (build(&mut c), dest)
-    };
+    let b = |tag: &str| build_sample(&t, &app, &base, &dir, port, tag);
 
     let ((_, e1), v1) = b("v1");
     assert!(e1.lines().any(|l| l.contains("node") && l.contains("Node.js")), "node detects:\n{e1}");

@@ -436,7 +436,7 @@ fn buildpack_layers(
     let outcome = buildpack::run(plan, &build_dir, work, &cache_root, &ctx.scope, &env, opts.clear_cache, ctx.reporter)
         .map_err(|e| BuildError::Buildpack { what: "Buildpack build failed".into(), source: e })?;
 
-    reporter_detail(ctx.reporter, "Splitting the built app into layers");
+    ctx.reporter.report(Event::Detail("Splitting the built app into layers".into()));
     let built = imgforge_layers::scan_tree(&build_dir, &mut |_, _| true)
         .map_err(io_err(format!("Failed to read the built app in {}", build_dir.display())))?;
     let built_key = ctx.key(&built, &mut build_stat)?;
@@ -591,10 +591,6 @@ fn source_key(store: &BlobStore, path: &Path) -> Result<String, BuildError> {
         io::copy(&mut h, &mut io::sink()).map_err(io_err(what()))?;
         Ok(h.finish().1.hex())
     }
-}
-
-fn reporter_detail(r: &dyn Reporter, s: &str) {
-    r.report(Event::Detail(s.to_string()));
 }
 
 /// Base layers (media types in OCI spelling, bytes untouched) followed by the new ones.

@@ -168,10 +168,7 @@ pub fn write(dest: &ImageRef, image: &NewImage, blobs: &dyn Blobs) -> Result<Wri
         ImageRef::OciLayout { dir, .. } => oci_dir::write(dir, dest.tag_or_default(), image, blobs),
         ImageRef::OciArchive { file, .. } => oci_archive::write(file, dest.tag_or_default(), image, blobs),
         ImageRef::DockerArchive { file, name } => docker_archive::write(file, name.as_ref(), image, blobs),
-        ImageRef::Scratch => Err(TransportError::Unsupported("scratch cannot be a destination".into())),
-        ImageRef::Registry(n) => Err(TransportError::Unsupported(format!(
-            "pushing to registries (docker://{n}) is not supported yet; write oci:, oci-archive: or docker-archive: and push with skopeo"
-        ))),
+        ImageRef::Scratch | ImageRef::Registry(_) => write_unsupported(dest).map(|()| WriteSummary::default()),
     }
 }
 

@@ -81,7 +81,6 @@ pub(super) fn write(
     entries.sort_by_key(|e| e.0.digest.hex());
     entries.dedup_by_key(|e| e.0.digest);
 
-    let tar_err = io_error(&what);
     (|| -> Result<(), TransportError> {
         tar.dir(b"blobs", 0o755, root).map_err(io_error(&what))?;
         tar.dir(b"blobs/sha256", 0o755, root).map_err(io_error(&what))?;
@@ -101,7 +100,7 @@ pub(super) fn write(
             .map_err(io_error(&what))?;
         Ok(())
     })()?;
-    let out = tar.finish().map_err(tar_err)?;
+    let out = tar.finish().map_err(io_error(&what))?;
     out.into_inner()
         .map_err(|e| TransportError::Io { what: what.clone(), source: e.into_error() })?
         .sync_all()
