@@ -65,8 +65,8 @@ fn scan_and_tar(c: &mut Criterion) {
     let mut g = c.benchmark_group("scan_and_tar_2000_files");
     g.sample_size(10);
     g.throughput(Throughput::Bytes(bytes));
-    g.bench_function("scan", |b| b.iter(|| black_box(scan_tree(tmp.path(), &mut |_, _| true).unwrap().entries.len())));
-    let tree = scan_tree(tmp.path(), &mut |_, _| true).unwrap();
+    g.bench_function("scan", |b| b.iter(|| black_box(scan_tree(tmp.path(), &|_, _| true).unwrap().entries.len())));
+    let tree = scan_tree(tmp.path(), &|_, _| true).unwrap();
     g.bench_function("tar_uncompressed", |b| {
         b.iter(|| {
             let mut tar = TarWriter::new(io::sink(), Normalize::default());
@@ -78,7 +78,7 @@ fn scan_and_tar(c: &mut Criterion) {
         let opts = CompressOptions { compression, level: None, threads: 0 };
         g.bench_function(BenchmarkId::new("scan_tar_layer", compression.name()), |b| {
             b.iter(|| {
-                let tree = scan_tree(tmp.path(), &mut |_, _| true).unwrap();
+                let tree = scan_tree(tmp.path(), &|_, _| true).unwrap();
                 let (d, _) = imgforge_layers::write_tree_layer(
                     io::sink(),
                     opts,

@@ -73,7 +73,7 @@ fn build(root: &Path, private: bool, reverse: bool, mtime: SystemTime) {
 }
 
 fn layer(root: &Path, compression: Compression, threads: usize, rules: Normalize) -> (LayerDigests, Vec<u8>) {
-    let tree = scan_tree(root, &mut |_, _| true).unwrap();
+    let tree = scan_tree(root, &|_, _| true).unwrap();
     let opts = CompressOptions { compression, level: None, threads };
     write_tree_layer(Vec::new(), opts, rules, &tree, b"workspace", OWNER).unwrap()
 }
@@ -162,7 +162,7 @@ fn round_trip_through_reader_gnu_tar_and_tar_crate() {
     assert_eq!(suid.0.mode, 0o4755);
 
     // A prefix with parents: parents root-owned, prefix owned by OWNER.
-    let tree = scan_tree(&root, &mut |_, _| true).unwrap();
+    let tree = scan_tree(&root, &|_, _| true).unwrap();
     let (_, tar3) = write_tree_layer(
         Vec::new(),
         CompressOptions::new(Compression::None),

@@ -61,72 +61,28 @@ fn ns(sec: i64, nsec: i64) -> i128 {
 
 /// Scans `root` (which must be a directory; if it is a symlink it is followed, nothing
 /// below it is). `include(rel, is_dir)` returning false drops the entry, and for a
-/// directory its whole subtree.
-pub fn scan_tree(root: &Path, include: &mut dyn FnMut(&Path, bool) -> bool) -> io::Result<Tree> {
+/// directory its whole subtree. Directories are read by a few threads at once (stat calls
+/// dominate, and the layer writer waits for the scan); the result does not depend on it.
+pub fn scan_tree(root: &Path, include: Include<'_>) -> io::Result<Tree> {
     let md = fs::metadata(root).map_err(|e| annotate(e, "failed to stat", root))?;
     if !md.is_dir() {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("{} is not a directory", root.display())));
     }
+    let queue = ScanQueue::new();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, SCAN_THREADS);
+    let parts: Vec<io::Result<ScanPart>> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads).map(|_| s.spawn(|| scan_worker(root, include, &queue))).collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().unwrap_or_else(|_| Err(io::Error::other("directory scan panicked"))))
+            .collect()
+    });
     let mut entries = Vec::new();
     let mut skipped = Vec::new();
-    // Directories still to read, as relative paths.
-    let mut stack: Vec<PathBuf> = vec![PathBuf::new()];
-    while let Some(dir_rel) = stack.pop() {
-        let dir_abs = root.join(&dir_rel);
-        let rd = fs::read_dir(&dir_abs).map_err(|e| annotate(e, "failed to read directory", &dir_abs))?;
-        for de in rd {
-            let de = de.map_err(|e| annotate(e, "failed to read directory", &dir_abs))?;
-            let rel = dir_rel.join(de.file_name());
-            // DirEntry::metadata does not follow symlinks.
-            let md = de.metadata().map_err(|e| annotate(e, "failed to stat", &root.join(&rel)))?;
-            let ft = md.file_type();
-            let what = if ft.is_socket() {
-                Some("socket")
-            } else if ft.is_fifo() {
-                Some("fifo")
-            } else if ft.is_block_device() {
-                Some("block device")
-            } else if ft.is_char_device() {
-                Some("char device")
-            } else {
-                None
-            };
-            let is_dir = ft.is_dir();
-            if !include(&rel, is_dir) {
-                continue;
-            }
-            if let Some(what) = what {
-                skipped.push(Skipped { rel, what });
-                continue;
-            }
-            let kind = if is_dir {
-                EntryKind::Dir
-            } else if ft.is_symlink() {
-                let t =
-                    fs::read_link(root.join(&rel)).map_err(|e| annotate(e, "failed to read link", &root.join(&rel)))?;
-                EntryKind::Symlink(t.into_os_string().into_vec_bytes())
-            } else {
-                EntryKind::File
-            };
-            if is_dir {
-                stack.push(rel.clone());
-            }
-            let nlink = md.nlink();
-            let size = if matches!(kind, EntryKind::File) { md.size() } else { 0 };
-            entries.push((
-                TreeEntry {
-                    rel,
-                    kind,
-                    mode: md.mode() & 0o7777,
-                    size,
-                    mtime_ns: ns(md.mtime(), md.mtime_nsec()),
-                    ctime_ns: ns(md.ctime(), md.ctime_nsec()),
-                    ino: md.ino(),
-                    dev: md.dev(),
-                },
-                nlink,
-            ));
-        }
+    for part in parts {
+        let (e, s) = part?;
+        entries.extend(e);
+        skipped.extend(s);
     }
     entries.sort_unstable_by(|a, b| a.0.rel.as_os_str().as_bytes().cmp(b.0.rel.as_os_str().as_bytes()));
     skipped.sort_unstable_by(|a, b| a.rel.as_os_str().as_bytes().cmp(b.rel.as_os_str().as_bytes()));
@@ -148,6 +104,136 @@ pub fn scan_tree(root: &Path, include: &mut dyn FnMut(&Path, bool) -> bool) -> i
         })
         .collect();
     Ok(Tree { root: root.to_path_buf(), entries, skipped })
+}
+
+const SCAN_THREADS: usize = 4;
+
+/// Directories still to read, shared by the scan threads.
+struct ScanQueue {
+    state: std::sync::Mutex<QueueState>,
+    ready: std::sync::Condvar,
+}
+
+struct QueueState {
+    dirs: Vec<PathBuf>,
+    /// Threads reading a directory now (which may add more).
+    busy: usize,
+    failed: bool,
+}
+
+impl ScanQueue {
+    fn new() -> ScanQueue {
+        let state = QueueState { dirs: vec![PathBuf::new()], busy: 0, failed: false };
+        ScanQueue { state: std::sync::Mutex::new(state), ready: std::sync::Condvar::new() }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, QueueState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Marks the caller's directory (if any) done, pushes the subdirectories it found and
+    /// takes the next; None when every directory is read or a thread failed.
+    fn next(&self, done: Option<Vec<PathBuf>>) -> Option<PathBuf> {
+        let mut st = self.lock();
+        if let Some(subdirs) = done {
+            st.busy -= 1;
+            st.dirs.extend(subdirs);
+            self.ready.notify_all();
+        }
+        loop {
+            if st.failed {
+                return None;
+            }
+            if let Some(d) = st.dirs.pop() {
+                st.busy += 1;
+                return Some(d);
+            }
+            if st.busy == 0 {
+                return None;
+            }
+            st = self.ready.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    fn fail(&self) {
+        self.lock().failed = true;
+        self.ready.notify_all();
+    }
+}
+
+type Include<'a> = &'a (dyn Fn(&Path, bool) -> bool + Sync);
+type ScanPart = (Vec<(TreeEntry, u64)>, Vec<Skipped>);
+
+fn scan_worker(root: &Path, include: Include<'_>, queue: &ScanQueue) -> io::Result<ScanPart> {
+    let mut part = (Vec::new(), Vec::new());
+    let mut done = None;
+    while let Some(dir_rel) = queue.next(done.take()) {
+        match scan_dir(root, &dir_rel, include, &mut part) {
+            Ok(subdirs) => done = Some(subdirs),
+            Err(e) => {
+                queue.fail();
+                return Err(e);
+            }
+        }
+    }
+    Ok(part)
+}
+
+/// Reads one directory into `part`; returns its subdirectories (those included).
+fn scan_dir(root: &Path, dir_rel: &Path, include: Include<'_>, part: &mut ScanPart) -> io::Result<Vec<PathBuf>> {
+    let mut subdirs = Vec::new();
+    let dir_abs = root.join(dir_rel);
+    let rd = fs::read_dir(&dir_abs).map_err(|e| annotate(e, "failed to read directory", &dir_abs))?;
+    for de in rd {
+        let de = de.map_err(|e| annotate(e, "failed to read directory", &dir_abs))?;
+        let rel = dir_rel.join(de.file_name());
+        // DirEntry::metadata does not follow symlinks.
+        let md = de.metadata().map_err(|e| annotate(e, "failed to stat", &root.join(&rel)))?;
+        let ft = md.file_type();
+        let what = if ft.is_socket() {
+            Some("socket")
+        } else if ft.is_fifo() {
+            Some("fifo")
+        } else if ft.is_block_device() {
+            Some("block device")
+        } else if ft.is_char_device() {
+            Some("char device")
+        } else {
+            None
+        };
+        let is_dir = ft.is_dir();
+        if !include(&rel, is_dir) {
+            continue;
+        }
+        if let Some(what) = what {
+            part.1.push(Skipped { rel, what });
+            continue;
+        }
+        let kind = if is_dir {
+            EntryKind::Dir
+        } else if ft.is_symlink() {
+            let t = fs::read_link(root.join(&rel)).map_err(|e| annotate(e, "failed to read link", &root.join(&rel)))?;
+            EntryKind::Symlink(t.into_os_string().into_vec_bytes())
+        } else {
+            EntryKind::File
+        };
+        if is_dir {
+            subdirs.push(rel.clone());
+        }
+        let size = if matches!(kind, EntryKind::File) { md.size() } else { 0 };
+        let entry = TreeEntry {
+            rel,
+            kind,
+            mode: md.mode() & 0o7777,
+            size,
+            mtime_ns: ns(md.mtime(), md.mtime_nsec()),
+            ctime_ns: ns(md.ctime(), md.ctime_nsec()),
+            ino: md.ino(),
+            dev: md.dev(),
+        };
+        part.0.push((entry, md.nlink()));
+    }
+    Ok(subdirs)
 }
 
 trait IntoVecBytes {
@@ -252,7 +338,7 @@ mod tests {
         fs::write(d.path().join("a"), b"alpha").unwrap();
         fs::create_dir(d.path().join("d")).unwrap();
         fs::write(d.path().join("d/b"), b"beta").unwrap();
-        let t = scan_tree(d.path(), &mut |_, _| true).unwrap();
+        let t = scan_tree(d.path(), &|_, _| true).unwrap();
         let mut seen = Vec::new();
         let mut tar = TarWriter::new(Vec::new(), crate::Normalize::default());
         t.write_to_hashing(&mut tar, b"p", Owner::ROOT, &mut |i, h| seen.push((rels(&t)[i].clone(), h))).unwrap();
@@ -274,7 +360,7 @@ mod tests {
         fs::write(r.join("a-b"), b"").unwrap();
         fs::write(r.join("B"), b"").unwrap();
         fs::create_dir_all(r.join("a/c/d")).unwrap();
-        let t = scan_tree(r, &mut |_, _| true).unwrap();
+        let t = scan_tree(r, &|_, _| true).unwrap();
         assert_eq!(rels(&t), ["B", "a", "a-b", "a.txt", "a/b", "a/c", "a/c/d"]);
         assert_eq!(t.entries[3].size, 1);
         assert_eq!(t.entries[1].kind, EntryKind::Dir);
@@ -289,13 +375,13 @@ mod tests {
         fs::create_dir(r.join("b")).unwrap();
         fs::hard_link(r.join("z"), r.join("b/y")).unwrap();
         fs::hard_link(r.join("z"), r.join("m")).unwrap();
-        let t = scan_tree(r, &mut |_, _| true).unwrap();
+        let t = scan_tree(r, &|_, _| true).unwrap();
         assert_eq!(rels(&t), ["b", "b/y", "m", "z"]);
         assert_eq!(t.entries[1].kind, EntryKind::File);
         assert_eq!(t.entries[2].kind, EntryKind::HardLink(PathBuf::from("b/y")));
         assert_eq!(t.entries[3].kind, EntryKind::HardLink(PathBuf::from("b/y")));
         // If the first link is filtered out, the next one carries the data.
-        let t = scan_tree(r, &mut |p, _| p != Path::new("b")).unwrap();
+        let t = scan_tree(r, &|p, _| p != Path::new("b")).unwrap();
         assert_eq!(rels(&t), ["m", "z"]);
         assert_eq!(t.entries[0].kind, EntryKind::File);
         assert_eq!(t.entries[1].kind, EntryKind::HardLink(PathBuf::from("m")));
@@ -312,7 +398,7 @@ mod tests {
         let _sock = std::os::unix::net::UnixListener::bind(r.join("sock")).unwrap();
         let fifo_made =
             std::process::Command::new("mkfifo").arg(r.join("fifo")).status().map(|s| s.success()).unwrap_or(false);
-        let t = scan_tree(r, &mut |_, _| true).unwrap();
+        let t = scan_tree(r, &|_, _| true).unwrap();
         assert_eq!(rels(&t), ["dangling", "link-to-dir", "real", "real/f"]);
         assert_eq!(t.entries[1].kind, EntryKind::Symlink(b"real".to_vec()));
         assert_eq!(t.entries[0].kind, EntryKind::Symlink(b"/nonexistent/target".to_vec()));
@@ -333,13 +419,14 @@ mod tests {
         fs::write(r.join("node_modules/x/f"), b"").unwrap();
         fs::write(r.join("keep/sub/f"), b"").unwrap();
         fs::write(r.join("keep/.env"), b"").unwrap();
-        let mut seen = Vec::new();
-        let t = scan_tree(r, &mut |p, is_dir| {
-            seen.push((p.to_path_buf(), is_dir));
+        let seen = std::sync::Mutex::new(Vec::new());
+        let t = scan_tree(r, &|p, is_dir| {
+            seen.lock().unwrap().push((p.to_path_buf(), is_dir));
             p != Path::new("node_modules") && p.file_name() != Some(OsStr::new(".env"))
         })
         .unwrap();
         assert_eq!(rels(&t), ["keep", "keep/sub", "keep/sub/f"]);
+        let seen = seen.into_inner().unwrap();
         assert!(seen.contains(&(PathBuf::from("keep/sub"), true)));
         assert!(seen.contains(&(PathBuf::from("keep/sub/f"), false)));
         assert!(!seen.iter().any(|(p, _)| p.starts_with("node_modules/x")), "pruned dir not descended");
@@ -351,7 +438,7 @@ mod tests {
         let r = d.path();
         fs::write(r.join("x"), b"").unwrap();
         fs::set_permissions(r.join("x"), fs::Permissions::from_mode(0o4751)).unwrap();
-        let t = scan_tree(r, &mut |_, _| true).unwrap();
+        let t = scan_tree(r, &|_, _| true).unwrap();
         assert_eq!(t.entries[0].mode, 0o4751);
     }
 
@@ -359,8 +446,8 @@ mod tests {
     fn root_must_be_a_directory() {
         let d = tempfile::tempdir().unwrap();
         fs::write(d.path().join("f"), b"").unwrap();
-        assert!(scan_tree(&d.path().join("f"), &mut |_, _| true).is_err());
-        assert!(scan_tree(&d.path().join("missing"), &mut |_, _| true).is_err());
+        assert!(scan_tree(&d.path().join("f"), &|_, _| true).is_err());
+        assert!(scan_tree(&d.path().join("missing"), &|_, _| true).is_err());
     }
 
     #[test]
@@ -368,7 +455,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let r = d.path();
         fs::write(r.join("f"), b"abc").unwrap();
-        let t = scan_tree(r, &mut |_, _| true).unwrap();
+        let t = scan_tree(r, &|_, _| true).unwrap();
         // Replaced by another file (new inode: the old one is kept alive) after the scan.
         fs::rename(r.join("f"), r.join("old")).unwrap();
         fs::write(r.join("f"), b"abc").unwrap();

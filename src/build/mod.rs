@@ -178,6 +178,7 @@ pub fn build(opts: &BuildOptions, reporter: &dyn Reporter) -> Result<BuildResult
         reporter,
     };
     let mut app_stat = StatCache::load(&store, app_dir)?;
+    let mut background = Background(None);
     let produced = if uses_buildpacks {
         let app_key = ctx.key(&tree, &mut app_stat)?;
         let stack = opts
@@ -217,6 +218,7 @@ pub fn build(opts: &BuildOptions, reporter: &dyn Reporter) -> Result<BuildResult
             &stack,
             git.revision.clone(),
         )?;
+        let _ = app_stat.save();
         p.build_key = Some((build_cache, build_key));
         p._work = Some(work);
         p
@@ -224,10 +226,14 @@ pub fn build(opts: &BuildOptions, reporter: &dyn Reporter) -> Result<BuildResult
         let app = if app_stat.is_cold() {
             // First build from this path: nothing to reuse is likely, so write the layer and
             // derive its key from the hashes taken while streaming (each file read once).
-            ctx.write_then_key("app", &tree, &mut app_stat)?
+            let (app, job) = ctx.write_then_key("app", tree, app_stat)?;
+            background = job;
+            app
         } else {
             let key = ctx.key(&tree, &mut app_stat)?;
-            ctx.cached_layer("app", &tree, &key)?
+            let app = ctx.cached_layer("app", &tree, &key)?;
+            let _ = app_stat.save();
+            app
         };
         Produced {
             layers: vec![(app, format!("imgforge build: app at {workdir}"))],
@@ -239,7 +245,6 @@ pub fn build(opts: &BuildOptions, reporter: &dyn Reporter) -> Result<BuildResult
             _work: None,
         }
     };
-    let _ = app_stat.save();
     let Produced { mut layers, processes, release_env, heroku, outcome, build_key, _work: work } = produced;
     let default_process = choose_default_process(&processes, opts.default_process.as_deref())?;
 
@@ -314,6 +319,7 @@ pub fn build(opts: &BuildOptions, reporter: &dyn Reporter) -> Result<BuildResult
         let _ = cache.put(&key, &manifest_digest);
     }
     drop(work);
+    drop(background);
     Ok(BuildResult { manifest_digest, config_digest, layers: layers.into_iter().map(|(l, _)| l).collect() })
 }
 
@@ -339,6 +345,18 @@ fn publish(
         });
     }
     Ok(())
+}
+
+/// Work left running beside the build; waited for when dropped, so it ends before the build
+/// returns (whether it succeeds or fails).
+struct Background(Option<std::thread::JoinHandle<()>>);
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if let Some(job) = self.0.take() {
+            let _ = job.join();
+        }
+    }
 }
 
 /// What every layer written from a tree shares.
@@ -378,24 +396,38 @@ impl LayerCtx<'_> {
         Ok(digests)
     }
 
-    /// Writes the layer for `tree`, then computes its key from the content hashes taken while
-    /// streaming, caches it and teaches `stat` those hashes.
-    fn write_then_key(&self, name: &str, tree: &Tree, stat: &mut StatCache) -> Result<LayerDigests, BuildError> {
+    /// Writes the layer for `tree` (a first build here: no key worth computing first), then
+    /// leaves to a background thread computing its key from the content hashes taken while
+    /// streaming, caching it and teaching `stat` those hashes. Nothing else in the build waits
+    /// for that; the returned guard waits for it when dropped.
+    fn write_then_key(
+        &self,
+        name: &str,
+        tree: Tree,
+        mut stat: StatCache,
+    ) -> Result<(LayerDigests, Background), BuildError> {
         let mut hashes = vec![None; tree.entries.len()];
         let owner = self.owner;
         let written =
             write_layer(self.store, self.compress, self.rules, name, Some("first build here"), self.reporter, |tar| {
                 tree.write_to_hashing(tar, &self.prefix, owner, &mut |i, h| hashes[i] = Some(h))
             })?;
-        let key = tree_key_with(tree, &self.prefix, owner, &self.rules, &self.compress, &mut |i, e| {
-            let h = hashes[i].ok_or_else(|| io::Error::other(format!("{} was not read", e.rel.display())))?;
-            stat.remember(&tree.root.join(&e.rel), e, h);
-            Ok(h)
-        })
-        .map_err(io_err(format!("Failed to read {}", tree.root.display())))?;
-        let _ = self.cache.put(&key, &written);
-        let _ = self.cache.record(&format!("{}:{name}", self.scope), &key);
-        Ok(written)
+        let (cache, prefix, rules, compress) = (self.cache.clone(), self.prefix.clone(), self.rules, self.compress);
+        let (scope, digests) = (format!("{}:{name}", self.scope), written.clone());
+        let job = std::thread::spawn(move || {
+            let key = tree_key_with(&tree, &prefix, owner, &rules, &compress, &mut |i, e| {
+                let h = hashes[i].ok_or_else(|| io::Error::other(format!("{} was not read", e.rel.display())))?;
+                stat.remember(&tree.root.join(&e.rel), e, h);
+                Ok(h)
+            });
+            // Caches are advisory: a failure here costs the next build a re-read, nothing more.
+            if let Ok(key) = key {
+                let _ = cache.put(&key, &digests);
+                let _ = cache.record(&scope, &key);
+                let _ = stat.save();
+            }
+        });
+        Ok((written, Background(Some(job))))
     }
 
     fn key(&self, tree: &Tree, stat: &mut StatCache) -> Result<LayerKey, BuildError> {
@@ -437,7 +469,7 @@ fn buildpack_layers(
         .map_err(|e| BuildError::Buildpack { what: "Buildpack build failed".into(), source: e })?;
 
     ctx.reporter.report(Event::Detail("Splitting the built app into layers".into()));
-    let built = imgforge_layers::scan_tree(&build_dir, &mut |_, _| true)
+    let built = imgforge_layers::scan_tree(&build_dir, &|_, _| true)
         .map_err(io_err(format!("Failed to read the built app in {}", build_dir.display())))?;
     let built_key = ctx.key(&built, &mut build_stat)?;
     let original: HashMap<PathBuf, String> =
@@ -578,7 +610,7 @@ impl BuildCache {
 fn source_key(store: &BlobStore, path: &Path) -> Result<String, BuildError> {
     let what = || format!("Failed to read buildpack {}", path.display());
     if path.is_dir() {
-        let tree = imgforge_layers::scan_tree(path, &mut |_, _| true).map_err(io_err(what()))?;
+        let tree = imgforge_layers::scan_tree(path, &|_, _| true).map_err(io_err(what()))?;
         let mut stat = StatCache::load(store, path)?;
         let opts = CompressOptions { compression: imgforge_layers::Compression::None, level: None, threads: 1 };
         let key = tree_key(&tree, b"", Owner { uid: 0, gid: 0 }, &Normalize::default(), &opts, &mut stat)
@@ -634,7 +666,7 @@ pub fn stage_app(app_dir: &Path) -> Result<Tree, BuildError> {
         }
     }
     let matcher = builder.build().map_err(|e| BuildError::Invalid(format!("{}: {e}", ignore_file.display())))?;
-    scan_tree(app_dir, &mut |rel: &Path, is_dir: bool| {
+    scan_tree(app_dir, &|rel: &Path, is_dir: bool| {
         !rel.iter().any(|c| c == ALWAYS_SKIPPED) && !matcher.matched(rel, is_dir).is_ignore()
     })
     .map_err(io_err(format!("Failed to read the app directory {}", app_dir.display())))

@@ -179,7 +179,7 @@ mod tests {
         w("app.py", "print(1)");
         w("vendor/README", "vendored");
         w("requirements.txt", "x");
-        let app = scan_tree(src.path(), &mut |_, _| true).unwrap();
+        let app = scan_tree(src.path(), &|_, _| true).unwrap();
         let original: HashMap<PathBuf, String> =
             app.entries.iter().map(|e| e.rel.clone()).zip(items(&app).into_iter().map(|i| i.1)).collect();
 
@@ -195,7 +195,7 @@ mod tests {
         w("vendor/bundle/gems/a.rb", "gem");
         w("requirements.txt", "changed by compile");
         w("new-top-file", "n");
-        let built = scan_tree(&dest, &mut |_, _| true).unwrap();
+        let built = scan_tree(&dest, &|_, _| true).unwrap();
         let parts = split(&built, &items(&built), &original);
         let names: Vec<&str> = parts.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(names, ["runtime:.heroku", "runtime:vendor/bundle", "runtime:misc", "app"]);

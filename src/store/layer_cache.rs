@@ -95,6 +95,7 @@ pub fn tree_key_with(
     Ok(LayerKey { key: Sha256Hash(key.finalize().into()).hex(), settings, items })
 }
 
+#[derive(Clone)]
 pub struct LayerCache {
     dir: PathBuf,
 }
@@ -173,7 +174,7 @@ mod tests {
     use imgforge_layers::scan_tree;
 
     fn key_of(dir: &std::path::Path, stat: &mut StatCache, level: Option<i32>) -> LayerKey {
-        let tree = scan_tree(dir, &mut |_, _| true).unwrap();
+        let tree = scan_tree(dir, &|_, _| true).unwrap();
         let opts = CompressOptions { compression: Compression::Gzip, level, threads: 1 };
         tree_key(&tree, b"workspace", Owner { uid: 0, gid: 0 }, &Normalize::default(), &opts, stat).unwrap()
     }
@@ -224,7 +225,7 @@ mod tests {
         fs::write(&f, "x").unwrap();
         let store_dir = tempfile::tempdir().unwrap();
         let store = BlobStore::open(store_dir.path()).unwrap();
-        let tree = scan_tree(d.path(), &mut |_, _| true).unwrap();
+        let tree = scan_tree(d.path(), &|_, _| true).unwrap();
         let mut stat = StatCache::load(&store, d.path()).unwrap().without_racy_window();
         stat.content_hash(&f, &tree.entries[0]).unwrap();
         assert_eq!(stat.hashed_files, 1);
@@ -234,7 +235,7 @@ mod tests {
         assert_eq!(again.content_hash(&f, &tree.entries[0]).unwrap(), Sha256Hash::of(b"x"));
         assert_eq!(again.hashed_files, 0, "an unchanged file is not read again");
         fs::write(&f, "y").unwrap();
-        let tree2 = scan_tree(d.path(), &mut |_, _| true).unwrap();
+        let tree2 = scan_tree(d.path(), &|_, _| true).unwrap();
         assert_eq!(again.content_hash(&f, &tree2.entries[0]).unwrap(), Sha256Hash::of(b"y"));
         assert_eq!(again.hashed_files, 1);
 
