@@ -16,7 +16,7 @@ use crate::image::reference::ImageRef;
 use crate::report::{Event, Reporter};
 use crate::store::layer_cache::{tree_key, tree_key_with, LayerCache, LayerKey};
 use crate::store::stat_cache::StatCache;
-use crate::store::{BlobStore, StoreError};
+use crate::store::{trash, BlobStore, StoreError};
 use crate::transport::{self, BaseImage, BaseLayer, Blobs, NewImage, Source, TransportError};
 
 pub mod base_facts;
@@ -207,6 +207,8 @@ pub fn build(opts: &BuildOptions, reporter: &dyn Reporter) -> Result<BuildResult
                 });
             }
         }
+        // Real work ahead: delete what earlier builds left in the trash beside it.
+        trash::sweep(store.trash_dir());
         let mut p = buildpack_layers(
             opts,
             &ctx,
@@ -312,13 +314,16 @@ pub fn build(opts: &BuildOptions, reporter: &dyn Reporter) -> Result<BuildResult
     publish(opts, &image, &store, &source, reporter)?;
     if let Some(outcome) = outcome {
         outcome
-            .commit_caches()
+            .commit_caches(&store.trash_dir())
             .map_err(|e| BuildError::Buildpack { what: "Failed to keep the buildpack caches".into(), source: e })?;
     }
     if let Some((cache, key)) = build_key {
         let _ = cache.put(&key, &manifest_digest);
     }
-    drop(work);
+    if let Some(work) = work {
+        // Thousands of files: deleted off the critical path.
+        let _ = trash::discard(&store.trash_dir(), &work.keep());
+    }
     drop(background);
     Ok(BuildResult { manifest_digest, config_digest, layers: layers.into_iter().map(|(l, _)| l).collect() })
 }

@@ -1,15 +1,17 @@
 //! Copying and removing directory trees without following symlinks.
 
 use std::ffi::CString;
-use std::fs::{self, Metadata};
+use std::fs::{self, FileTimes, Metadata, OpenOptions};
 use std::io;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{symlink, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use walkdir::WalkDir;
 
 use super::{io_err, BuildpackError};
+use crate::store::trash;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Links {
@@ -29,6 +31,7 @@ pub(crate) fn copy_tree(src: &Path, dst: &Path, add_mode: u32, links: Links) -> 
     let mut skipped = Vec::new();
     // Directories get their final mode (which may forbid writing) once they are filled.
     let mut dirs: Vec<(PathBuf, Metadata)> = Vec::new();
+    let mut files: Vec<(PathBuf, PathBuf, Metadata)> = Vec::new();
     for entry in WalkDir::new(src).follow_links(false).sort_by_file_name() {
         let entry = entry.map_err(|e| {
             let what = format!("Failed to read {}", e.path().unwrap_or(src).display());
@@ -47,15 +50,7 @@ pub(crate) fn copy_tree(src: &Path, dst: &Path, add_mode: u32, links: Links) -> 
                 .map_err(io_err(format!("Failed to set the mode of {}", to.display())))?;
             dirs.push((to, meta));
         } else if ft.is_file() {
-            fs::copy(entry.path(), &to).map_err(io_err(format!(
-                "Failed to copy {} to {}",
-                entry.path().display(),
-                to.display()
-            )))?;
-            let mode = (meta.mode() & 0o7777) | add_mode;
-            fs::set_permissions(&to, fs::Permissions::from_mode(mode))
-                .map_err(io_err(format!("Failed to set the mode of {}", to.display())))?;
-            set_mtime(&to, &meta)?;
+            files.push((entry.path().to_path_buf(), to, meta));
         } else if ft.is_symlink() {
             let mut target =
                 fs::read_link(entry.path()).map_err(io_err(format!("Failed to read {}", entry.path().display())))?;
@@ -70,6 +65,7 @@ pub(crate) fn copy_tree(src: &Path, dst: &Path, add_mode: u32, links: Links) -> 
             skipped.push(rel.to_path_buf());
         }
     }
+    copy_files(&files, add_mode)?;
     for (dir, meta) in dirs.iter().rev() {
         let mode = (meta.mode() & 0o7777) | add_mode;
         fs::set_permissions(dir, fs::Permissions::from_mode(mode))
@@ -77,6 +73,51 @@ pub(crate) fn copy_tree(src: &Path, dst: &Path, add_mode: u32, links: Links) -> 
         set_mtime(dir, meta)?;
     }
     Ok(skipped)
+}
+
+const COPY_THREADS: usize = 4;
+const MIN_FILES_PER_THREAD: usize = 64;
+
+/// Copies regular files (source, destination, source's metadata), a few at once: for many
+/// small files the open, copy and metadata calls dominate, not the bytes.
+fn copy_files(files: &[(PathBuf, PathBuf, Metadata)], add_mode: u32) -> Result<(), BuildpackError> {
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, COPY_THREADS);
+    let threads = threads.min(files.len().div_ceil(MIN_FILES_PER_THREAD)).max(1);
+    let results: Vec<Result<(), BuildpackError>> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| {
+                    while !failed.load(Ordering::Relaxed) {
+                        let Some((from, to, meta)) = files.get(next.fetch_add(1, Ordering::Relaxed)) else { break };
+                        if let Err(e) = copy_file(from, to, meta, add_mode) {
+                            failed.store(true, Ordering::Relaxed);
+                            let what = format!("Failed to copy {} to {}", from.display(), to.display());
+                            return Err(BuildpackError::Io { what, source: e });
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().unwrap_or_else(|_| Err(BuildpackError::Invalid("copy panicked".into()))))
+            .collect()
+    });
+    results.into_iter().collect()
+}
+
+/// Copies one regular file (never following a symlink swapped in since the walk), with its
+/// permission bits (or-ed with `add_mode`) and mtime, set through the open descriptor.
+fn copy_file(from: &Path, to: &Path, meta: &Metadata, add_mode: u32) -> io::Result<()> {
+    let mut src = OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC).open(from)?;
+    let mut dst = OpenOptions::new().write(true).create_new(true).mode(0o600).custom_flags(libc::O_CLOEXEC).open(to)?;
+    io::copy(&mut src, &mut dst)?;
+    dst.set_permissions(fs::Permissions::from_mode((meta.mode() & 0o7777) | add_mode))?;
+    let mtime = meta.modified()?;
+    dst.set_times(FileTimes::new().set_modified(mtime).set_accessed(mtime))
 }
 
 /// Whether the relative symlink at `rel` (relative to the copied root) with this target
@@ -118,37 +159,9 @@ fn set_mtime(path: &Path, meta: &Metadata) -> Result<(), BuildpackError> {
     Ok(())
 }
 
-/// Removes `path` and everything under it; a missing path is fine. Directories without write
-/// permission (Go's module cache makes them) are made writable first. Symlinks are removed,
-/// never followed.
+/// Removes `path` and everything under it ([`trash::remove_all`]); a missing path is fine.
 pub(crate) fn remove_tree(path: &Path) -> Result<(), BuildpackError> {
-    let what = || format!("Failed to remove {}", path.display());
-    let meta = match fs::symlink_metadata(path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(BuildpackError::Io { what: what(), source: e }),
-    };
-    if !meta.is_dir() {
-        return fs::remove_file(path).map_err(io_err(what()));
-    }
-    match fs::remove_dir_all(path) {
-        Ok(()) => return Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(BuildpackError::Io { what: what(), source: e }),
-    }
-    for entry in WalkDir::new(path).follow_links(false).into_iter().flatten() {
-        // A directory entry from lstat: set_permissions cannot be redirected through a link.
-        if entry.file_type().is_dir() {
-            if let Ok(m) = entry.metadata() {
-                let _ = fs::set_permissions(entry.path(), fs::Permissions::from_mode(m.mode() & 0o7777 | 0o700));
-            }
-        }
-    }
-    match fs::remove_dir_all(path) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(BuildpackError::Io { what: what(), source: e }),
-        _ => Ok(()),
-    }
+    trash::remove_all(path).map_err(io_err(format!("Failed to remove {}", path.display())))
 }
 
 #[cfg(test)]

@@ -27,6 +27,7 @@ use super::files::{copy_tree, remove_tree, Links};
 use super::release::{self, Release};
 use super::{io_err, valid_var_name, Buildpack, BuildpackError, DetectAnswer, Plan, Selection};
 use crate::report::{Event, Reporter};
+use crate::store::trash;
 
 /// The `PATH` every script gets (Heroku's, minus its own tool directories).
 pub const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -89,9 +90,9 @@ impl Outcome {
     /// Moves each buildpack's new CACHE_DIR into place (replacing the previous one, which is
     /// deleted). Call only after the whole build succeeded: until then the previous caches
     /// are untouched.
-    pub fn commit_caches(self) -> Result<(), BuildpackError> {
+    pub fn commit_caches(self, trash: &Path) -> Result<(), BuildpackError> {
         for c in &self.caches {
-            commit_cache(c)?;
+            commit_cache(c, trash)?;
         }
         Ok(())
     }
@@ -584,24 +585,24 @@ fn unique_suffix() -> String {
     format!("{}-{nanos}", std::process::id())
 }
 
-fn commit_cache(c: &PendingCache) -> Result<(), BuildpackError> {
+fn commit_cache(c: &PendingCache, trash: &Path) -> Result<(), BuildpackError> {
     let what = || format!("Failed to save the cache of buildpack {} to {}", c.buildpack, c.dest.display());
-    match install(&c.fresh, &c.dest) {
+    match install(&c.fresh, &c.dest, trash) {
         Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
             // Another filesystem: copy next to the destination first.
             let name = c.dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
             let staged = c.dest.with_file_name(format!("{name}.new-{}", unique_suffix()));
             copy_tree(&c.fresh, &staged, 0, Links::Verbatim)?;
-            install(&staged, &c.dest).map_err(|e| BuildpackError::Io { what: what(), source: e })?;
+            install(&staged, &c.dest, trash).map_err(|e| BuildpackError::Io { what: what(), source: e })?;
             remove_tree(&c.fresh)
         }
         r => r.map_err(|e| BuildpackError::Io { what: what(), source: e }),
     }
 }
 
-/// Puts the directory `src` at `dest`, replacing what is there, which is deleted. `dest`
+/// Puts the directory `src` at `dest`, replacing what is there, which goes to `trash`. `dest`
 /// is never missing while an old one exists, unless the filesystem cannot swap atomically.
-fn install(src: &Path, dest: &Path) -> io::Result<()> {
+fn install(src: &Path, dest: &Path, trash: &Path) -> io::Result<()> {
     let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let mut last = None;
     for _ in 0..5 {
@@ -609,7 +610,7 @@ fn install(src: &Path, dest: &Path) -> io::Result<()> {
             match exchange(src, dest) {
                 Ok(()) => {
                     // `src` now holds the old cache.
-                    let _ = remove_tree(src);
+                    let _ = trash::discard(trash, src);
                     return Ok(());
                 }
                 // Removed meanwhile by another build's commit: plain rename below.
@@ -626,7 +627,7 @@ fn install(src: &Path, dest: &Path) -> io::Result<()> {
                     if r.is_err() {
                         let _ = fs::rename(&old, dest);
                     }
-                    let _ = remove_tree(&old);
+                    let _ = trash::discard(trash, &old);
                     return r;
                 }
                 Err(e) => return Err(e),
@@ -844,10 +845,10 @@ mod tests {
         };
         let plan = |f: &Fixture| f.plan(&["alpha"], Selection::All);
 
-        f.run(&plan(&f), &r).unwrap().commit_caches().unwrap();
+        f.run(&plan(&f), &r).unwrap().commit_caches(&f.work().join("trash")).unwrap();
         assert_eq!((f.read("alpha-count").trim(), counter().as_str()), ("1", "1"));
         f.rebuild();
-        f.run(&plan(&f), &r).unwrap().commit_caches().unwrap();
+        f.run(&plan(&f), &r).unwrap().commit_caches(&f.work().join("trash")).unwrap();
         assert_eq!((f.read("alpha-count").trim(), counter().as_str()), ("2", "2"));
 
         // A failing compile: the kept cache is untouched (compile saw a copy).
@@ -866,14 +867,17 @@ mod tests {
 
         // Another app has its own cache.
         f.rebuild();
-        run(&plan(&f), &f.app(), &f.work(), &f.cache(), "app-2", &env(), false, &r).unwrap().commit_caches().unwrap();
+        run(&plan(&f), &f.app(), &f.work(), &f.cache(), "app-2", &env(), false, &r)
+            .unwrap()
+            .commit_caches(&f.work().join("trash"))
+            .unwrap();
         assert_eq!((f.read("alpha-count").trim(), counter().as_str()), ("1", "2"));
 
         // clear_cache starts empty, and replaces the kept one on commit only.
         f.rebuild();
         let o = f.run_with(&plan(&f), &r, &env(), true).unwrap();
         assert_eq!((f.read("alpha-count").trim(), counter().as_str()), ("1", "2"));
-        o.commit_caches().unwrap();
+        o.commit_caches(&f.work().join("trash")).unwrap();
         assert_eq!(counter(), "1");
         // No leftovers next to the caches.
         let mut left: Vec<_> = fs::read_dir(f.cache()).unwrap().map(|e| e.unwrap().file_name()).collect();
@@ -895,12 +899,16 @@ mod tests {
         let fresh = t.path().join("fresh");
         fs::create_dir(&fresh).unwrap();
         fs::write(fresh.join("new"), "").unwrap();
-        commit_cache(&PendingCache { buildpack: "x".into(), fresh: fresh.clone(), dest: dest.clone() }).unwrap();
+        let trash = t.path().join("trash");
+        commit_cache(&PendingCache { buildpack: "x".into(), fresh: fresh.clone(), dest: dest.clone() }, &trash)
+            .unwrap();
         assert!(dest.join("new").exists() && !dest.join("ro").exists() && !fresh.exists());
+        assert_eq!(fs::read_dir(&trash).unwrap().count(), 1, "the old cache waits in the trash");
         // Into a place where nothing was kept yet.
         fs::create_dir(&fresh).unwrap();
         let dest2 = t.path().join("kept2");
-        commit_cache(&PendingCache { buildpack: "x".into(), fresh: fresh.clone(), dest: dest2.clone() }).unwrap();
+        commit_cache(&PendingCache { buildpack: "x".into(), fresh: fresh.clone(), dest: dest2.clone() }, &trash)
+            .unwrap();
         assert!(dest2.is_dir() && !fresh.exists());
     }
 

@@ -40,7 +40,10 @@ pub fn tree_key(
     compress: &CompressOptions,
     stat: &mut StatCache,
 ) -> std::io::Result<LayerKey> {
-    tree_key_with(tree, prefix, owner, rules, compress, &mut |_, e| stat.content_hash(&tree.root.join(&e.rel), e))
+    let hashes = stat.content_hashes(tree)?;
+    tree_key_with(tree, prefix, owner, rules, compress, &mut |i, e| {
+        hashes[i].ok_or_else(|| std::io::Error::other(format!("{} was not hashed", e.rel.display())))
+    })
 }
 
 /// [`tree_key`] with file content hashes from `content(entry index, entry)`.

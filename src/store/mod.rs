@@ -4,6 +4,7 @@
 //! ```text
 //! blobs/sha256/<hex>   blob bytes; present only once complete and verified
 //! tmp/                 temp files, same filesystem as blobs/ so rename is atomic
+//! trash/               trees waiting to be deleted by a background thread
 //! lock                 shared by builds, exclusive for maintenance
 //! ```
 
@@ -16,6 +17,7 @@ use tempfile::NamedTempFile;
 
 pub mod layer_cache;
 pub mod stat_cache;
+pub mod trash;
 mod verify;
 pub use verify::VerifiedReader;
 
@@ -79,6 +81,11 @@ impl BlobStore {
 
     pub fn tmp_dir(&self) -> &Path {
         &self.tmp
+    }
+
+    /// Where trees wait to be deleted ([`trash`]); same file system as everything else here.
+    pub fn trash_dir(&self) -> PathBuf {
+        self.root.join("trash")
     }
 
     pub fn blob_path(&self, digest: &Digest) -> PathBuf {

@@ -13,7 +13,9 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use imgforge_layers::{Sha256Hash, TreeEntry};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use imgforge_layers::{EntryKind, Sha256Hash, Tree, TreeEntry};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
@@ -21,6 +23,9 @@ use super::{write_hint, BlobStore, StoreError};
 
 const BUCKET: &str = "stat-v1";
 const RACY_NS: i128 = 2_000_000_000;
+const HASH_THREADS: usize = 4;
+/// Below this many files per thread, starting threads costs more than it saves.
+const MIN_FILES_PER_THREAD: usize = 64;
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 struct StatEntry {
@@ -86,19 +91,71 @@ impl StatCache {
 
     /// The sha256 of the file `e` at `abs`, from the cache when its stat is unchanged.
     pub fn content_hash(&mut self, abs: &Path, e: &TreeEntry) -> io::Result<Sha256Hash> {
-        if let Some(h) = self.seen.get(abs).and_then(|hit| hit.hash_if_unchanged(e)) {
+        if let Some(h) = self.cached(abs, e) {
             return Ok(h);
         }
-        if let Some(hit) = self.entries.get(abs) {
-            if let Some(h) = hit.hash_if_unchanged(e) {
-                self.seen.insert(abs.to_path_buf(), hit.clone());
-                return Ok(h);
-            }
-        }
-        let hash = hash_file(abs, e.size)?;
+        let hash = hash_file(abs, e.size, &mut Vec::new())?;
         self.hashed_files += 1;
         self.remember(abs, e, hash);
         Ok(hash)
+    }
+
+    /// The content hash of every regular file of `tree` (by entry index; `None` for other
+    /// kinds), from the cache where the stat is unchanged; the others are read by a few
+    /// threads at once (open and read calls dominate for many small files).
+    pub fn content_hashes(&mut self, tree: &Tree) -> io::Result<Vec<Option<Sha256Hash>>> {
+        let mut hashes = vec![None; tree.entries.len()];
+        let mut misses = Vec::new();
+        for (i, e) in tree.entries.iter().enumerate() {
+            if e.kind != EntryKind::File {
+                continue;
+            }
+            let abs = tree.root.join(&e.rel);
+            match self.cached(&abs, e) {
+                Some(h) => hashes[i] = Some(h),
+                None => misses.push((i, abs)),
+            }
+        }
+        let next = AtomicUsize::new(0);
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, HASH_THREADS);
+        let threads = threads.min(misses.len().div_ceil(MIN_FILES_PER_THREAD)).max(1);
+        let hashed: Vec<io::Result<Vec<(usize, Sha256Hash)>>> = std::thread::scope(|s| {
+            let workers: Vec<_> = (0..threads)
+                .map(|_| {
+                    s.spawn(|| {
+                        let mut out = Vec::new();
+                        let mut buf = Vec::new();
+                        loop {
+                            let k = next.fetch_add(1, Ordering::Relaxed);
+                            let Some((i, abs)) = misses.get(k) else { return Ok(out) };
+                            out.push((*i, hash_file(abs, tree.entries[*i].size, &mut buf)?));
+                        }
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .map(|w| w.join().unwrap_or_else(|_| Err(io::Error::other("hashing panicked"))))
+                .collect()
+        });
+        for part in hashed {
+            for (i, h) in part? {
+                hashes[i] = Some(h);
+                self.hashed_files += 1;
+                self.remember(&tree.root.join(&tree.entries[i].rel), &tree.entries[i], h);
+            }
+        }
+        Ok(hashes)
+    }
+
+    fn cached(&mut self, abs: &Path, e: &TreeEntry) -> Option<Sha256Hash> {
+        if let Some(h) = self.seen.get(abs).and_then(|hit| hit.hash_if_unchanged(e)) {
+            return Some(h);
+        }
+        let hit = self.entries.get(abs)?;
+        let h = hit.hash_if_unchanged(e)?;
+        self.seen.insert(abs.to_path_buf(), hit.clone());
+        Some(h)
     }
 
     /// Whether nothing was remembered for this tree (first build from this path): every file
@@ -141,14 +198,17 @@ fn now_ns() -> i128 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i128)
 }
 
-fn hash_file(path: &Path, size: u64) -> io::Result<Sha256Hash> {
+/// Hashes the file at `path`, which must still have `size` bytes; `buf` is reused between calls.
+fn hash_file(path: &Path, size: u64, buf: &mut Vec<u8>) -> io::Result<Sha256Hash> {
     let f: File = OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(path)?;
     let mut h = Sha256::new();
-    let mut buf = vec![0u8; 256 << 10];
+    if buf.is_empty() {
+        buf.resize(256 << 10, 0);
+    }
     let mut r = f.take(size + 1);
     let mut n_total = 0u64;
     loop {
-        let n = r.read(&mut buf)?;
+        let n = r.read(buf)?;
         if n == 0 {
             break;
         }
