@@ -14,6 +14,7 @@ use std::io;
 use std::path::PathBuf;
 
 mod archive;
+pub mod cnb;
 mod files;
 mod heroku;
 mod plan;
