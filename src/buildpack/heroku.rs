@@ -108,7 +108,7 @@ fn cache_name(app_key: &str, buildpack_key: &str) -> String {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Stream {
+pub(crate) enum Stream {
     Out,
     Err,
 }
@@ -199,7 +199,7 @@ fn failed(who: &str, script: &str, status: ExitStatus) -> BuildpackError {
     BuildpackError::Failed { who: who.to_string(), script: script.to_string(), status: describe(status) }
 }
 
-fn describe(status: ExitStatus) -> String {
+pub(crate) fn describe(status: ExitStatus) -> String {
     match (status.code(), status.signal()) {
         (Some(c), _) => format!("exit code {c}"),
         (None, Some(s)) => format!("signal {s}"),
@@ -207,7 +207,7 @@ fn describe(status: ExitStatus) -> String {
     }
 }
 
-fn find_bash() -> Result<PathBuf, BuildpackError> {
+pub(crate) fn find_bash() -> Result<PathBuf, BuildpackError> {
     PATH.split(':')
         .map(|d| Path::new(d).join("bash"))
         .find(|p| fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
@@ -413,7 +413,7 @@ impl Ctx<'_> {
 }
 
 /// The child gets SIGKILL when the thread that started it (which waits for it) dies.
-fn die_with_parent(cmd: &mut Command) {
+pub(crate) fn die_with_parent(cmd: &mut Command) {
     #[cfg(target_os = "linux")]
     {
         let parent = std::process::id() as libc::pid_t;
@@ -440,7 +440,7 @@ fn die_with_parent(cmd: &mut Command) {
 /// Runs `cmd` (stdout and stderr piped), handing each output line to `on_line` as it
 /// comes, from two reader threads. Returns the exit status and whether output was
 /// abandoned because something the process left running kept the pipes open.
-fn run_lines(cmd: &mut Command, on_line: &(dyn Fn(Stream, &str) + Sync)) -> io::Result<(ExitStatus, bool)> {
+pub(crate) fn run_lines(cmd: &mut Command, on_line: &(dyn Fn(Stream, &str) + Sync)) -> io::Result<(ExitStatus, bool)> {
     let mut child = cmd.spawn()?;
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();

@@ -19,6 +19,7 @@ pub mod env;
 pub mod layers;
 pub mod order;
 pub mod plan;
+pub mod sandbox;
 
 pub use descriptor::{escape_id, Api, Descriptor};
 
