@@ -602,7 +602,7 @@ fn commit_cache(c: &PendingCache, trash: &Path) -> Result<(), BuildpackError> {
 
 /// Puts the directory `src` at `dest`, replacing what is there, which goes to `trash`. `dest`
 /// is never missing while an old one exists, unless the filesystem cannot swap atomically.
-fn install(src: &Path, dest: &Path, trash: &Path) -> io::Result<()> {
+pub(crate) fn install(src: &Path, dest: &Path, trash: &Path) -> io::Result<()> {
     let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let mut last = None;
     for _ in 0..5 {

@@ -19,6 +19,7 @@ pub mod env;
 pub mod layers;
 pub mod order;
 pub mod plan;
+pub mod run;
 pub mod sandbox;
 
 pub use descriptor::{escape_id, Api, Descriptor};
@@ -35,6 +36,10 @@ pub enum CnbError {
     Order(String),
     #[error("{0}")]
     Invalid(String),
+    #[error("no group of buildpacks passes detection; tried:{}", tried.iter().map(|t| format!("\n  {t}")).collect::<String>())]
+    NoGroup { tried: Vec<String> },
+    #[error("{who}: {script} failed with {status}")]
+    Failed { who: String, script: String, status: String },
 }
 
 pub(crate) fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> CnbError {
