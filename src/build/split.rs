@@ -119,40 +119,81 @@ pub fn split(built: &Tree, built_items: &[(String, String)], original: &HashMap<
     }
 
     let mut parts = Vec::new();
-    for (group, mut members) in groups {
-        let member_set: HashSet<usize> = members.iter().copied().collect();
-        // Directories above the members, so each layer stands alone.
-        let mut with_parents: HashSet<usize> = member_set.clone();
-        for &i in &members {
-            for anc in built.entries[i].rel.ancestors().skip(1) {
-                if let Some(&j) = index.get(anc) {
-                    with_parents.insert(j);
-                }
-            }
-        }
-        members = with_parents.into_iter().collect();
-        members.sort_unstable();
-        let entries = members
-            .iter()
-            .map(|&i| {
-                let mut e = built.entries[i].clone();
-                // A hard link whose first path lives in another layer carries its own data.
-                if let EntryKind::HardLink(first) = &e.kind {
-                    if !index.get(first.as_path()).is_some_and(|j| member_set.contains(j)) {
-                        e.kind = EntryKind::File;
-                    }
-                }
-                e
-            })
-            .collect();
+    for (group, members) in groups {
         let name = match &group {
             Group::Dir(p) => format!("runtime:{}", p.display()),
             Group::Misc => "runtime:misc".into(),
             Group::App => "app".into(),
         };
-        parts.push(LayerPart { name, tree: Tree { root: built.root.clone(), entries, skipped: Vec::new() } });
+        parts.push(part(built, &index, name, members));
     }
     parts
+}
+
+/// A layer of `members` (indices into `built`) plus the directories above them, so the
+/// layer stands alone.
+fn part(built: &Tree, index: &HashMap<&Path, usize>, name: String, mut members: Vec<usize>) -> LayerPart {
+    let member_set: HashSet<usize> = members.iter().copied().collect();
+    let mut with_parents: HashSet<usize> = member_set.clone();
+    for &i in &members {
+        for anc in built.entries[i].rel.ancestors().skip(1) {
+            if let Some(&j) = index.get(anc) {
+                with_parents.insert(j);
+            }
+        }
+    }
+    members = with_parents.into_iter().collect();
+    members.sort_unstable();
+    let entries = members
+        .iter()
+        .map(|&i| {
+            let mut e = built.entries[i].clone();
+            // A hard link whose first path lives in another layer carries its own data.
+            if let EntryKind::HardLink(first) = &e.kind {
+                if !index.get(first.as_path()).is_some_and(|j| member_set.contains(j)) {
+                    e.kind = EntryKind::File;
+                }
+            }
+            e
+        })
+        .collect();
+    LayerPart { name, tree: Tree { root: built.root.clone(), entries, skipped: Vec::new() } }
+}
+
+/// Splits the app by Cloud Native Buildpacks' `[[slices]]`: each slice's paths are globs
+/// relative to the app directory (gitignore syntax, anchored at the app: `*` stays within
+/// one directory, `**` crosses them, a matched directory takes its whole subtree). An entry
+/// goes to the first slice that matches it; slices that match nothing make no layer;
+/// everything else goes to the last part, `app`. Parts are named `slice-<n>` (from 1).
+pub fn slices(built: &Tree, globs: &[Vec<String>]) -> Result<Vec<LayerPart>, String> {
+    let index: HashMap<&Path, usize> = built.entries.iter().enumerate().map(|(i, e)| (e.rel.as_path(), i)).collect();
+    let mut matchers = Vec::new();
+    for paths in globs {
+        let mut b = ignore::gitignore::GitignoreBuilder::new(&built.root);
+        for p in paths {
+            let anchored = format!("/{}", p.trim_start_matches("./").trim_start_matches('/'));
+            b.add_line(None, &anchored).map_err(|e| format!("slice path {p:?}: {e}"))?;
+        }
+        matchers.push(b.build().map_err(|e| format!("slices: {e}"))?);
+    }
+    let mut groups: Vec<Vec<usize>> = vec![Vec::new(); matchers.len() + 1];
+    for (i, e) in built.entries.iter().enumerate() {
+        let is_dir = e.kind == EntryKind::Dir;
+        let slot = matchers
+            .iter()
+            .position(|m| m.matched_path_or_any_parents(&e.rel, is_dir).is_ignore())
+            .unwrap_or(matchers.len());
+        groups[slot].push(i);
+    }
+    let app = groups.pop().unwrap_or_default();
+    let mut parts: Vec<LayerPart> = groups
+        .into_iter()
+        .enumerate()
+        .filter(|(_, m)| !m.is_empty())
+        .map(|(n, m)| part(built, &index, format!("slice-{}", n + 1), m))
+        .collect();
+    parts.push(part(built, &index, "app".into(), app));
+    Ok(parts)
 }
 
 #[cfg(test)]
@@ -210,5 +251,25 @@ mod tests {
             ["vendor", "vendor/bundle", "vendor/bundle/gems", "vendor/bundle/gems/a.rb"]
         );
         assert!(paths("runtime:.heroku").contains(&".heroku/python/lib/x.py".to_string()));
+    }
+
+    #[test]
+    fn slices_take_their_globs_first_match_wins() {
+        let src = tempfile::tempdir().unwrap();
+        for p in ["public/a.css", "public/img/b.png", "lib/x.js", "lib/y.txt", "server.js"] {
+            let p = src.path().join(p);
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(p, "x").unwrap();
+        }
+        let tree = scan_tree(src.path(), &|_, _| true).unwrap();
+        let globs =
+            vec![vec!["public".to_string()], vec!["lib/*.js".into(), "public/a.css".into()], vec!["nothing/*".into()]];
+        let parts = slices(&tree, &globs).unwrap();
+        let paths =
+            |n: usize| -> Vec<String> { parts[n].tree.entries.iter().map(|e| e.rel.display().to_string()).collect() };
+        assert_eq!(parts.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["slice-1", "slice-2", "app"]);
+        assert_eq!(paths(0), ["public", "public/a.css", "public/img", "public/img/b.png"]);
+        assert_eq!(paths(1), ["lib", "lib/x.js"]);
+        assert_eq!(paths(2), ["lib", "lib/y.txt", "server.js"]);
     }
 }

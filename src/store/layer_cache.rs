@@ -103,6 +103,24 @@ pub struct LayerCache {
     dir: PathBuf,
 }
 
+/// How a layer's digests are written down (the layer cache, CNB build records).
+pub fn digests_json(d: &LayerDigests) -> serde_json::Value {
+    json!({
+        "diff_id": d.diff_id.to_string(), "digest": d.digest.to_string(), "size": d.size,
+        "tar_size": d.tar_size, "compression": d.compression.name(),
+    })
+}
+
+pub fn digests_from_json(v: &serde_json::Value) -> Option<LayerDigests> {
+    Some(LayerDigests {
+        diff_id: v["diff_id"].as_str()?.parse::<DiffId>().ok()?,
+        digest: v["digest"].as_str()?.parse::<Digest>().ok()?,
+        size: v["size"].as_u64()?,
+        tar_size: v["tar_size"].as_u64()?,
+        compression: v["compression"].as_str()?.parse::<Compression>().ok()?,
+    })
+}
+
 impl LayerCache {
     pub fn open(store: &BlobStore) -> Result<LayerCache, StoreError> {
         let dir = store.bucket(BUCKET)?;
@@ -114,22 +132,12 @@ impl LayerCache {
     pub fn get(&self, store: &BlobStore, key: &LayerKey) -> Option<LayerDigests> {
         let v: serde_json::Value =
             serde_json::from_slice(&fs::read(self.dir.join(format!("{}.json", key.key))).ok()?).ok()?;
-        let d = LayerDigests {
-            diff_id: v["diff_id"].as_str()?.parse::<DiffId>().ok()?,
-            digest: v["digest"].as_str()?.parse::<Digest>().ok()?,
-            size: v["size"].as_u64()?,
-            tar_size: v["tar_size"].as_u64()?,
-            compression: v["compression"].as_str()?.parse::<Compression>().ok()?,
-        };
+        let d = digests_from_json(&v)?;
         store.contains(&d.digest).then_some(d)
     }
 
     pub fn put(&self, key: &LayerKey, d: &LayerDigests) -> std::io::Result<()> {
-        let v = json!({
-            "diff_id": d.diff_id.to_string(), "digest": d.digest.to_string(), "size": d.size,
-            "tar_size": d.tar_size, "compression": d.compression.name(),
-        });
-        write_hint(&self.dir.join(format!("{}.json", key.key)), &serde_json::to_vec(&v).expect("json"))
+        write_hint(&self.dir.join(format!("{}.json", key.key)), &serde_json::to_vec(&digests_json(d)).expect("json"))
     }
 
     fn scope_file(&self, scope: &str) -> PathBuf {
