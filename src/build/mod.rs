@@ -20,6 +20,7 @@ use crate::store::{trash, BlobStore, StoreError};
 use crate::transport::{self, BaseImage, BaseLayer, Blobs, NewImage, Source, TransportError};
 
 pub mod base_facts;
+pub mod cnb;
 pub mod config;
 pub mod git;
 pub mod launch;
@@ -40,6 +41,8 @@ pub enum BuildError {
     Io { what: String, source: io::Error },
     #[error("{what}")]
     Buildpack { what: String, source: buildpack::BuildpackError },
+    #[error("{what}")]
+    Cnb { what: String, source: buildpack::cnb::CnbError },
     #[error("{0}")]
     Invalid(String),
 }
@@ -100,6 +103,13 @@ struct Produced {
     build_key: Option<(BuildCache, String)>,
     /// The build's scratch directory: holds the buildpacks' new caches until they are committed.
     _work: Option<tempfile::TempDir>,
+    /// CNB: launch env scripts by process type (`_` for other commands).
+    launch_env: BTreeMap<String, String>,
+    /// CNB: image labels (io.buildpacks.*, launch.toml labels).
+    labels: BTreeMap<String, String>,
+    /// CNB: the process a buildpack marked default.
+    default_process: Option<String>,
+    cnb: Option<cnb::Pending>,
 }
 
 pub fn build(opts: &BuildOptions, reporter: &dyn Reporter) -> Result<BuildResult, BuildError> {
@@ -123,8 +133,14 @@ pub fn build(opts: &BuildOptions, reporter: &dyn Reporter) -> Result<BuildResult
         || opts.buildpacks_dir.is_some()
         || app_dir.join(".buildpacks").is_file()
         || app_dir.join("project.toml").is_file();
-    let workdir =
-        validate_workdir(opts.workdir.as_deref().unwrap_or(if uses_buildpacks { "/app" } else { "/workspace" }))?;
+    // Cloud Native Buildpacks keep the app at /workspace; Heroku's at /app.
+    let cnb_hint = opts.buildpacks.iter().any(|p| p.join(buildpack::cnb::descriptor::DESCRIPTOR).is_file())
+        || (opts.buildpacks.is_empty() && opts.buildpacks_dir.as_deref().is_some_and(dir_has_cnb));
+    let workdir = validate_workdir(opts.workdir.as_deref().unwrap_or(if uses_buildpacks && !cnb_hint {
+        "/app"
+    } else {
+        "/workspace"
+    }))?;
     let store = BlobStore::open(&opts.cache_dir)?;
     let _lock = store.lock(false)?;
     let epoch = opts.source_date_epoch.unwrap_or(DEFAULT_EPOCH);
@@ -192,8 +208,9 @@ pub fn build(opts: &BuildOptions, reporter: &dyn Reporter) -> Result<BuildResult
             .map_err(io_err("Failed to make a build directory in the cache"))?;
         let plan = buildpack::plan(&opts.buildpacks, app_dir, opts.buildpacks_dir.as_deref(), work.path())
             .map_err(|e| BuildError::Buildpack { what: "Failed to find the buildpacks".into(), source: e })?;
+        let is_cnb = cnb::is_cnb(&plan)?;
         let build_cache = BuildCache::open(&store)?;
-        let build_key = build_cache.key(opts, &store, &app_key, &plan, &base, &stack, &git, &workdir)?;
+        let build_key = build_cache.key(opts, &store, &app_key, &plan, &base, &stack, &git, &workdir, is_cnb)?;
         if !opts.clear_cache {
             if let Some(image) = build_cache.get(&store, &build_key) {
                 reporter.report(Event::Step("Nothing changed since the last build: reusing its image"));
@@ -209,17 +226,21 @@ pub fn build(opts: &BuildOptions, reporter: &dyn Reporter) -> Result<BuildResult
         }
         // Real work ahead: delete what earlier builds left in the trash beside it.
         trash::sweep(store.trash_dir());
-        let mut p = buildpack_layers(
-            opts,
-            &ctx,
-            &plan,
-            work.path(),
-            &tree,
-            &app_key,
-            &mut app_stat,
-            &stack,
-            git.revision.clone(),
-        )?;
+        let mut p = if is_cnb {
+            cnb::cnb_layers(opts, &ctx, &plan, work.path(), &tree, &mut app_stat, &workdir, &base, &platform, &git)?
+        } else {
+            buildpack_layers(
+                opts,
+                &ctx,
+                &plan,
+                work.path(),
+                &tree,
+                &app_key,
+                &mut app_stat,
+                &stack,
+                git.revision.clone(),
+            )?
+        };
         let _ = app_stat.save();
         p.build_key = Some((build_cache, build_key));
         p._work = Some(work);
@@ -245,10 +266,27 @@ pub fn build(opts: &BuildOptions, reporter: &dyn Reporter) -> Result<BuildResult
             outcome: None,
             build_key: None,
             _work: None,
+            launch_env: BTreeMap::new(),
+            labels: BTreeMap::new(),
+            default_process: None,
+            cnb: None,
         }
     };
-    let Produced { mut layers, processes, release_env, heroku, outcome, build_key, _work: work } = produced;
-    let default_process = choose_default_process(&processes, opts.default_process.as_deref())?;
+    let Produced {
+        mut layers,
+        processes,
+        release_env,
+        heroku,
+        outcome,
+        build_key,
+        _work: work,
+        launch_env,
+        labels: cnb_labels,
+        default_process: bp_default,
+        cnb: cnb_pending,
+    } = produced;
+    let default_process =
+        choose_default_process(&processes, opts.default_process.as_deref().or(bp_default.as_deref()))?;
 
     // 3. How processes start.
     let mut changes =
@@ -256,7 +294,7 @@ pub fn build(opts: &BuildOptions, reporter: &dyn Reporter) -> Result<BuildResult
     let has_shell = !processes.is_empty() && facts.get()?.has_shell;
     if has_shell {
         let launch = write_layer(&store, opts.compress, rules, "launch", None, reporter, |tar| {
-            launch::write_launch_layer(tar, &processes)
+            launch::write_launch_layer(tar, &processes, &launch_env)
         })?;
         layers.push((launch, "imgforge build: launcher".into()));
         changes.entrypoint = Some(vec![launch::LAUNCHER_PATH.into()]);
@@ -301,6 +339,7 @@ pub fn build(opts: &BuildOptions, reporter: &dyn Reporter) -> Result<BuildResult
         annotations.insert(LABEL_REVISION.to_string(), r);
     }
     changes.labels = annotations.clone();
+    changes.labels.extend(cnb_labels);
     changes.new_layers = layers.iter().map(|(l, by)| (l.diff_id, by.clone())).collect();
     let config_bytes = config::compose_config(base.config.as_ref(), &platform, &changes);
     let config_digest = store.put_bytes(&config_bytes)?;
@@ -316,6 +355,9 @@ pub fn build(opts: &BuildOptions, reporter: &dyn Reporter) -> Result<BuildResult
         outcome
             .commit_caches(&store.trash_dir())
             .map_err(|e| BuildError::Buildpack { what: "Failed to keep the buildpack caches".into(), source: e })?;
+    }
+    if let Some(pending) = cnb_pending {
+        pending.commit(&store.trash_dir())?;
     }
     if let Some((cache, key)) = build_key {
         let _ = cache.put(&key, &manifest_digest);
@@ -489,7 +531,19 @@ fn buildpack_layers(
     let mut processes = outcome.default_process_types.clone();
     processes.extend(read_procfile(&build_dir)?);
     let release_env = outcome.config_vars.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    Ok(Produced { layers, processes, release_env, heroku: true, outcome: Some(outcome), build_key: None, _work: None })
+    Ok(Produced {
+        layers,
+        processes,
+        release_env,
+        heroku: true,
+        outcome: Some(outcome),
+        build_key: None,
+        _work: None,
+        launch_env: BTreeMap::new(),
+        labels: BTreeMap::new(),
+        default_process: None,
+        cnb: None,
+    })
 }
 
 /// The base image's filesystem facts, learned on a background thread and waited for only
@@ -560,10 +614,25 @@ impl BuildCache {
         stack: &str,
         git: &git::GitInfo,
         workdir: &str,
+        cnb: bool,
     ) -> Result<String, BuildError> {
         let mut bp_keys = Vec::new();
         for bp in &plan.buildpacks {
             bp_keys.push(source_key(store, &bp.source)?);
+        }
+        // CNB order entries are looked up in --buildpacks-dir and next to each buildpack.
+        if cnb {
+            let mut dirs: Vec<&Path> = plan.buildpacks.iter().filter_map(|b| b.source.parent()).collect();
+            dirs.extend(opts.buildpacks_dir.as_deref());
+            dirs.sort();
+            dirs.dedup();
+            for d in dirs {
+                let found = buildpack::cnb::order::buildpack_dirs(d)
+                    .map_err(|e| BuildError::Cnb { what: format!("Failed to read {}", d.display()), source: e })?;
+                for bp in found {
+                    bp_keys.push(source_key(store, &bp)?);
+                }
+            }
         }
         let selection = match plan.selection {
             buildpack::Selection::All => "all",
@@ -648,6 +717,13 @@ fn all_layers(base: &BaseImage, new: &[(LayerDigests, String)]) -> Vec<BaseLayer
         diff_id: l.diff_id,
     }));
     out
+}
+
+/// Whether a directory holds a Cloud Native Buildpack (a subdirectory with buildpack.toml).
+fn dir_has_cnb(dir: &Path) -> bool {
+    fs::read_dir(dir).is_ok_and(|d| {
+        d.filter_map(Result::ok).any(|e| e.path().join(buildpack::cnb::descriptor::DESCRIPTOR).is_file())
+    })
 }
 
 fn validate_workdir(w: &str) -> Result<String, BuildError> {

@@ -55,7 +55,7 @@ struct BuildArgs {
     /// Destination (repeatable): oci:DIR[:TAG], oci-archive:FILE[:TAG], docker-archive:FILE[:NAME[:TAG]].
     #[arg(short = 't', long = "tag", value_name = "DEST", required = true, value_parser = parse_ref)]
     tags: Vec<ImageRef>,
-    /// Where the app goes in the image, and the working directory [default: /workspace, or /app with buildpacks].
+    /// Where the app goes in the image, and the working directory [default: /workspace, or /app with Heroku buildpacks].
     #[arg(long, value_name = "PATH")]
     workdir: Option<String>,
     /// Owner of the app's files [default: the base image's user].
@@ -88,10 +88,10 @@ struct BuildArgs {
     /// Keep setuid, setgid and sticky bits of app files (dropped by default).
     #[arg(long)]
     keep_special_bits: bool,
-    /// A Heroku buildpack (directory or .tgz) to run, in order (repeatable).
+    /// A buildpack (directory or .tgz) to run, in order (repeatable): Heroku-classic, or a Cloud Native Buildpack (with buildpack.toml).
     #[arg(short = 'b', long = "buildpack", value_name = "PATH")]
     buildpacks: Vec<PathBuf>,
-    /// A directory of buildpacks: the first whose bin/detect passes runs.
+    /// A directory of buildpacks: the first whose bin/detect passes runs. Cloud Native Buildpacks named in an order are also looked up here.
     #[arg(long, value_name = "DIR")]
     buildpacks_dir: Option<PathBuf>,
     /// The STACK buildpacks see [default: the base image's io.buildpacks.stack.id label, else heroku-24].

@@ -35,22 +35,8 @@ impl Index {
     /// Adds every subdirectory of `dir` holding a `buildpack.toml`, and also the
     /// `<id>/<version>/` layout the lifecycle uses under `/cnb/buildpacks`.
     pub fn add_dir(&mut self, dir: &Path) -> Result<(), CnbError> {
-        let entries = fs::read_dir(dir).map_err(io_err(format!("Failed to read {}", dir.display())))?;
-        let mut paths: Vec<_> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
-        paths.sort();
-        for p in paths {
-            if !p.is_dir() || p.file_name().is_some_and(|n| n.as_encoded_bytes().starts_with(b".")) {
-                continue;
-            }
-            if p.join(DESCRIPTOR).is_file() {
-                self.add(Descriptor::load(&p)?);
-            } else if let Ok(versions) = fs::read_dir(&p) {
-                let mut vs: Vec<_> = versions.filter_map(|e| e.ok().map(|e| e.path())).collect();
-                vs.sort();
-                for v in vs.into_iter().filter(|v| v.join(DESCRIPTOR).is_file()) {
-                    self.add(Descriptor::load(&v)?);
-                }
-            }
+        for p in buildpack_dirs(dir)? {
+            self.add(Descriptor::load(&p)?);
         }
         Ok(())
     }
@@ -92,6 +78,28 @@ impl Index {
     pub fn is_referenced(&self, id: &str) -> bool {
         self.by_id.values().flatten().any(|d| d.order.iter().any(|g| g.group.iter().any(|e| e.id == id)))
     }
+}
+
+/// The buildpack directories in `dir`: subdirectories holding a `buildpack.toml`, and the
+/// `<id>/<version>/` layout the lifecycle uses under `/cnb/buildpacks`. Hidden ones skipped.
+pub fn buildpack_dirs(dir: &Path) -> Result<Vec<std::path::PathBuf>, CnbError> {
+    let entries = fs::read_dir(dir).map_err(io_err(format!("Failed to read {}", dir.display())))?;
+    let mut paths: Vec<_> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    paths.sort();
+    let mut out = Vec::new();
+    for p in paths {
+        if !p.is_dir() || p.file_name().is_some_and(|n| n.as_encoded_bytes().starts_with(b".")) {
+            continue;
+        }
+        if p.join(DESCRIPTOR).is_file() {
+            out.push(p);
+        } else if let Ok(versions) = fs::read_dir(&p) {
+            let mut vs: Vec<_> = versions.filter_map(|e| e.ok().map(|e| e.path())).collect();
+            vs.sort();
+            out.extend(vs.into_iter().filter(|v| v.join(DESCRIPTOR).is_file()));
+        }
+    }
+    Ok(out)
 }
 
 /// One buildpack of a candidate group: executable (never composite).

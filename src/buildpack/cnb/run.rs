@@ -62,6 +62,67 @@ pub struct LayerRecord {
     /// buildpack writes only the `.toml` next time.
     #[serde(default)]
     pub image_layer: Option<serde_json::Value>,
+    /// What the launch environment needs of a launch layer: see [`snapshot`].
+    #[serde(default)]
+    pub env_snapshot: Option<BTreeMap<String, String>>,
+}
+
+/// The parts of a layer the launch environment is computed from: `bin/` and `lib/` (as
+/// markers), the files of `env/`, `env.launch/`, `env.launch/<process>/` (with contents)
+/// and of `profile.d/`, `profile.d/<process>/` (names only). Kept so that a layer reused
+/// from the previous image (its directory empty now) still gives its environment.
+pub fn snapshot(layer: &Path) -> std::io::Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for d in ["bin", "lib"] {
+        if layer.join(d).is_dir() {
+            out.insert(format!("{d}/"), String::new());
+        }
+    }
+    fn files(
+        dir: &Path,
+        rel: &str,
+        contents: bool,
+        depth: u8,
+        out: &mut BTreeMap<String, String>,
+    ) -> std::io::Result<()> {
+        let Ok(entries) = fs::read_dir(dir) else { return Ok(()) };
+        for e in entries {
+            let e = e?;
+            let Ok(name) = e.file_name().into_string() else { continue };
+            let path = e.path();
+            let m = fs::metadata(&path)?;
+            if m.is_file() {
+                out.insert(format!("{rel}/{name}"), if contents { fs::read_to_string(&path)? } else { String::new() });
+            } else if m.is_dir() && depth > 0 {
+                files(&path, &format!("{rel}/{name}"), contents, depth - 1, out)?;
+            }
+        }
+        Ok(())
+    }
+    files(&layer.join("env"), "env", true, 0, &mut out)?;
+    files(&layer.join("env.launch"), "env.launch", true, 1, &mut out)?;
+    files(&layer.join("profile.d"), "profile.d", false, 1, &mut out)?;
+    Ok(out)
+}
+
+/// Writes a [`snapshot`] back as files under `dir`.
+pub fn materialize_snapshot(snap: &BTreeMap<String, String>, dir: &Path) -> std::io::Result<()> {
+    fs::create_dir_all(dir)?;
+    for (rel, contents) in snap {
+        if rel.split('/').any(|c| c == ".." || c == ".") || rel.starts_with('/') {
+            continue;
+        }
+        let path = dir.join(rel);
+        if rel.ends_with('/') {
+            fs::create_dir_all(&path)?;
+            continue;
+        }
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent)?;
+        }
+        fs::write(&path, contents)?;
+    }
+    Ok(())
 }
 
 /// What the platform gives the buildpacks.
@@ -398,6 +459,7 @@ pub fn record(outcome: &Outcome) -> Record {
                     build: l.toml.types.build,
                     cache: l.toml.types.cache,
                     image_layer: None,
+                    env_snapshot: None,
                 },
             );
         }

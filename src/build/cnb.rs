@@ -1,0 +1,384 @@
+//! Cloud Native Buildpack builds in the pipeline: run the buildpacks (see
+//! [`crate::buildpack::cnb`]), then turn what they left into image layers, processes, the
+//! launch environment and the labels the lifecycle writes.
+//!
+//! Image layers, in order: each buildpack's launch layers (group order, then layer name) at
+//! `/layers/<escaped id>/<layer>`; the SBOM layer (`/layers/sbom/launch/<escaped
+//! id>/[<layer>/]sbom.<ext>`, as the lifecycle lays it out); one layer per `[[slices]]`
+//! entry that matches app files; the rest of the app. Layers are input-addressed through
+//! the layer cache, so an unchanged launch layer is not written again. A launch layer whose
+//! directory the buildpack left empty (only `<layer>.toml` written) is the previous image's
+//! layer, taken from imgforge's record of that build.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use imgforge_layers::{scan_tree, LayerDigests, Tree};
+use serde_json::{json, Value};
+use sha2::{Digest as _, Sha256};
+
+use super::{io_err, split, BuildError, BuildOptions, LayerCtx, Produced};
+use crate::buildpack::cnb::descriptor::{escape_id, Descriptor};
+use crate::buildpack::cnb::env::{changes_for_layer, Change, Phase};
+use crate::buildpack::cnb::layers::Process;
+use crate::buildpack::cnb::order::Index;
+use crate::buildpack::cnb::run::{self, Outcome, Platform, Record, CACHE_DIR, LAYERS};
+use crate::buildpack::cnb::CnbError;
+use crate::buildpack::{self, Selection};
+use crate::report::Event;
+use crate::store::layer_cache::{digests_from_json, digests_json};
+use crate::store::stat_cache::StatCache;
+use crate::store::BlobStore;
+use crate::transport::BaseImage;
+
+pub const LABEL_BUILD: &str = "io.buildpacks.build.metadata";
+pub const LABEL_LIFECYCLE: &str = "io.buildpacks.lifecycle.metadata";
+pub const LABEL_PROJECT: &str = "io.buildpacks.project.metadata";
+/// Where SBOM files go in the image.
+pub const SBOM_DIR: &str = "layers/sbom/launch";
+
+/// Which kind the buildpacks of a plan are: `Some(true)` all CNB, `Some(false)` all
+/// Heroku-classic; an error when one group mixes them.
+pub(super) fn is_cnb(plan: &buildpack::Plan) -> Result<bool, BuildError> {
+    let (cnb, classic): (Vec<_>, Vec<_>) =
+        plan.buildpacks.iter().partition(|bp| bp.dir.join(crate::buildpack::cnb::descriptor::DESCRIPTOR).is_file());
+    match (cnb.is_empty(), classic.is_empty()) {
+        (_, true) => Ok(!cnb.is_empty()),
+        (true, false) => Ok(false),
+        (false, false) => {
+            let names = |v: &[&buildpack::Buildpack]| v.iter().map(|b| b.name.clone()).collect::<Vec<_>>().join(", ");
+            Err(BuildError::Invalid(format!(
+                "the buildpacks mix Cloud Native Buildpacks ({}, with buildpack.toml) and Heroku-classic buildpacks ({}, bin/compile): one build runs one kind; split them or use only one kind",
+                names(&cnb),
+                names(&classic)
+            )))
+        }
+    }
+}
+
+/// What must happen once the image is written: the kept state replaced.
+pub(super) struct Pending {
+    outcome: Outcome,
+    record: Record,
+    work: PathBuf,
+    dest: PathBuf,
+}
+
+impl Pending {
+    pub(super) fn commit(self, trash: &Path) -> Result<(), BuildError> {
+        run::commit(&self.outcome, &self.record, &self.work, &self.dest, trash)
+            .map_err(|e| cnb_err("Failed to keep the buildpacks' cache", e))
+    }
+}
+
+fn cnb_err(what: &str, source: CnbError) -> BuildError {
+    BuildError::Cnb { what: what.to_string(), source }
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(super) fn cnb_layers(
+    opts: &BuildOptions,
+    ctx: &LayerCtx<'_>,
+    plan: &buildpack::Plan,
+    work: &Path,
+    tree: &Tree,
+    app_stat: &mut StatCache,
+    workdir: &str,
+    base: &BaseImage,
+    platform: &crate::image::manifest::Platform,
+    git: &super::git::GitInfo,
+) -> Result<Produced, BuildError> {
+    let store = ctx.store;
+    let reporter = ctx.reporter;
+    // The buildpacks, and where order entries are looked up.
+    let mut index = Index::default();
+    if let Some(dir) = &opts.buildpacks_dir {
+        index.add_dir(dir).map_err(|e| cnb_err("Failed to read --buildpacks-dir", e))?;
+    }
+    let mut top = Vec::new();
+    for bp in &plan.buildpacks {
+        let d = Descriptor::load(&bp.dir).map_err(|e| cnb_err(&format!("Failed to read buildpack {}", bp.name), e))?;
+        if let Some(parent) = bp.source.parent().filter(|_| bp.source.is_dir()) {
+            index.add_dir(parent).map_err(|e| cnb_err(&format!("Failed to read {}", parent.display()), e))?;
+        }
+        top.push(index.add(d));
+    }
+    let groups: Vec<Vec<(Arc<Descriptor>, bool)>> = match plan.selection {
+        Selection::All => vec![top.into_iter().map(|d| (d, false)).collect()],
+        Selection::FirstThatDetects => {
+            top.into_iter().filter(|d| !index.is_referenced(&d.info.id)).map(|d| vec![(d, false)]).collect()
+        }
+    };
+
+    // The app, a private copy, at its image path during the build.
+    let app = work.join("app");
+    let mut build_stat = StatCache::ephemeral();
+    split::copy_app(tree, &app, app_stat, &mut build_stat)
+        .map_err(io_err(format!("Failed to copy the app into {}", app.display())))?;
+    std::thread::sleep(std::time::Duration::from_millis(20));
+
+    let state = state_dir(store, &ctx.scope)?;
+    let previous = if opts.clear_cache { Record::default() } else { run::load_record(&state) };
+    let cache = state.join(CACHE_DIR);
+    let cnb_work = work.join("cnb");
+    fs::create_dir_all(&cnb_work).map_err(io_err(format!("Failed to create {}", cnb_work.display())))?;
+    reporter.report(Event::Step("Running buildpacks"));
+    let p = Platform {
+        app: &app,
+        workdir,
+        work: &cnb_work,
+        env: &opts.env,
+        previous: &previous,
+        cache: (!opts.clear_cache).then_some(cache.as_path()),
+        os: &platform.os,
+        arch: &platform.architecture,
+        reporter,
+    };
+    let outcome = run::run(&groups, &index, &p).map_err(|e| cnb_err("Buildpack build failed", e))?;
+    let mut record = run::record(&outcome);
+
+    ctx.reporter.report(Event::Detail("Writing the buildpacks' layers".into()));
+    let mut layers: Vec<(LayerDigests, String)> = Vec::new();
+    let mut lifecycle_bps = Vec::new();
+    let mut launch_layers: Vec<(String, PathBuf)> = Vec::new(); // (inside path, host dir for env)
+    let mut sboms: Vec<(String, PathBuf)> = Vec::new(); // (path in image, host file)
+    for b in &outcome.built {
+        let id = &b.bp.info.id;
+        let esc = escape_id(id);
+        let mut layer_meta = serde_json::Map::new();
+        for l in &b.output.layers {
+            if l.toml.types.launch && l.dir.join("exec.d").exists() {
+                return Err(BuildError::Invalid(format!(
+                    "buildpack {}: layer {} has exec.d, which imgforge does not support (its launcher is a shell script, without the lifecycle's exec.d runner); write the variables to env.launch/ instead",
+                    b.bp.key(),
+                    l.name
+                )));
+            }
+            let mut meta = json!({
+                "data": serde_json::to_value(&l.toml.metadata).unwrap_or(Value::Null),
+                "launch": l.toml.types.launch, "build": l.toml.types.build, "cache": l.toml.types.cache,
+            });
+            if l.toml.types.launch {
+                let inside = format!("{LAYERS}/{esc}/{}", l.name);
+                let name = format!("{id}:{}", l.name);
+                let (digests, env_dir) = if l.metadata_only() {
+                    let prev = previous.buildpacks.get(id).and_then(|r| r.layers.get(&l.name));
+                    let reused = prev
+                        .and_then(|r| r.image_layer.as_ref())
+                        .and_then(digests_from_json)
+                        .filter(|d| store.contains(&d.digest))
+                        .ok_or_else(|| {
+                            BuildError::Invalid(format!(
+                                "buildpack {}: launch layer {} has no contents and there is no previous image layer to reuse (write the layer's files, or keep the previous build's cache)",
+                                b.bp.key(),
+                                l.name
+                            ))
+                        })?;
+                    reporter.report(Event::LayerDone {
+                        name: &name,
+                        digests: &reused,
+                        reused: true,
+                        why: Some("only its metadata was written: the previous image's layer"),
+                    });
+                    let snapshot = prev.and_then(|r| r.env_snapshot.clone()).unwrap_or_default();
+                    let dir = cnb_work.join("reused").join(&esc).join(&l.name);
+                    run::materialize_snapshot(&snapshot, &dir)
+                        .map_err(io_err(format!("Failed to restore the env files of layer {name}")))?;
+                    (reused, dir)
+                } else {
+                    let prefix = format!("layers/{esc}/{}", l.name);
+                    let digests = layer_from_dir(ctx, &name, &l.dir, &prefix)?;
+                    (digests, l.dir.clone())
+                };
+                if let Some(r) = record.buildpacks.get_mut(id).and_then(|r| r.layers.get_mut(&l.name)) {
+                    r.image_layer = Some(digests_json(&digests));
+                    r.env_snapshot = Some(
+                        run::snapshot(&env_dir).map_err(io_err(format!("Failed to read the env files of {name}")))?,
+                    );
+                }
+                meta["sha"] = json!(digests.diff_id.to_string());
+                layers.push((digests, format!("imgforge build: layer {inside}")));
+                launch_layers.push((inside, env_dir));
+                for (ext, file) in &l.sboms {
+                    sboms.push((format!("{SBOM_DIR}/{esc}/{}/sbom.{ext}", l.name), file.clone()));
+                }
+            }
+            layer_meta.insert(l.name.clone(), meta);
+        }
+        for (ext, file) in &b.output.launch_sboms {
+            sboms.push((format!("{SBOM_DIR}/{esc}/sbom.{ext}"), file.clone()));
+        }
+        let mut entry = json!({ "key": id, "version": b.bp.info.version, "layers": layer_meta });
+        if let Some(s) = &b.output.store {
+            entry["store"] = json!({ "metadata": serde_json::to_value(&s.metadata).unwrap_or(Value::Null) });
+        }
+        lifecycle_bps.push(entry);
+    }
+    let mut lifecycle = json!({ "buildpacks": lifecycle_bps });
+    if !sboms.is_empty() {
+        let dir = cnb_work.join("sbom");
+        for (inside, file) in &sboms {
+            let to = dir.join(inside.trim_start_matches(&format!("{SBOM_DIR}/")));
+            fs::create_dir_all(to.parent().unwrap_or(&dir))
+                .map_err(io_err(format!("Failed to create {}", dir.display())))?;
+            fs::copy(file, &to).map_err(io_err(format!("Failed to copy {}", file.display())))?;
+        }
+        let digests = layer_from_dir(ctx, "sbom", &dir, SBOM_DIR)?;
+        lifecycle["sbom"] = json!({ "sha": digests.diff_id.to_string() });
+        layers.push((digests, "imgforge build: SBOM".into()));
+    }
+
+    // The app: slices first, then the rest.
+    let globs: Vec<Vec<String>> =
+        outcome.built.iter().flat_map(|b| b.output.launch.slices.iter().map(|s| s.paths.clone())).collect();
+    let built =
+        scan_tree(&app, &|_, _| true).map_err(io_err(format!("Failed to read the built app in {}", app.display())))?;
+    let parts = split::slices(&built, &globs).map_err(BuildError::Invalid)?;
+    let mut app_shas = Vec::new();
+    for part in parts {
+        let key = ctx.key(&part.tree, &mut build_stat)?;
+        let digests = ctx.cached_layer(&part.name, &part.tree, &key)?;
+        app_shas.push(json!({ "sha": digests.diff_id.to_string() }));
+        layers.push((digests, format!("imgforge build: {} at {workdir}", part.name)));
+    }
+    lifecycle["app"] = json!(app_shas);
+    if let Some(top) = base.layers.last() {
+        lifecycle["runImage"] = json!({
+            "topLayer": top.diff_id.to_string(),
+            "reference": base.manifest_digest.map(|d| d.to_string()).unwrap_or_default(),
+        });
+    }
+
+    // Processes: a later buildpack's type replaces an earlier one's; the last default wins.
+    let mut procs: BTreeMap<String, (String, Process)> = BTreeMap::new();
+    let mut default = None;
+    for b in &outcome.built {
+        for p in &b.output.launch.processes {
+            if p.default {
+                default = Some(p.kind.clone());
+            }
+            procs.insert(p.kind.clone(), (b.bp.info.id.clone(), p.clone()));
+        }
+    }
+    let mut processes = BTreeMap::new();
+    let mut build_procs = Vec::new();
+    for (kind, (bp_id, p)) in &procs {
+        let (argv, shell) = p.argv();
+        processes.insert(kind.clone(), super::launch::sh_command(&argv, shell, p.working_dir.as_deref()));
+        let (command, args) = match &p.command {
+            crate::buildpack::cnb::layers::Command::List(c) => (json!(c), json!(p.args)),
+            crate::buildpack::cnb::layers::Command::One(c) => (json!([c]), json!(p.args)),
+        };
+        let mut v = json!({
+            "type": kind, "command": command, "args": args, "direct": !shell,
+            "default": default.as_deref() == Some(kind.as_str()), "buildpackID": bp_id,
+        });
+        if let Some(w) = &p.working_dir {
+            v["working-dir"] = json!(w);
+        }
+        build_procs.push(v);
+    }
+    let mut launch_env = BTreeMap::new();
+    for name in procs.keys().map(String::as_str).chain(["_"]) {
+        let process = (name != "_").then_some(name);
+        let mut changes: Vec<Change> = Vec::new();
+        let mut sources = Vec::new();
+        for (inside, host) in &launch_layers {
+            changes.extend(
+                changes_for_layer(inside, host, Phase::Launch, process)
+                    .map_err(io_err(format!("Failed to read the env files of {}", host.display())))?,
+            );
+            sources.extend(profile_scripts(inside, host, process));
+        }
+        sources.push(format!("{workdir}/.profile"));
+        launch_env.insert(name.to_string(), super::launch::cnb_env_script(&changes, &sources));
+    }
+
+    let buildpacks: Vec<Value> = outcome
+        .built
+        .iter()
+        .map(|b| {
+            let mut v = json!({ "id": b.bp.info.id, "version": b.bp.info.version });
+            if !b.bp.info.homepage.is_empty() {
+                v["homepage"] = json!(b.bp.info.homepage);
+            }
+            v
+        })
+        .collect();
+    let mut labels = BTreeMap::new();
+    labels.insert(
+        LABEL_BUILD.to_string(),
+        json!({ "buildpacks": buildpacks, "processes": build_procs, "bom": null, "launcher": {} }).to_string(),
+    );
+    labels.insert(LABEL_LIFECYCLE.to_string(), lifecycle.to_string());
+    let project = match (&git.source, &git.revision) {
+        (_, Some(rev)) => {
+            json!({ "source": { "type": "git", "version": { "commit": rev }, "metadata": { "repository": git.source } } })
+        }
+        _ => json!({}),
+    };
+    labels.insert(LABEL_PROJECT.to_string(), project.to_string());
+    for b in &outcome.built {
+        for l in &b.output.launch.labels {
+            labels.insert(l.key.clone(), l.value.clone());
+        }
+    }
+    Ok(Produced {
+        layers,
+        processes,
+        release_env: Vec::new(),
+        heroku: false,
+        outcome: None,
+        build_key: None,
+        _work: None,
+        launch_env,
+        labels,
+        default_process: default,
+        cnb: Some(Pending { outcome, record, work: cnb_work, dest: state }),
+    })
+}
+
+/// `profile.d/*` then `profile.d/<process>/*` of one layer, as paths inside the image.
+fn profile_scripts(inside: &str, host: &Path, process: Option<&str>) -> Vec<String> {
+    let list = |rel: &str| -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(host.join(rel))
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+                    .filter_map(|e| e.file_name().into_string().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names.into_iter().map(|n| format!("{inside}/{rel}/{n}")).collect()
+    };
+    let mut out = list("profile.d");
+    if let Some(p) = process {
+        out.extend(list(&format!("profile.d/{p}")));
+    }
+    out
+}
+
+/// One layer of a directory's contents at `prefix` in the image, through the layer cache.
+fn layer_from_dir(ctx: &LayerCtx<'_>, name: &str, dir: &Path, prefix: &str) -> Result<LayerDigests, BuildError> {
+    let tree = scan_tree(dir, &|_, _| true).map_err(io_err(format!("Failed to read {}", dir.display())))?;
+    let sub = LayerCtx {
+        store: ctx.store,
+        cache: ctx.cache.clone(),
+        rules: ctx.rules,
+        compress: ctx.compress,
+        owner: ctx.owner,
+        prefix: prefix.as_bytes().to_vec(),
+        scope: ctx.scope.clone(),
+        reporter: ctx.reporter,
+    };
+    let key = sub.key(&tree, &mut StatCache::ephemeral())?;
+    sub.cached_layer(name, &tree, &key)
+}
+
+/// Where imgforge keeps an app's CNB state (record and cache layers).
+fn state_dir(store: &BlobStore, scope: &str) -> Result<PathBuf, BuildError> {
+    Ok(store.bucket("cnb-v1")?.join(hex::encode(Sha256::digest(scope.as_bytes()))))
+}
