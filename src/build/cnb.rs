@@ -124,6 +124,9 @@ pub(super) fn cnb_layers(
     let cache = state.join(CACHE_DIR);
     let cnb_work = work.join("cnb");
     fs::create_dir_all(&cnb_work).map_err(io_err(format!("Failed to create {}", cnb_work.display())))?;
+    // Buildpacks run elsewhere (their own root): every path they are given is absolute.
+    let cnb_work = fs::canonicalize(&cnb_work).map_err(io_err(format!("Failed to resolve {}", cnb_work.display())))?;
+    let app = fs::canonicalize(&app).map_err(io_err(format!("Failed to resolve {}", app.display())))?;
     reporter.report(Event::Step("Running buildpacks"));
     let p = Platform {
         app: &app,

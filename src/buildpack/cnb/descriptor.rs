@@ -144,8 +144,11 @@ impl Descriptor {
         format!("{}@{}", self.info.id, self.info.version)
     }
 
-    /// Reads `dir/buildpack.toml`.
+    /// Reads `dir/buildpack.toml`. The descriptor keeps `dir` made absolute: buildpacks run
+    /// with another working directory.
     pub fn load(dir: &Path) -> Result<Descriptor, CnbError> {
+        let dir = &fs::canonicalize(dir)
+            .map_err(|source| CnbError::Io { what: format!("Failed to read {}", dir.display()), source })?;
         let path = dir.join(DESCRIPTOR);
         let mut text = String::new();
         fs::File::open(&path)

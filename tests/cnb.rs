@@ -1,0 +1,248 @@
+//! End-to-end tests for Cloud Native Buildpacks (`imgforge build APP --base IMAGE
+//! --buildpacks-dir DIR` / `--buildpack PATH`): the real binary builds in its user and
+//! mount namespace, rootless podman runs the images. The buildpacks are bash scripts in
+//! testdata/cnb/ (see its README); the images use the busybox base.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+use common::*;
+
+/// A copy of testdata/cnb at `<t>/cnb`, readable by the test user.
+fn buildpacks(t: &TestDir) -> PathBuf {
+    let dst = t.join("cnb");
+    copy_tree(&testdata("cnb"), &dst);
+    share(&dst);
+    dst
+}
+
+/// An app the runtime buildpack detects, with a `public/` slice.
+fn sample_app(t: &TestDir) -> PathBuf {
+    let dir = t.mkdir("app");
+    t.write("app/runtime.txt", "greet-1\n");
+    t.write("app/server.txt", "v1\n");
+    t.write("app/public/index.html", "<h1>hi</h1>\n");
+    share(&dir);
+    dir
+}
+
+fn out_ref(t: &TestDir, tag: &str) -> String {
+    format!("oci:{}:{tag}", t.join("out").display())
+}
+
+fn cnb_build(t: &TestDir, app: &Path, bps: &Path, tag: &str) -> Command {
+    let mut c = t.imgforge();
+    c.arg("build")
+        .arg(app)
+        .arg("--base")
+        .arg(t.busybox_copy())
+        .arg("-t")
+        .arg(out_ref(t, tag))
+        .arg("--buildpacks-dir")
+        .arg(bps)
+        .args(["--env", "GREETING=hi", "--env", "DEF_KEPT=user", "--env", "APPENDED=start"])
+        .args(["--env", "PREPENDED=rest", "--env", "OVERRIDDEN=user"]);
+    c
+}
+
+fn build(c: &mut Command) -> (String, String) {
+    let out = run(c);
+    assert!(out.status.success(), "imgforge build failed\n{}", report(c, &out));
+    let d = parse_digest_line(&out.stdout).unwrap_or_else(|e| panic!("{e}\n{}", report(c, &out)));
+    (d, stderr_str(&out))
+}
+
+/// The image config of `tag` in `<t>/out`.
+fn config(t: &TestDir, tag: &str) -> Value {
+    let layout = t.join("out");
+    let m = layout_manifest(&layout, tag);
+    serde_json::from_slice(&read_blob(&layout, m["config"]["digest"].as_str().unwrap())).unwrap()
+}
+
+fn label(config: &Value, key: &str) -> Value {
+    let text = config["config"]["Labels"][key].as_str().unwrap_or_else(|| panic!("no label {key}: {config}"));
+    serde_json::from_str(text).unwrap()
+}
+
+/// `layer name -> diff_id` of each buildpack layer, from io.buildpacks.lifecycle.metadata.
+fn launch_layers(config: &Value) -> BTreeMap<String, String> {
+    let md = label(config, "io.buildpacks.lifecycle.metadata");
+    let mut out = BTreeMap::new();
+    for bp in md["buildpacks"].as_array().unwrap() {
+        for (name, l) in bp["layers"].as_object().unwrap() {
+            if let Some(sha) = l["sha"].as_str() {
+                out.insert(format!("{}:{name}", bp["key"].as_str().unwrap()), sha.to_string());
+            }
+        }
+    }
+    out
+}
+
+fn assert_has(haystack: &str, needle: &str, what: &str) {
+    assert!(haystack.contains(needle), "{what}: expected {needle:?} in:\n{haystack}");
+}
+
+#[test]
+fn composite_builds_an_image_whose_processes_run_by_name_with_the_launch_env() {
+    let t = TestDir::new();
+    let (bps, app) = (buildpacks(&t), sample_app(&t));
+    let (_, stderr) = build(&mut cnb_build(&t, &app, &bps, "v1"));
+    assert_has(&stderr, "---> runtime build", "runtime's output is streamed");
+    assert_has(&stderr, "app build sees GREETING=hi and plan entries: 0", "app's output, user env");
+    let image = out_ref(&t, "v1");
+
+    // The default process, with no arguments: the runtime's bin on PATH, its env, the
+    // process-specific env.launch/web and profile.d.
+    let web = podman_run_ok(&image, &[]);
+    assert_eq!(
+        web.trim(),
+        "greet web from /layers/imgforge-test_runtime/runtime: RUNTIME_HOME=/layers/imgforge-test_runtime/runtime WEB_ONLY=web-only PROFILE_RAN=yes GREETING=hi"
+    );
+    // Another process by name: its working dir and args, no web-only env.
+    let worker = podman_run_ok(&image, &["worker"]);
+    assert_eq!(worker.trim(), "worker in /workspace/public WEB_ONLY=unset arg one it's");
+    // Every env-file suffix, over the image env set by --env.
+    let env = podman_run_ok(&image, &["env-dump"]);
+    for want in [
+        "DEF_SET=from-default",
+        "DEF_KEPT=user",
+        "APPENDED=start,tail",
+        "PREPENDED=head:rest",
+        "OVERRIDDEN=overridden",
+        "RUNTIME_HOME=/layers/imgforge-test_runtime/runtime",
+        "PROFILE_RAN=yes",
+    ] {
+        assert!(env.lines().any(|l| l == want), "env-dump: expected line {want:?} in:\n{env}");
+    }
+    assert!(!env.contains("BUILD_ONLY"), "env.build must not reach the image:\n{env}");
+    assert!(
+        env.lines().any(|l| l
+            .starts_with("PATH=/layers/imgforge-test_runtime/tools/bin:/layers/imgforge-test_runtime/runtime/bin:")),
+        "{env}"
+    );
+    // A plain command gets the launch env too; the plan the runtime saw has the app's require.
+    let plan = podman_run_ok(&image, &["cat", "/layers/imgforge-test_runtime/runtime/plan.toml"]);
+    assert_has(&plan, "name = \"runtime\"", "runtime's plan (the [[or]] alternative)");
+    assert_has(&plan, "flavour = \"vanilla\"", "require metadata");
+    // SBOMs at the documented path; the slice's files in the image.
+    let sbom = podman_run_ok(
+        &image,
+        &[
+            "cat",
+            "/layers/sbom/launch/imgforge-test_runtime/runtime/sbom.cdx.json",
+            "/layers/sbom/launch/imgforge-test_runtime/sbom.spdx.json",
+            "/workspace/public/index.html",
+        ],
+    );
+    assert_has(&sbom, "CycloneDX", "layer SBOM");
+    assert_has(&sbom, "SPDX-2.3", "launch SBOM");
+    assert_has(&sbom, "<h1>hi</h1>", "slice file");
+
+    // Labels as the lifecycle writes them.
+    let cfg = config(&t, "v1");
+    let bm = label(&cfg, "io.buildpacks.build.metadata");
+    let ids: Vec<&str> = bm["buildpacks"].as_array().unwrap().iter().map(|b| b["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["imgforge-test/runtime", "imgforge-test/app"], "the optional extra is dropped: {bm}");
+    let procs: Vec<&str> = bm["processes"].as_array().unwrap().iter().map(|p| p["type"].as_str().unwrap()).collect();
+    assert_eq!(procs, ["env-dump", "web", "worker"]);
+    let web_md = bm["processes"].as_array().unwrap().iter().find(|p| p["type"] == "web").unwrap();
+    assert_eq!(web_md["default"], true);
+    assert_eq!(web_md["buildpackID"], "imgforge-test/app");
+    assert_eq!(web_md["command"], serde_json::json!(["greet", "web"]));
+    let layers = launch_layers(&cfg);
+    assert_eq!(layers.keys().collect::<Vec<_>>(), ["imgforge-test/runtime:runtime", "imgforge-test/runtime:tools"]);
+    let diff_ids: Vec<&str> =
+        cfg["rootfs"]["diff_ids"].as_array().unwrap().iter().map(|d| d.as_str().unwrap()).collect();
+    for sha in layers.values() {
+        assert!(diff_ids.contains(&sha.as_str()), "label layer {sha} is an image layer");
+    }
+    let lm = label(&cfg, "io.buildpacks.lifecycle.metadata");
+    assert_eq!(lm["app"].as_array().unwrap().len(), 2, "the slice and the rest of the app: {lm}");
+    assert!(lm["sbom"]["sha"].is_string(), "{lm}");
+    let runtime_md = &lm["buildpacks"][0];
+    assert_eq!(runtime_md["layers"]["runtime"]["data"]["version"], "1.0.0");
+    assert_eq!(runtime_md["layers"]["downloads"]["cache"], true);
+    assert_eq!(runtime_md["store"]["metadata"]["runs"], 1);
+    assert_eq!(label(&cfg, "io.buildpacks.project.metadata"), serde_json::json!({}));
+    assert_eq!(cfg["config"]["Labels"]["org.example.built-by"], "imgforge-test/app");
+    assert_eq!(cfg["config"]["WorkingDir"], "/workspace");
+}
+
+#[test]
+fn rebuild_after_an_app_change_restores_the_cache_and_rewrites_no_launch_layer() {
+    let t = TestDir::new();
+    let (bps, app) = (buildpacks(&t), sample_app(&t));
+    let (d1, _) = build(&mut cnb_build(&t, &app, &bps, "v1"));
+    fs::write(app.join("server.txt"), "v2\n").unwrap();
+    let (d2, stderr) = build(&mut cnb_build(&t, &app, &bps, "v2"));
+    assert_ne!(d1, d2);
+    assert_has(&stderr, "tools: unchanged, reusing the previous layer", "the buildpack saw its restored tools.toml");
+    let (c1, c2) = (config(&t, "v1"), config(&t, "v2"));
+    assert_eq!(launch_layers(&c1), launch_layers(&c2), "no launch layer changed");
+    let image = out_ref(&t, "v2");
+    // Cache layer restored (second build counted), store.toml kept, metadata-only layer reused.
+    let out = podman_run_ok(
+        &image,
+        &["cat", "/workspace/cache-count.txt", "/workspace/store-runs.txt", "/workspace/server.txt"],
+    );
+    assert_eq!(out, "2\n2\nv2\n");
+    assert_eq!(podman_run_ok(&image, &["tools-version"]), "tools-v1\n");
+    // The same inputs in a fresh cache give the same image.
+    let t2 = TestDir::new();
+    let (bps2, app2) = (buildpacks(&t2), sample_app(&t2));
+    let mut c = cnb_build(&t2, &app2, &bps2, "v1");
+    let (e1, _) = build(&mut c);
+    let t3 = TestDir::new();
+    let (bps3, app3) = (buildpacks(&t3), sample_app(&t3));
+    let (e2, _) = build(&mut cnb_build(&t3, &app3, &bps3, "v1"));
+    assert_eq!(e1, e2, "same inputs, same digest");
+    // --clear-cache starts the cache layers empty.
+    let (_, _) = build(cnb_build(&t, &app, &bps, "v3").arg("--clear-cache"));
+    assert_eq!(podman_run_ok(&out_ref(&t, "v3"), &["cat", "/workspace/cache-count.txt"]), "1\n");
+}
+
+#[test]
+fn no_passing_group_names_the_unmet_requirement_and_who_required_it() {
+    let t = TestDir::new();
+    let bps = buildpacks(&t);
+    let app = t.mkdir("plain");
+    t.write("plain/readme.txt", "no runtime.txt here\n");
+    share(&app);
+    let mut c = cnb_build(&t, &app, &bps, "v1");
+    let out = run(&mut c);
+    assert_eq!(out.status.code(), Some(1), "{}", report(&c, &out));
+    let err = stderr_str(&out);
+    assert_has(&err, "no group of buildpacks passes detection", "headline");
+    assert_has(
+        &err,
+        "imgforge-test/java requires \"jdk\", which neither it nor an earlier buildpack provides",
+        "unmet",
+    );
+    assert_has(&err, "imgforge-test/runtime@1.0.0 did not pass detect (exit code 100)", "the composite's group");
+}
+
+#[test]
+fn a_group_mixing_cnb_and_heroku_buildpacks_is_refused() {
+    let t = TestDir::new();
+    let bps = buildpacks(&t);
+    let heroku = t.join("heroku-node");
+    copy_tree(&testdata("buildpacks/node"), &heroku);
+    share(&heroku);
+    let app = sample_app(&t);
+    let mut c = t.imgforge();
+    c.arg("build").arg(&app).arg("--base").arg(t.busybox_copy()).arg("-t").arg(out_ref(&t, "x"));
+    c.arg("--buildpack").arg(bps.join("runtime")).arg("--buildpack").arg(&heroku);
+    let out = run(&mut c);
+    assert_eq!(out.status.code(), Some(1), "{}", report(&c, &out));
+    assert_has(
+        &stderr_str(&out),
+        "mix Cloud Native Buildpacks (runtime, with buildpack.toml) and Heroku-classic buildpacks (heroku-node",
+        "message",
+    );
+}
