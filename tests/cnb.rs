@@ -183,6 +183,10 @@ fn rebuild_after_an_app_change_restores_the_cache_and_rewrites_no_launch_layer()
     let (d2, stderr) = build(&mut cnb_build(&t, &app, &bps, "v2"));
     assert_ne!(d1, d2);
     assert_has(&stderr, "tools: unchanged, reusing the previous layer", "the buildpack saw its restored tools.toml");
+    // Unchanged launch layers are not written again (input-addressed), nor is the metadata-only one.
+    assert_has(&stderr, "Layer imgforge-test/runtime:runtime: reused", "unchanged layer");
+    assert_has(&stderr, "Layer imgforge-test/runtime:tools: reused", "metadata-only layer");
+    assert_has(&stderr, "Layer app: written", "the changed app layer");
     let (c1, c2) = (config(&t, "v1"), config(&t, "v2"));
     assert_eq!(launch_layers(&c1), launch_layers(&c2), "no launch layer changed");
     let image = out_ref(&t, "v2");

@@ -314,6 +314,11 @@ impl Ctx<'_> {
 }
 
 fn detect_one(ctx: &Ctx<'_>, bp: &Descriptor) -> Result<Answer, CnbError> {
+    if !bp.targets.is_empty() && !bp.targets.iter().any(|t| t.matches(ctx.p.os, ctx.p.arch)) {
+        let why = format!("its [[targets]] do not include {}/{}", ctx.p.os, ctx.p.arch);
+        ctx.p.reporter.report(Event::Detail(format!("{}: {why}", bp.key())));
+        return Ok(Answer::Fail(why));
+    }
     let path = script(bp, "detect")?;
     let dir = ctx.p.work.join("detect").join(escape_id(&bp.info.id));
     fs::create_dir_all(&dir).map_err(io_err(format!("Failed to create {}", dir.display())))?;
@@ -595,6 +600,26 @@ printf '[[processes]]\ntype = "web"\ncommand = ["node"]\ndefault = true\n' > "$1
     }
 
     #[test]
+    fn clear_env_hides_the_user_env_but_not_the_platform_dir() {
+        let f = fixture();
+        let bp = buildpack(
+            &f.bps,
+            "acme/clean",
+            "true",
+            r#"echo "${GREETING:-unset} $(cat "$2/env/GREETING")" > "$1/seen""#,
+        );
+        let toml = fs::read_to_string(bp.dir.join("buildpack.toml"))
+            .unwrap()
+            .replace("version = \"1\"", "version = \"1\"\nclear-env = true");
+        fs::write(bp.dir.join("buildpack.toml"), toml).unwrap();
+        let bp = Arc::new(Descriptor::load(&bp.dir).unwrap());
+        let env = [("GREETING".to_string(), "hi".to_string())];
+        let previous = Record::default();
+        let out = run(&[vec![(bp, false)]], &Index::default(), &platform(&f, &env, &previous, None)).unwrap();
+        assert_eq!(fs::read_to_string(out.built[0].dir.join("seen")).unwrap(), "unset hi\n");
+    }
+
+    #[test]
     fn no_group_says_which_requirement_was_unmet_and_by_whom() {
         let f = fixture();
         let a = buildpack(&f.bps, "acme/a", r#"printf '[[requires]]\nname = "jdk"\n' > "$2""#, "true");
@@ -607,6 +632,16 @@ printf '[[processes]]\ntype = "web"\ncommand = ["node"]\ndefault = true\n' > "$1
             "{e}"
         );
         assert!(e.contains("[acme/b@1]: acme/b@1 did not pass detect (exit code 100)"), "{e}");
+        // [[targets]] that exclude the image's platform: not detected, bin/detect not run.
+        let arm = buildpack(&f.bps, "acme/arm", "echo ran > /dev/null", "true");
+        fs::write(
+            arm.dir.join("buildpack.toml"),
+            "api = \"0.10\"\n[buildpack]\nid = \"acme/arm\"\nversion = \"1\"\n[[targets]]\nos = \"linux\"\narch = \"arm64\"\n",
+        )
+        .unwrap();
+        let arm = Arc::new(Descriptor::load(&arm.dir).unwrap());
+        let e = run(&[vec![(arm, false)]], &Index::default(), &p).unwrap_err().to_string();
+        assert!(e.contains("acme/arm@1 did not pass detect (its [[targets]] do not include linux/amd64)"), "{e}");
         let bad = buildpack(&f.bps, "acme/bad", "exit 3", "true");
         let e = run(&[vec![(bad, false)]], &Index::default(), &p).unwrap_err().to_string();
         assert!(e.contains("acme/bad@1: bin/detect failed with exit code 3"), "{e}");
