@@ -2,7 +2,7 @@
 # End-to-end comparison of imgforge with other tools doing the same work. See benches/README.md.
 #
 # usage: benches/compare.sh [-n RUNS] [CASE...]
-#   CASE: gzip_vs_umoci zstd_vs_floor gzip_floor big_layer_rss rebuild_vs_buildah
+#   CASE: gzip_vs_umoci zstd_vs_floor gzip_floor big_layer_rss rebuild_vs_buildah cnb_rebuild
 #         (default: all of them, in that order)
 # env:
 #   RUNS=3                          runs per command; the table shows the median (also min and max)
@@ -38,7 +38,7 @@ TREE_FILES=${TREE_FILES:-12000}
 TREE_MB=${TREE_MB:-100}
 BIG_FILES=${BIG_FILES:-2000}
 BIG_MB=${BIG_MB:-1024}
-ALL_CASES=(gzip_vs_umoci zstd_vs_floor gzip_floor big_layer_rss rebuild_vs_buildah)
+ALL_CASES=(gzip_vs_umoci zstd_vs_floor gzip_floor big_layer_rss rebuild_vs_buildah cnb_rebuild)
 
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; exit 2; }
 cases=()
@@ -609,6 +609,48 @@ case_rebuild_vs_buildah() {
   info "buildah 1-file / imgforge 1-file (no target)" \
     "$(ratio "$(stat_of rb_bh_one median_fine)" "$(stat_of rb_if_one median_fine)")" x
   ((bad == 0)) || die "imgforge's one-file rebuild changed more than the app layer (see the notes)"
+}
+
+# 6. Rebuilds of the same app with a Cloud Native Buildpack (benches/cnb-buildpack): cold,
+# nothing changed (the whole-build cache), one app file changed (the buildpack writes only
+# deps.toml: the deps layer comes from the previous image). Only the app layer may change.
+case_cnb_rebuild() {
+  local rb=$run/cnb-rebuild bp app out cache i changed bad=0 if_cold
+  umask 022
+  fresh "$rb"
+  mkdir -p "$rb"
+  bp=$rb/buildpack app=$rb/app out=$rb/out cache=$rb/cache
+  cp -a "$here/cnb-buildpack" "$bp"
+  ln -s "$TREE" "$bp/store"
+  local ifb=("$IMGFORGE" build "$app" --base "oci:$BASE:bookworm" -b "$bp" -t "oci:$out:app"
+    --cache-dir "$cache" -q)
+  for i in $(seq "$RUNS"); do
+    make_rebuild_app "$app" v0
+    fresh "$out" "$cache"
+    measure cnb_cold "${ifb[@]}"
+    if_cold=$(tr -d '\n' <"$res/cnb_cold.stdout")
+    layout_layers "$out" app >"$res/cnb.before"
+    sync
+    measure cnb_noop "${ifb[@]}"
+    [ "$(tr -d '\n' <"$res/cnb_noop.stdout")" = "$if_cold" ] ||
+      die "imgforge's CNB no-op rebuild made $(cat "$res/cnb_noop.stdout"), its cold build $if_cold"
+    make_rebuild_app "$app" "v$i"
+    sync
+    measure cnb_one "${ifb[@]}"
+    layout_layers "$out" app >"$res/cnb.after"
+    changed=$(changed_layers "$res/cnb.before" "$res/cnb.after")
+    if [ "$changed" != "app_at_/workspace" ]; then
+      bad=1
+      note "run $i: the CNB one-file rebuild changed these layers: $changed (expected: app_at_/workspace only)"
+    fi
+  done
+  row 6 cnb_cold "imgforge CNB build, cold" cnb_cold - "$TREE_TAR"
+  row 6 cnb_noop "imgforge CNB rebuild, nothing changed" cnb_cold - -
+  row 6 cnb_one "imgforge CNB rebuild, 1 file changed" cnb_cold - -
+  target "imgforge CNB 1-file rebuild / cold build" \
+    "$(ratio "$(stat_of cnb_one median_fine)" "$(stat_of cnb_cold median_fine)")" 0.10 x
+  target "layers a 1-file edit changes (imgforge CNB)" "$( ((bad)) && echo not-only-app || echo app)" app - eq
+  ((bad == 0)) || die "imgforge's CNB one-file rebuild changed more than the app layer (see the notes)"
 }
 
 # ---------------------------------------------------------------------------------------------
