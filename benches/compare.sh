@@ -670,7 +670,7 @@ print_table() {
       "$([ "$size" != - ] && ratio "$tar" "$size" || echo -)"
   done <"$res/table"
   printf '\nratio: median / median of the case'"'"'s reference (umoci for 1, the zstd floor for 2,\n'
-  printf 'each tool'"'"'s cold build for 5).\n'
+  printf 'each tool'"'"'s cold build for 5 and 6).\n'
   printf 'layer MB: compressed size of the layer (of the output file for the floors).\n'
   printf 'cpu s: user+sys, median. RSS: peak over runs. tar:z: uncompressed tar bytes / compressed.\n'
 }

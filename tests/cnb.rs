@@ -212,6 +212,27 @@ fn rebuild_after_an_app_change_restores_the_cache_and_rewrites_no_launch_layer()
 }
 
 #[test]
+fn a_failed_build_leaves_the_kept_cache_as_it_was() {
+    let t = TestDir::new();
+    let (bps, app) = (buildpacks(&t), sample_app(&t));
+    build(&mut cnb_build(&t, &app, &bps, "v1"));
+    t.write("app/fail.txt", "x");
+    let mut c = cnb_build(&t, &app, &bps, "v2");
+    let out = run(&mut c);
+    assert_eq!(out.status.code(), Some(1), "{}", report(&c, &out));
+    assert_has(&stderr_str(&out), "imgforge-test/runtime@1.0.0: bin/build failed with exit code 1", "failure");
+    fs::remove_file(app.join("fail.txt")).unwrap();
+    // A changed app, so that the buildpacks run again (an unchanged one reuses v1 whole).
+    t.write("app/server.txt", "v3\n");
+    build(&mut cnb_build(&t, &app, &bps, "v3"));
+    // The failed build counted in its copy of the cache, which was thrown away.
+    assert_eq!(
+        podman_run_ok(&out_ref(&t, "v3"), &["cat", "/workspace/cache-count.txt", "/workspace/store-runs.txt"]),
+        "2\n2\n"
+    );
+}
+
+#[test]
 fn no_passing_group_names_the_unmet_requirement_and_who_required_it() {
     let t = TestDir::new();
     let bps = buildpacks(&t);

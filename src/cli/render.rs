@@ -48,7 +48,7 @@ fn line(event: &Event<'_>, verbose: bool) -> Option<String> {
             format!("Wrote {reference}: {written} blobs copied ({}){linked}, {present} already there", mb(*bytes))
         }
         Event::Detected { buildpack, applies: true, framework } => {
-            format!("Buildpack {buildpack}: detected {framework}")
+            format!("Buildpack {buildpack}: detected {framework}").trim_end().to_string()
         }
         Event::Detected { buildpack, applies: false, .. } => format!("Buildpack {buildpack}: does not apply"),
         Event::BuildpackOutput { line, .. } => line.to_string(),
