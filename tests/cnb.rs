@@ -253,6 +253,34 @@ fn no_passing_group_names_the_unmet_requirement_and_who_required_it() {
 }
 
 #[test]
+fn exec_d_is_refused_with_a_message() {
+    let t = TestDir::new();
+    let bps = buildpacks(&t);
+    let app = t.mkdir("execd-app");
+    t.write("execd-app/execd.txt", "x");
+    share(&app);
+    let mut c = cnb_build(&t, &app, &bps, "v1");
+    let out = run(&mut c);
+    assert_eq!(out.status.code(), Some(1), "{}", report(&c, &out));
+    assert_has(
+        &stderr_str(&out),
+        "buildpack imgforge-test/execd@1.0.0: layer tool has exec.d, which imgforge does not support",
+        "message",
+    );
+}
+
+#[test]
+fn a_base_without_a_shell_is_refused_for_the_launch_env() {
+    let t = TestDir::new();
+    let (bps, app) = (buildpacks(&t), sample_app(&t));
+    let mut c = t.imgforge();
+    c.arg("build").arg(&app).args(["--base", "scratch", "-t"]).arg(out_ref(&t, "x")).arg("--buildpacks-dir").arg(&bps);
+    let out = run(&mut c);
+    assert_eq!(out.status.code(), Some(1), "{}", report(&c, &out));
+    assert_has(&stderr_str(&out), "the base image has no /bin/sh: imgforge's launcher needs it", "message");
+}
+
+#[test]
 fn a_group_mixing_cnb_and_heroku_buildpacks_is_refused() {
     let t = TestDir::new();
     let bps = buildpacks(&t);

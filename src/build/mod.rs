@@ -292,6 +292,11 @@ pub fn build(opts: &BuildOptions, reporter: &dyn Reporter) -> Result<BuildResult
     let mut changes =
         ConfigChanges { created: config::rfc3339(epoch), working_dir: Some(workdir.clone()), ..Default::default() };
     let has_shell = !processes.is_empty() && facts.get()?.has_shell;
+    if !processes.is_empty() && !has_shell && !launch_env.is_empty() {
+        return Err(BuildError::Invalid(
+            "the base image has no /bin/sh: imgforge's launcher needs it to apply the Cloud Native Buildpacks' launch environment (env files, profile.d); use a base with a shell".into(),
+        ));
+    }
     if has_shell {
         let launch = write_layer(&store, opts.compress, rules, "launch", None, reporter, |tar| {
             launch::write_launch_layer(tar, &processes, &launch_env)
