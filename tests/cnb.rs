@@ -212,6 +212,30 @@ fn rebuild_after_an_app_change_restores_the_cache_and_rewrites_no_launch_layer()
 }
 
 #[test]
+fn an_unprivileged_user_builds_the_same_image() {
+    let t = TestDir::new();
+    let (bps, app) = (buildpacks(&t), sample_app(&t));
+    let (as_root, _) = build(&mut cnb_build(&t, &app, &bps, "v1"));
+    let Some(mut c) = t.imgforge_as_test_user() else {
+        eprintln!("note: not root, so the build as another user is not run (this run was unprivileged already)");
+        return;
+    };
+    let out_dir = t.user_dir("user-out");
+    c.arg("build")
+        .arg(&app)
+        .arg("--base")
+        .arg(t.busybox_copy())
+        .arg("-t")
+        .arg(format!("oci:{}/out:v1", out_dir.display()))
+        .arg("--buildpacks-dir")
+        .arg(&bps)
+        .args(["--env", "GREETING=hi", "--env", "DEF_KEPT=user", "--env", "APPENDED=start"])
+        .args(["--env", "PREPENDED=rest", "--env", "OVERRIDDEN=user"]);
+    let (as_user, _) = build(&mut c);
+    assert_eq!(as_root, as_user, "the rootless build (user namespace, no privileges) gives the same image");
+}
+
+#[test]
 fn a_failed_build_leaves_the_kept_cache_as_it_was() {
     let t = TestDir::new();
     let (bps, app) = (buildpacks(&t), sample_app(&t));

@@ -135,22 +135,14 @@ pub fn resolve(passed: &[Passed]) -> Result<Resolved, Vec<Unmet>> {
 
 fn trial(passed: &[Passed], options: &[Vec<&Sections>], choice: &[usize]) -> Result<Resolved, Unmet> {
     let mut members: Vec<usize> = (0..passed.len()).collect();
-    loop {
-        let problem = check(passed, options, choice, &members);
-        match problem {
-            Ok(entries) if members.is_empty() => {
-                let _ = entries;
-                return Err(Unmet::Empty);
-            }
+    while !members.is_empty() {
+        match check(passed, options, choice, &members) {
             Ok(entries) => return Ok(Resolved { members, entries }),
-            Err((who, unmet)) => {
-                if !passed[who].optional {
-                    return Err(unmet);
-                }
-                members.retain(|&m| m != who);
-            }
+            Err((who, unmet)) if !passed[who].optional => return Err(unmet),
+            Err((who, _)) => members.retain(|&m| m != who),
         }
     }
+    Err(Unmet::Empty)
 }
 
 /// Checks the rules for `members`; the first offender (requires first, then provides).
