@@ -155,8 +155,13 @@ impl Client {
         let ping = match client.ping() {
             Ok(r) => r,
             Err(e) if is_loopback(registry) || !opts.tls_verify => {
+                // Plain http, if a registry answers there; otherwise the https error is the
+                // one worth reporting (a certificate problem, say).
                 client.base = format!("http://{host}");
-                client.ping().map_err(|_| e)?
+                match client.ping() {
+                    Ok(r) if matches!(r.status().as_u16(), 200 | 401) => r,
+                    _ => return Err(e),
+                }
             }
             Err(e) => return Err(e),
         };

@@ -70,8 +70,7 @@ pub fn push(
     // Mount candidates on this registry: the source's repository, and where this process
     // already put a blob.
     let mut sources: HashMap<Digest, String> = HashMap::new();
-    for l in &image.layers {
-        let d = l.descriptor.digest;
+    for d in image.layers.iter().map(|l| l.descriptor.digest).chain([image.config_digest]) {
         if let Some(src) = blobs.mount_source(&d).filter(|s| s.registry == name.registry && s.repository != *repo) {
             sources.insert(d, src.repository);
         } else if let Some(r) = known().lock().expect("lock").get(&(name.registry.clone(), d)) {
@@ -115,7 +114,9 @@ pub fn push(
     })?;
     let config =
         Descriptor::new(crate::image::manifest::media::OCI_CONFIG, image.config_digest, image.config.len() as u64);
-    let o = p.blob(&config, None, &mut || Ok(Box::new(io::Cursor::new(image.config.clone()))))?;
+    let o = p.blob(&config, sources.get(&config.digest).map(String::as_str), &mut || {
+        Ok(Box::new(io::Cursor::new(image.config.clone())))
+    })?;
     remember(&name.registry, config.digest, repo);
     tally(o);
     p.manifest(image)?;
