@@ -402,3 +402,41 @@ fn large_blobs_go_up_in_chunks() {
     assert_eq!(skopeo_inspect_reg(&reg, &dest)["Digest"], digest);
     skopeo_copy(&reg, &dest, &format!("oci:{}:x", t.join("back").display()), &[]);
 }
+
+#[test]
+fn retries_after_429_and_5xx_and_resumes_dropped_downloads_with_range() {
+    use common::registry::{Fault, FlakyProxy};
+    let t = TestDir::new();
+    let reg = Registry::start(&t, Mode::Plain);
+    let proxy = FlakyProxy::start(reg.port);
+    let base = proxy.reference("base:1");
+
+    // Push: a 429 with Retry-After on a HEAD, a 503 on starting an upload, a 500 on the
+    // upload itself. Each is retried; the 429 waits the second it asks for.
+    proxy.inject(Fault::Status { method: "HEAD", path_contains: "/blobs/", status: 429, retry_after: Some(1) });
+    proxy.inject(Fault::Status { method: "POST", path_contains: "/blobs/uploads/", status: 503, retry_after: None });
+    proxy.inject(Fault::Status { method: "PUT", path_contains: "/blobs/uploads/", status: 500, retry_after: None });
+    let start = std::time::Instant::now();
+    let digest = copy_ok(&mut imgforge_for(&t, &reg), &busybox_ref(), &base);
+    assert!(start.elapsed() >= std::time::Duration::from_secs(1), "Retry-After was not honoured");
+    assert!(proxy.faults.lock().unwrap().is_empty(), "not every fault was hit");
+    assert_eq!(skopeo_inspect_reg(&reg, &reg.reference("base:1"))["Digest"], digest);
+
+    // Pull: the layer download is cut off halfway; the rest comes with a Range request.
+    let layer = layer_digests(&skopeo_inspect_reg(&reg, &reg.reference("base:1")))[0].clone();
+    proxy.seen.lock().unwrap().clear();
+    let leaked: &'static str = Box::leak(layer.clone().into_boxed_str());
+    proxy.inject(Fault::Truncate { method: "GET", path_contains: leaked });
+    let mut c = imgforge_for(&t, &reg);
+    c.env("IMGFORGE_CACHE_DIR", t.join("pull-cache"));
+    let out = t.join("out");
+    assert_eq!(copy_ok(&mut c, &base, &format!("oci:{}:x", out.display())), digest);
+    read_blob(&out, &layer);
+    let seen = proxy.seen.lock().unwrap().clone();
+    let gets: Vec<_> = seen.iter().filter(|s| s.method == "GET" && s.path.ends_with(&layer)).collect();
+    assert_eq!(gets.len(), 2, "{seen:#?}");
+    let range = gets[1].range.as_deref().unwrap_or_default();
+    let from: u64 =
+        range.strip_prefix("bytes=").and_then(|r| r.strip_suffix('-')).and_then(|n| n.parse().ok()).unwrap_or(0);
+    assert!(from > 0, "the second GET should resume with Range: {seen:#?}");
+}

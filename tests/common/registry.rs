@@ -376,3 +376,140 @@ fn serve_token(stream: TcpStream, dir: &Path, x5c: &str, log: &Mutex<Vec<TokenRe
     )?;
     Ok(())
 }
+
+/// A fault the [`FlakyProxy`] injects once, into the first request that matches.
+#[derive(Clone, Debug)]
+pub enum Fault {
+    /// Answer `status` (with `Retry-After: retry_after` when given) instead of forwarding.
+    Status { method: &'static str, path_contains: &'static str, status: u16, retry_after: Option<u64> },
+    /// Forward, then send the headers and only half of the body, and drop the connection.
+    Truncate { method: &'static str, path_contains: &'static str },
+}
+
+/// A request as the proxy saw it: method, path, Range header, and the fault it got.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub method: String,
+    pub path: String,
+    pub range: Option<String>,
+    pub fault: Option<String>,
+}
+
+/// A TCP proxy in front of the real registry that injects faults: 5xx/429 answers and
+/// dropped connections. One request per connection (`Connection: close`).
+pub struct FlakyProxy {
+    pub port: u16,
+    pub host: String,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    pub faults: Arc<Mutex<Vec<Fault>>>,
+}
+
+impl FlakyProxy {
+    pub fn start(upstream: u16) -> FlakyProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let faults: Arc<Mutex<Vec<Fault>>> = Arc::new(Mutex::new(Vec::new()));
+        let (s2, f2) = (seen.clone(), faults.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                let (s, f) = (s2.clone(), f2.clone());
+                std::thread::spawn(move || {
+                    let _ = proxy_one(stream, upstream, &s, &f);
+                });
+            }
+        });
+        FlakyProxy { port, host: format!("127.0.0.1:{port}"), seen, faults }
+    }
+
+    pub fn inject(&self, f: Fault) {
+        self.faults.lock().unwrap().push(f);
+    }
+
+    pub fn reference(&self, name: &str) -> String {
+        format!("docker://{}/{name}", self.host)
+    }
+}
+
+fn proxy_one(
+    client: TcpStream,
+    upstream: u16,
+    seen: &Mutex<Vec<Seen>>,
+    faults: &Mutex<Vec<Fault>>,
+) -> std::io::Result<()> {
+    let mut reader = BufReader::new(client.try_clone()?);
+    let mut line = String::new();
+    if reader.read_line(&mut line)? == 0 {
+        return Ok(());
+    }
+    let mut parts = line.split_whitespace();
+    let method = parts.next().unwrap_or("").to_string();
+    let path = parts.next().unwrap_or("").to_string();
+    let mut headers = Vec::new();
+    let mut len = 0usize;
+    let mut range = None;
+    loop {
+        let mut h = String::new();
+        if reader.read_line(&mut h)? == 0 || h == "\r\n" {
+            break;
+        }
+        let (k, v) = h.split_once(':').unwrap_or((h.as_str(), ""));
+        let (k, v) = (k.trim().to_ascii_lowercase(), v.trim().to_string());
+        match k.as_str() {
+            "content-length" => len = v.parse().unwrap_or(0),
+            "connection" => continue,
+            "range" => range = Some(v.clone()),
+            _ => {}
+        }
+        headers.push(format!("{k}: {v}"));
+    }
+    let mut body = vec![0u8; len];
+    reader.read_exact(&mut body)?;
+    let fault = {
+        let mut f = faults.lock().unwrap();
+        let i = f.iter().position(|x| match x {
+            Fault::Status { method: m, path_contains: p, .. } | Fault::Truncate { method: m, path_contains: p } => {
+                *m == method && path.contains(p)
+            }
+        });
+        i.map(|i| f.remove(i))
+    };
+    seen.lock().unwrap().push(Seen {
+        method: method.clone(),
+        path: path.clone(),
+        range,
+        fault: fault.as_ref().map(|f| format!("{f:?}")),
+    });
+    let mut client = client;
+    if let Some(Fault::Status { status, retry_after, .. }) = fault {
+        let ra = retry_after.map(|s| format!("Retry-After: {s}\r\n")).unwrap_or_default();
+        write!(client, "HTTP/1.1 {status} Injected\r\n{ra}Content-Length: 0\r\nConnection: close\r\n\r\n")?;
+        return Ok(());
+    }
+    let mut up = TcpStream::connect(("127.0.0.1", upstream))?;
+    write!(up, "{method} {path} HTTP/1.1\r\n")?;
+    for h in &headers {
+        write!(up, "{h}\r\n")?;
+    }
+    write!(up, "connection: close\r\n\r\n")?;
+    up.write_all(&body)?;
+    let mut resp = Vec::new();
+    up.read_to_end(&mut resp)?;
+    let split = resp.windows(4).position(|w| w == b"\r\n\r\n").map_or(resp.len(), |i| i + 4);
+    let (head, rest) = resp.split_at(split);
+    let head = String::from_utf8_lossy(head);
+    let head: String = head
+        .split("\r\n")
+        .filter(|l| !l.to_ascii_lowercase().starts_with("connection:") && !l.is_empty())
+        .map(|l| format!("{l}\r\n"))
+        .collect();
+    client.write_all(format!("{head}Connection: close\r\n\r\n").as_bytes())?;
+    if matches!(fault, Some(Fault::Truncate { .. })) {
+        client.write_all(&rest[..rest.len() / 2])?;
+        client.flush()?;
+        return Ok(()); // dropped mid-body
+    }
+    client.write_all(rest)?;
+    Ok(())
+}
