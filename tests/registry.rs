@@ -440,3 +440,31 @@ fn retries_after_429_and_5xx_and_resumes_dropped_downloads_with_range() {
         range.strip_prefix("bytes=").and_then(|r| r.strip_suffix('-')).and_then(|n| n.parse().ok()).unwrap_or(0);
     assert!(from > 0, "the second GET should resume with Range: {seen:#?}");
 }
+
+#[test]
+fn credentials_are_not_sent_where_a_redirect_leads() {
+    use common::registry::{Fault, FlakyProxy};
+    let t = TestDir::new();
+    // The token registry needs credentials; its blob answers redirect to "blob storage" on
+    // another host: a plain registry holding the same image, behind a recording proxy.
+    let reg = Registry::start(&t, Mode::Token);
+    let storage = Registry::start(&t, Mode::Plain);
+    let front = FlakyProxy::start(reg.port);
+    let elsewhere = FlakyProxy::start(storage.port);
+    run_ok(imgforge_for(&t, &reg).args(["login", &front.host, "-u", USER, "-p", PASSWORD]));
+    let digest = copy_ok(&mut imgforge_for(&t, &reg), &busybox_ref(), &front.reference("base:1"));
+    copy_ok(&mut imgforge_for(&t, &storage), &busybox_ref(), &storage.reference("base:1"));
+    let layer = layer_digests(&skopeo_inspect(&busybox_ref()))[0].clone();
+    let leaked: &'static str = Box::leak(layer.clone().into_boxed_str());
+    front.inject(Fault::Redirect { method: "GET", path_contains: leaked, to: format!("http://{}", elsewhere.host) });
+    let mut c = imgforge_for(&t, &reg);
+    c.env("IMGFORGE_CACHE_DIR", t.join("pull-cache"));
+    let out = t.join("out");
+    assert_eq!(copy_ok(&mut c, &front.reference("base:1"), &format!("oci:{}:x", out.display())), digest);
+    read_blob(&out, &layer);
+    let front_seen = front.seen.lock().unwrap().clone();
+    assert!(front_seen.iter().any(|s| s.path.ends_with(&layer) && s.authorization), "{front_seen:#?}");
+    let seen = elsewhere.seen.lock().unwrap().clone();
+    assert!(seen.iter().any(|s| s.path.ends_with(&layer)), "the redirect was not followed: {seen:#?}");
+    assert!(seen.iter().all(|s| !s.authorization), "credentials went to another host: {seen:#?}");
+}

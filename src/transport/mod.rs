@@ -54,7 +54,13 @@ pub enum TransportError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
-    Registry(#[from] registry::RegistryError),
+    Registry(Box<registry::RegistryError>),
+}
+
+impl From<registry::RegistryError> for TransportError {
+    fn from(e: registry::RegistryError) -> Self {
+        TransportError::Registry(Box::new(e))
+    }
 }
 
 pub fn io_error(what: impl std::fmt::Display) -> impl FnOnce(io::Error) -> TransportError {

@@ -384,6 +384,8 @@ pub enum Fault {
     Status { method: &'static str, path_contains: &'static str, status: u16, retry_after: Option<u64> },
     /// Forward, then send the headers and only half of the body, and drop the connection.
     Truncate { method: &'static str, path_contains: &'static str },
+    /// Answer `307` with `Location: {to}{path}` (another host, as blob storage would be).
+    Redirect { method: &'static str, path_contains: &'static str, to: String },
 }
 
 /// A request as the proxy saw it: method, path, Range header, and the fault it got.
@@ -392,6 +394,8 @@ pub struct Seen {
     pub method: String,
     pub path: String,
     pub range: Option<String>,
+    /// Whether the request carried an Authorization header.
+    pub authorization: bool,
     pub fault: Option<String>,
 }
 
@@ -449,6 +453,7 @@ fn proxy_one(
     let mut headers = Vec::new();
     let mut len = 0usize;
     let mut range = None;
+    let mut authorization = false;
     loop {
         let mut h = String::new();
         if reader.read_line(&mut h)? == 0 || h == "\r\n" {
@@ -460,6 +465,7 @@ fn proxy_one(
             "content-length" => len = v.parse().unwrap_or(0),
             "connection" => continue,
             "range" => range = Some(v.clone()),
+            "authorization" => authorization = true,
             _ => {}
         }
         headers.push(format!("{k}: {v}"));
@@ -469,9 +475,9 @@ fn proxy_one(
     let fault = {
         let mut f = faults.lock().unwrap();
         let i = f.iter().position(|x| match x {
-            Fault::Status { method: m, path_contains: p, .. } | Fault::Truncate { method: m, path_contains: p } => {
-                *m == method && path.contains(p)
-            }
+            Fault::Status { method: m, path_contains: p, .. }
+            | Fault::Truncate { method: m, path_contains: p }
+            | Fault::Redirect { method: m, path_contains: p, .. } => *m == method && path.contains(p),
         });
         i.map(|i| f.remove(i))
     };
@@ -479,12 +485,20 @@ fn proxy_one(
         method: method.clone(),
         path: path.clone(),
         range,
+        authorization,
         fault: fault.as_ref().map(|f| format!("{f:?}")),
     });
     let mut client = client;
     if let Some(Fault::Status { status, retry_after, .. }) = fault {
         let ra = retry_after.map(|s| format!("Retry-After: {s}\r\n")).unwrap_or_default();
         write!(client, "HTTP/1.1 {status} Injected\r\n{ra}Content-Length: 0\r\nConnection: close\r\n\r\n")?;
+        return Ok(());
+    }
+    if let Some(Fault::Redirect { to, .. }) = &fault {
+        write!(
+            client,
+            "HTTP/1.1 307 Temporary Redirect\r\nLocation: {to}{path}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )?;
         return Ok(());
     }
     let mut up = TcpStream::connect(("127.0.0.1", upstream))?;
