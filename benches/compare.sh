@@ -2,7 +2,7 @@
 # End-to-end comparison of imgforge with other tools doing the same work. See benches/README.md.
 #
 # usage: benches/compare.sh [-n RUNS] [CASE...]
-#   CASE: gzip_vs_umoci zstd_vs_floor gzip_floor big_layer_rss rebuild_vs_buildah
+#   CASE: gzip_vs_umoci zstd_vs_floor gzip_floor big_layer_rss rebuild_vs_buildah push_vs_skopeo
 #         (default: all of them, in that order)
 # env:
 #   RUNS=3                          runs per command; the table shows the median (also min and max)
@@ -38,7 +38,7 @@ TREE_FILES=${TREE_FILES:-12000}
 TREE_MB=${TREE_MB:-100}
 BIG_FILES=${BIG_FILES:-2000}
 BIG_MB=${BIG_MB:-1024}
-ALL_CASES=(gzip_vs_umoci zstd_vs_floor gzip_floor big_layer_rss rebuild_vs_buildah)
+ALL_CASES=(gzip_vs_umoci zstd_vs_floor gzip_floor big_layer_rss rebuild_vs_buildah push_vs_skopeo)
 
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; exit 2; }
 cases=()
@@ -611,6 +611,58 @@ case_rebuild_vs_buildah() {
   ((bad == 0)) || die "imgforge's one-file rebuild changed more than the app layer (see the notes)"
 }
 
+# 6. Pushing a fresh image (the Debian base + the app tree, gzip) from an OCI layout to a local
+# docker-registry: imgforge copy vs skopeo copy. Each run gets a registry with empty storage.
+REG_PID=
+start_registry() { # DIR -> sets REG_PID, REG_HOST
+  local dir=$1 port
+  fresh "$dir" && mkdir -p "$dir/storage"
+  port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  REG_HOST=127.0.0.1:$port
+  printf 'version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: %s\n  secret: bench\n' \
+    "$dir/storage" "$REG_HOST" >"$dir/config.yml"
+  docker-registry serve "$dir/config.yml" >"$dir/log" 2>&1 &
+  REG_PID=$!
+  for _ in $(seq 100); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  die "docker-registry did not start: $(cat "$dir/log")"
+}
+stop_registry() {
+  [ -n "$REG_PID" ] || return 0
+  kill "$REG_PID" 2>/dev/null || true
+  wait "$REG_PID" 2>/dev/null || true
+  REG_PID=
+}
+
+case_push_vs_skopeo() {
+  local img=$run/push-img cache=$run/push-cache regdir=$run/registry digest d
+  trap stop_registry EXIT
+  # The image: built once, not measured.
+  fresh "$img" "$cache"
+  "$IMGFORGE" build "$TREE" --base "oci:$BASE:bookworm" -t "oci:$img:app" --cache-dir "$cache" -q >"$run/push-digest"
+  digest=$(cat "$run/push-digest")
+  for _ in $(seq "$RUNS"); do
+    start_registry "$regdir"
+    fresh "$cache"
+    measure push_imgforge "$IMGFORGE" copy "oci:$img:app" "docker://$REG_HOST/bench/app:1" --cache-dir "$cache" -q
+    d=$(skopeo inspect --tls-verify=false --format '{{.Digest}}' "docker://$REG_HOST/bench/app:1")
+    [ "$d" = "$digest" ] || die "imgforge pushed $d, expected $digest"
+    stop_registry
+    start_registry "$regdir"
+    measure push_skopeo skopeo copy --quiet --dest-tls-verify=false "oci:$img:app" "docker://$REG_HOST/bench/app:1"
+    d=$(skopeo inspect --tls-verify=false --format '{{.Digest}}' "docker://$REG_HOST/bench/app:1")
+    [ "$d" = "$digest" ] || die "skopeo pushed $d, expected $digest"
+    stop_registry
+  done
+  row 6 push_imgforge "imgforge copy oci: docker:// (fresh)" push_skopeo - -
+  row 6 push_skopeo "skopeo copy oci: docker:// (fresh)" push_skopeo - -
+  target "push fresh image vs skopeo copy" \
+    "$(ratio "$(stat_of push_imgforge median)" "$(stat_of push_skopeo median)")" 1.00 x
+  note "case 6: image $(du -sb "$img/blobs" | cut -f1) bytes of blobs; registry: docker-registry $(docker-registry --version | awk '{print $3}') on 127.0.0.1, empty storage each run"
+}
+
 # ---------------------------------------------------------------------------------------------
 # Report
 
@@ -661,7 +713,7 @@ done
 BENCH_SCRIPTS=$(cd "$BENCH_SCRIPTS" && pwd)
 
 need_tools time:time python3:python3 skopeo:skopeo umoci:umoci pigz:pigz zstd:zstd \
-  debootstrap:debootstrap cargo:cargo
+  debootstrap:debootstrap cargo:cargo docker-registry:docker-registry
 mkdir -p "$BENCH_DIR"
 BENCH_DIR=$(cd "$BENCH_DIR" && pwd)
 prepare_src

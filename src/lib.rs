@@ -4,6 +4,7 @@
 
 pub mod build;
 pub mod buildpack;
+pub mod copy;
 pub mod image;
 pub mod inspect;
 pub mod report;

@@ -60,6 +60,7 @@ declare -A tool_pkg=(
   [fuse-overlayfs]=fuse-overlayfs [pigz]=pigz [zstd]=zstd [git]=git
   [docker-registry]=docker-registry [/usr/bin/time]=time [python3]=python3
   [runuser]=util-linux [useradd]=passwd [tar]=tar [gzip]=gzip [catatonit]=catatonit
+  [openssl]=openssl [htpasswd]=apache2-utils
 )
 missing_pkgs=()
 for tool in "${!tool_pkg[@]}"; do

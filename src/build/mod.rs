@@ -73,6 +73,14 @@ pub struct BuildOptions {
     pub stack: Option<String>,
     /// Start the buildpacks' CACHE_DIRs empty (and skip the build cache).
     pub clear_cache: bool,
+    /// How to talk to registries (`--tls-verify`, `--authfile`).
+    pub registry: transport::RegistryOptions,
+}
+
+impl BuildOptions {
+    fn transport(&self) -> transport::TransportOptions {
+        transport::TransportOptions { cache_dir: Some(self.cache_dir.clone()), registry: self.registry.clone() }
+    }
 }
 
 #[derive(Debug)]
@@ -133,7 +141,7 @@ pub fn build(opts: &BuildOptions, reporter: &dyn Reporter) -> Result<BuildResult
     // 1. Base: manifest and config only.
     reporter.report(Event::Step("Resolving the base image"));
     let base_err = |source| BuildError::Base { reference: opts.base_name.clone(), source };
-    let source = Source::open(&opts.base).map_err(base_err)?;
+    let source = Source::open(&opts.base, &opts.transport()).map_err(base_err)?;
     let platform = opts.platform.clone().unwrap_or_else(Platform::host);
     let base = source.resolve(&platform).map_err(base_err)?;
     reporter.report(Event::BaseResolved {
@@ -308,7 +316,14 @@ pub fn build(opts: &BuildOptions, reporter: &dyn Reporter) -> Result<BuildResult
     let descriptors: Vec<Descriptor> = all.iter().map(|l| l.descriptor.clone()).collect();
     let manifest = config::compose_manifest(&config_bytes, config_digest, &descriptors, &annotations);
     let manifest_digest = store.put_bytes(&manifest)?;
-    let image = NewImage { manifest, manifest_digest, config: config_bytes, config_digest, layers: all };
+    let image = NewImage {
+        manifest,
+        manifest_digest,
+        manifest_media_type: crate::image::manifest::media::OCI_MANIFEST.into(),
+        config: config_bytes,
+        config_digest,
+        layers: all,
+    };
 
     // 5. Destinations; only then do the buildpacks' new caches replace the old ones.
     publish(opts, &image, &store, &source, reporter)?;
@@ -336,15 +351,24 @@ fn publish(
     reporter: &dyn Reporter,
 ) -> Result<(), BuildError> {
     let blobs = BuildBlobs { store, source };
+    let topts = opts.transport();
+    // Base layers are fetched only for destinations that are not registries (a registry
+    // gets them by mount or from the registry it already has them in), all at once.
+    if opts.destinations.iter().any(|d| !matches!(d, ImageRef::Registry(_))) {
+        source
+            .prefetch(&image.layers, reporter)
+            .map_err(|source| BuildError::Base { reference: opts.base_name.clone(), source })?;
+    }
     for dest in &opts.destinations {
         let reference = dest.to_string();
         reporter.report(Event::Step(&format!("Writing {reference}")));
-        let s = transport::write(dest, image, &blobs)
+        let s = transport::write(dest, image, &blobs, &topts, reporter)
             .map_err(|source| BuildError::Destination { reference: reference.clone(), source })?;
         reporter.report(Event::Destination {
             reference: &reference,
             written: s.blobs_written,
             linked: s.blobs_linked,
+            mounted: s.blobs_mounted,
             present: s.blobs_present,
             bytes: s.bytes_written,
         });
@@ -502,10 +526,10 @@ struct LazyFacts {
 impl LazyFacts {
     fn start(opts: &BuildOptions, base: &BaseImage, platform: &Platform) -> LazyFacts {
         // The thread owns what it reads: its own handle on the source and the store.
-        let (reference, base, platform, cache_dir) =
-            (opts.base.clone(), base.clone(), platform.clone(), opts.cache_dir.clone());
+        let (reference, base, platform, cache_dir, topts) =
+            (opts.base.clone(), base.clone(), platform.clone(), opts.cache_dir.clone(), opts.transport());
         let job = std::thread::spawn(move || {
-            let source = Source::open(&reference).map_err(|e| e.to_string())?;
+            let source = Source::open(&reference, &topts).map_err(|e| e.to_string())?;
             // A docker-archive learns where its blobs are while resolving.
             let base = match source {
                 Source::DockerArchive(_) => source.resolve(&platform).map_err(|e| e.to_string())?,
@@ -603,7 +627,14 @@ impl BuildCache {
             .zip(parsed.diff_ids)
             .map(|(descriptor, diff_id)| BaseLayer { descriptor, diff_id })
             .collect();
-        Some(NewImage { manifest, manifest_digest, config, config_digest: m.config.digest, layers })
+        Some(NewImage {
+            manifest,
+            manifest_digest,
+            manifest_media_type: crate::image::manifest::media::OCI_MANIFEST.into(),
+            config,
+            config_digest: m.config.digest,
+            layers,
+        })
     }
 
     fn put(&self, key: &str, manifest: &Digest) -> io::Result<()> {
@@ -792,5 +823,9 @@ impl Blobs for BuildBlobs<'_> {
             return Some(self.store.blob_path(d));
         }
         self.source.local_path(d)
+    }
+
+    fn mount_source(&self, d: &Digest) -> Option<crate::image::reference::DockerName> {
+        self.source.mount_source(d)
     }
 }
