@@ -5,6 +5,7 @@
 //! prints; errors are returned, warnings are handed back to the caller.
 
 pub mod compress;
+pub mod content;
 pub mod digest;
 pub mod normalize;
 pub mod reader;
@@ -16,6 +17,7 @@ pub mod writer;
 mod roundtrip_tests;
 
 pub use compress::{CompressOptions, Compression, Compressor, ParseCompressionError, GZIP_CHUNK_SIZE, ZSTD_CHUNK_SIZE};
+pub use content::{ContentHash, ContentHasher, ContentReader};
 pub use digest::{DiffId, Digest, DigestError, HashingReader, HashingWriter, Sha256Hash};
 pub use normalize::{Normalize, Owner, TarWriter, DEFAULT_EPOCH};
 pub use reader::{decompress, Entry, EntryData, EntryType, LayerReader, Limits, ReadError};

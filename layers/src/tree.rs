@@ -14,7 +14,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::digest::{HashingReader, Sha256Hash};
+use crate::content::{ContentHash, ContentReader};
 use crate::normalize::{validate_rel_path, Owner, TarWriter};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -291,7 +291,7 @@ impl Tree {
         tar: &mut TarWriter<W>,
         prefix: &[u8],
         owner: Owner,
-        on_file: &mut dyn FnMut(usize, Sha256Hash),
+        on_file: &mut dyn FnMut(usize, ContentHash),
     ) -> io::Result<()> {
         if !prefix.is_empty() {
             validate_rel_path(prefix)?;
@@ -313,7 +313,7 @@ impl Tree {
                 }
                 EntryKind::File => {
                     let abs = self.root.join(&e.rel);
-                    let mut f = HashingReader::new(open_checked(&abs, e)?);
+                    let mut f = ContentReader::new(open_checked(&abs, e)?);
                     tar.file(&path, e.mode, owner, e.size, &mut f)?;
                     on_file(i, f.finish().1);
                 }
@@ -346,7 +346,7 @@ mod tests {
         let mut plain = TarWriter::new(Vec::new(), crate::Normalize::default());
         t.write_to(&mut plain, b"p", Owner::ROOT).unwrap();
         assert_eq!(with_hashes, plain.finish().unwrap(), "hashing must not change the tar");
-        assert_eq!(seen, vec![("a".into(), Sha256Hash::of(b"alpha")), ("d/b".into(), Sha256Hash::of(b"beta"))]);
+        assert_eq!(seen, vec![("a".into(), ContentHash::of(b"alpha")), ("d/b".into(), ContentHash::of(b"beta"))]);
     }
 
     #[test]
