@@ -7,6 +7,7 @@ pub mod buildpack;
 pub mod image;
 pub mod inspect;
 pub mod report;
+pub mod sandbox;
 pub mod store;
 pub mod transport;
 

@@ -39,6 +39,12 @@ pub struct TreeEntry {
     pub ctime_ns: i128,
     pub ino: u64,
     pub dev: u64,
+    /// Host `st_uid` and `st_gid`.
+    pub host_uid: u32,
+    pub host_gid: u32,
+    /// Owner in the layer, when not the layer's owner (e.g. a file a buildpack chowned in
+    /// the sandbox). `scan_tree` leaves it `None`.
+    pub owner: Option<Owner>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -123,6 +129,9 @@ pub fn scan_tree(root: &Path, include: &mut dyn FnMut(&Path, bool) -> bool) -> i
                     ctime_ns: ns(md.ctime(), md.ctime_nsec()),
                     ino: md.ino(),
                     dev: md.dev(),
+                    host_uid: md.uid(),
+                    host_gid: md.gid(),
+                    owner: None,
                 },
                 nlink,
             ));
@@ -218,6 +227,7 @@ impl Tree {
         }
         for (i, e) in self.entries.iter().enumerate() {
             let path = join_prefix(prefix, e.rel.as_os_str());
+            let owner = e.owner.unwrap_or(owner);
             match &e.kind {
                 EntryKind::Dir => tar.dir(&path, e.mode, owner)?,
                 EntryKind::Symlink(t) => tar.symlink(&path, t, owner)?,
