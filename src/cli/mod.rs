@@ -9,6 +9,7 @@ use imgforge::build::{build, BuildOptions};
 use imgforge::image::manifest::Platform;
 use imgforge::image::reference::ImageRef;
 use imgforge::layers::{CompressOptions, Compression, Owner};
+use imgforge::sandbox::{Isolation, Network};
 use imgforge::store::default_cache_dir;
 
 mod render;
@@ -100,6 +101,16 @@ struct BuildArgs {
     /// Start the buildpacks' caches empty and run them even if nothing changed.
     #[arg(long)]
     clear_cache: bool,
+    /// Where buildpacks run: host, userns (a rootless sandbox on the build image), or auto
+    /// (userns when the kernel allows it and the build image has /bin/sh).
+    #[arg(long, default_value = "auto", value_parser = ["host", "userns", "auto"])]
+    isolation: String,
+    /// The image buildpacks run on in the sandbox [default: the base image].
+    #[arg(long, value_name = "IMAGE", value_parser = parse_ref)]
+    build_image: Option<ImageRef>,
+    /// The buildpacks' network: host, or none (only loopback; needs the sandbox).
+    #[arg(long, default_value = "host", value_parser = ["none", "host"])]
+    network: String,
 }
 
 fn parse_ref(s: &str) -> Result<ImageRef, String> {
@@ -225,6 +236,13 @@ pub fn main() -> ExitCode {
                 buildpacks_dir: a.buildpacks_dir.clone(),
                 stack: a.stack.clone(),
                 clear_cache: a.clear_cache,
+                isolation: match a.isolation.as_str() {
+                    "host" => Isolation::Host,
+                    "userns" => Isolation::Userns,
+                    _ => Isolation::Auto,
+                },
+                build_image: a.build_image.clone(),
+                network: if a.network == "none" { Network::None } else { Network::Host },
             };
             let reporter = render::for_stderr(cli.quiet, cli.verbose, std::io::stderr().is_terminal());
             let result = build(&opts, reporter.as_ref());

@@ -20,7 +20,7 @@
 //! * Every mount point is created inside the new root and must be a real directory (not a
 //!   symlink planted by the build image), so a bind can never land outside it.
 
-use std::ffi::{CString, OsStr, OsString};
+use std::ffi::{CString, OsString};
 use std::fs;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -231,6 +231,33 @@ impl Sandbox {
         Ok(sb)
     }
 
+    /// After a build: gives group and others read and write access (and search on
+    /// directories) to everything under `host_dir` (a bind), from inside, so that files a
+    /// buildpack chowned to other uids can be read into layers and removed by imgforge.
+    /// Layer modes are unaffected: they derive from the owner's bits alone
+    /// (`Normalize::file_mode`). Does nothing without subordinate ids.
+    pub fn make_host_accessible(&self, host_dir: &Path) -> Result<(), SandboxError> {
+        if self.ids.sub_uid.is_none() {
+            return Ok(());
+        }
+        let Some(inside) = self.inside(host_dir) else { return Ok(()) };
+        let (mut cmd, mut guard) = self.command(Path::new("/bin/sh"), "/")?;
+        cmd.arg("-c").arg("exec chmod -R go+rwX \"$1\"").arg("sh").arg(&inside);
+        cmd.env_clear().env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+        cmd.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null());
+        let out = cmd.output();
+        let why = guard.finish();
+        match out {
+            Ok(o) if o.status.success() => Ok(()),
+            Ok(o) => Err(SandboxError::Unavailable(format!(
+                "chmod in the sandbox failed ({}): {}{why}",
+                o.status,
+                String::from_utf8_lossy(&o.stderr).trim()
+            ))),
+            Err(e) => Err(SandboxError::Unavailable(format!("chmod in the sandbox could not start: {e}{why}"))),
+        }
+    }
+
     /// "overlay" or "copy".
     pub fn root_kind(&self) -> &'static str {
         match self.root {
@@ -240,10 +267,10 @@ impl Sandbox {
     }
 
     fn probe(&self) -> Result<(), SandboxError> {
-        let mut c = self.command(Path::new("/bin/sh"), "/")?;
-        c.cmd.arg("-c").arg("exit 0").stdin(std::process::Stdio::null());
-        let status = c.cmd.status();
-        let why = c.finish();
+        let (mut cmd, mut guard) = self.command(Path::new("/bin/sh"), "/")?;
+        cmd.arg("-c").arg("exit 0").stdin(std::process::Stdio::null());
+        let status = cmd.status();
+        let why = guard.finish();
         match status {
             Ok(s) if s.success() => Ok(()),
             Ok(s) => Err(SandboxError::Unavailable(format!("the sandbox could not start /bin/sh ({s}){why}"))),
@@ -262,9 +289,10 @@ impl Sandbox {
     }
 
     /// A command that runs `program` (a path inside) in the sandbox, in directory `cwd`
-    /// (inside). Set its args, env and stdio as usual; spawn it; then call
-    /// [`SandboxCommand::finish`].
-    pub fn command(&self, program: &Path, cwd: &str) -> Result<SandboxCommand, SandboxError> {
+    /// (inside). Set its args, env and stdio as usual (not its current_dir), spawn it, and
+    /// keep the guard until it was spawned; [`SandboxGuard::finish`] then says why the
+    /// sandbox could not be entered, if it could not.
+    pub fn command(&self, program: &Path, cwd: &str) -> Result<(Command, SandboxGuard), SandboxError> {
         let plan = self.plan(cwd)?;
         let (pid_r, pid_w) = pipe()?;
         let (go_r, go_w) = pipe()?;
@@ -281,7 +309,7 @@ impl Sandbox {
         unsafe {
             cmd.pre_exec(move || enter(&plan, pid_wfd, go_rfd, st_wfd));
         }
-        Ok(SandboxCommand { cmd, helper: Some(helper), child_fds: vec![pid_w, go_r, st_w], status: Some(st_r) })
+        Ok((cmd, SandboxGuard { helper: Some(helper), child_fds: vec![pid_w, go_r, st_w], status: Some(st_r) }))
     }
 
     fn plan(&self, cwd: &str) -> Result<Plan, SandboxError> {
@@ -309,7 +337,7 @@ impl Sandbox {
             c(Path::new(&p))
         };
         let mut dirs = Vec::new();
-        let mut add_dirs = |inside: &str, dirs: &mut Vec<CString>| -> Result<(), SandboxError> {
+        let add_dirs = |inside: &str, dirs: &mut Vec<CString>| -> Result<(), SandboxError> {
             let mut acc = String::new();
             for comp in inside.split('/').filter(|s| !s.is_empty()) {
                 acc.push('/');
@@ -354,6 +382,7 @@ impl Sandbox {
             binds,
             cwd: CString::new(cwd).map_err(|_| nul(Path::new(cwd)))?,
             new_net: self.network == Network::None,
+            parent: std::process::id() as libc::pid_t,
         })
     }
 }
@@ -362,16 +391,15 @@ fn nul(p: &Path) -> SandboxError {
     SandboxError::Unavailable(format!("{} contains a NUL byte", p.display()))
 }
 
-/// A command set up to enter the sandbox.
-pub struct SandboxCommand {
-    pub cmd: Command,
+/// What a sandboxed command needs in imgforge until it was spawned.
+pub struct SandboxGuard {
     helper: Option<std::thread::JoinHandle<Result<(), String>>>,
     /// The child's ends of the sync pipes: closed in imgforge once the child has them.
     child_fds: Vec<OwnedFd>,
     status: Option<OwnedFd>,
 }
 
-impl SandboxCommand {
+impl SandboxGuard {
     /// After the command was spawned (or failed to): releases the helper. Returns what the
     /// sandbox setup reported as the reason of a failure (empty when nothing), formatted
     /// as ": ..." for appending to a message.
@@ -395,14 +423,9 @@ impl SandboxCommand {
         }
         why
     }
-
-    /// Call right after spawn returned: closes imgforge's copies of the child's pipe ends.
-    pub fn spawned(&mut self) {
-        self.child_fds.clear();
-    }
 }
 
-impl Drop for SandboxCommand {
+impl Drop for SandboxGuard {
     fn drop(&mut self) {
         let _ = self.finish();
     }
@@ -477,6 +500,8 @@ struct Plan {
     binds: Vec<(CString, CString)>,
     cwd: CString,
     new_net: bool,
+    /// imgforge's pid: the child dies with it.
+    parent: libc::pid_t,
 }
 
 /// Reports a failed step through the status pipe and returns the error for std to pass on.
@@ -504,6 +529,12 @@ fn enter(p: &Plan, pid_w: RawFd, go_r: RawFd, st: RawFd) -> io::Result<()> {
     // SAFETY (whole function): raw system calls on valid, NUL-terminated strings owned by
     // `p`, and on fds this process holds.
     unsafe {
+        // SIGKILL when imgforge dies (passed on to the command below).
+        ok(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0), st, "prctl")?;
+        if libc::getppid() != p.parent {
+            *libc::__errno_location() = libc::ESRCH;
+            return Err(fail(st, "imgforge exited"));
+        }
         let mut flags = libc::CLONE_NEWUSER | libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC;
         if p.new_net {
             flags |= libc::CLONE_NEWNET;
@@ -634,9 +665,4 @@ fn loopback_up(st: RawFd) -> io::Result<()> {
         libc::close(s);
     }
     Ok(())
-}
-
-/// The `OsStr` form of a path inside, for arguments.
-pub fn arg(p: &Path) -> &OsStr {
-    p.as_os_str()
 }
