@@ -509,7 +509,9 @@ fn sandbox_for(
     let auto = opts.isolation == Isolation::Auto;
     let host = |why: String| -> Result<Option<Sandbox>, BuildError> {
         if opts.network == Network::None {
-            return Err(BuildError::Invalid(format!("--network none needs the userns sandbox, which is not available: {why}")));
+            return Err(BuildError::Invalid(format!(
+                "--network none needs the userns sandbox, which is not available: {why}"
+            )));
         }
         if auto {
             reporter.report(Event::Warning(format!("buildpacks run on the host: {why}")));
@@ -547,8 +549,7 @@ fn sandbox_for(
     if !facts.has_shell {
         return host(format!("the build image {name} has no /bin/sh"));
     }
-    let rootfs = rootfs::rootfs(source, image, store, reporter)
-        .map_err(|e| BuildError::Invalid(e.to_string()))?;
+    let rootfs = rootfs::rootfs(source, image, store, reporter).map_err(|e| BuildError::Invalid(e.to_string()))?;
     let mut binds = vec![
         Bind { host: work.to_path_buf(), inside: "/imgforge/work".into() },
         Bind { host: build_dir.to_path_buf(), inside: workdir.to_string() },

@@ -285,7 +285,15 @@ impl Sandbox {
             .iter()
             .filter_map(|b| host.strip_prefix(&b.host).ok().map(|rest| (b, rest)))
             .max_by_key(|(b, _)| b.host.as_os_str().len())
-            .map(|(b, rest)| if rest.as_os_str().is_empty() { PathBuf::from(&b.inside) } else { Path::new(&b.inside).join(rest) })
+            .map(
+                |(b, rest)| {
+                    if rest.as_os_str().is_empty() {
+                        PathBuf::from(&b.inside)
+                    } else {
+                        Path::new(&b.inside).join(rest)
+                    }
+                },
+            )
     }
 
     /// A command that runs `program` (a path inside) in the sandbox, in directory `cwd`
@@ -355,7 +363,10 @@ impl Sandbox {
         let mut binds = Vec::new();
         for b in &self.binds {
             if !b.inside.starts_with('/') || b.inside.split('/').any(|s| s == ".." || s == ".") {
-                return Err(SandboxError::Unavailable(format!("bind destination {:?} is not a clean absolute path", b.inside)));
+                return Err(SandboxError::Unavailable(format!(
+                    "bind destination {:?} is not a clean absolute path",
+                    b.inside
+                )));
             }
             add_dirs(&b.inside, &mut dirs)?;
             binds.push((c(&b.host)?, under(&b.inside)?));
@@ -364,10 +375,15 @@ impl Sandbox {
             .iter()
             .map(|d| Ok((c(&Path::new("/dev").join(d))?, under(&format!("/dev/{d}"))?)))
             .collect::<Result<Vec<_>, SandboxError>>()?;
-        let dev_links = [("/proc/self/fd", "/dev/fd"), ("/proc/self/fd/0", "/dev/stdin"), ("/proc/self/fd/1", "/dev/stdout"), ("/proc/self/fd/2", "/dev/stderr")]
-            .iter()
-            .map(|(t, l)| Ok((CString::new(*t).expect("static"), under(l)?)))
-            .collect::<Result<Vec<_>, SandboxError>>()?;
+        let dev_links = [
+            ("/proc/self/fd", "/dev/fd"),
+            ("/proc/self/fd/0", "/dev/stdin"),
+            ("/proc/self/fd/1", "/dev/stdout"),
+            ("/proc/self/fd/2", "/dev/stderr"),
+        ]
+        .iter()
+        .map(|(t, l)| Ok((CString::new(*t).expect("static"), under(l)?)))
+        .collect::<Result<Vec<_>, SandboxError>>()?;
         Ok(Plan {
             mnt,
             overlay,
@@ -458,7 +474,15 @@ fn map_ids(pid_r: OwnedFd, go_w: OwnedFd, ids: &IdMap) -> Result<(), String> {
 fn write_maps(pid: i32, ids: &IdMap) -> Result<(), String> {
     let run = |tool: &str, own: u32, sub: (u32, u32)| -> Result<(), String> {
         let out = Command::new(find_tool(tool).unwrap_or_else(|| PathBuf::from(tool)))
-            .args([pid.to_string(), "0".into(), own.to_string(), "1".into(), "1".into(), sub.0.to_string(), sub.1.to_string()])
+            .args([
+                pid.to_string(),
+                "0".into(),
+                own.to_string(),
+                "1".into(),
+                "1".into(),
+                sub.0.to_string(),
+                sub.1.to_string(),
+            ])
             .output()
             .map_err(|e| format!("Failed to run {tool}: {e}"))?;
         if !out.status.success() {
@@ -473,7 +497,8 @@ fn write_maps(pid: i32, ids: &IdMap) -> Result<(), String> {
         }
         _ => {
             let w = |file: &str, text: String| {
-                fs::write(format!("/proc/{pid}/{file}"), text).map_err(|e| format!("Failed to write /proc/{pid}/{file}: {e}"))
+                fs::write(format!("/proc/{pid}/{file}"), text)
+                    .map_err(|e| format!("Failed to write /proc/{pid}/{file}: {e}"))
             };
             w("setgroups", "deny".into())?;
             w("uid_map", format!("0 {} 1\n", ids.uid))?;
@@ -535,7 +560,8 @@ fn enter(p: &Plan, pid_w: RawFd, go_r: RawFd, st: RawFd) -> io::Result<()> {
             *libc::__errno_location() = libc::ESRCH;
             return Err(fail(st, "imgforge exited"));
         }
-        let mut flags = libc::CLONE_NEWUSER | libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC;
+        let mut flags =
+            libc::CLONE_NEWUSER | libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC;
         if p.new_net {
             flags |= libc::CLONE_NEWNET;
         }
@@ -577,14 +603,22 @@ fn enter(p: &Plan, pid_w: RawFd, go_r: RawFd, st: RawFd) -> io::Result<()> {
         }
         ok(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0), st, "prctl")?;
         let none = std::ptr::null::<libc::c_char>();
-        ok(libc::mount(none, c"/".as_ptr(), none, libc::MS_REC | libc::MS_PRIVATE, std::ptr::null()), st, "make / private")?;
+        ok(
+            libc::mount(none, c"/".as_ptr(), none, libc::MS_REC | libc::MS_PRIVATE, std::ptr::null()),
+            st,
+            "make / private",
+        )?;
         if let Some((with_userxattr, plain)) = &p.overlay {
             let ov = c"overlay".as_ptr();
             if libc::mount(ov, p.mnt.as_ptr(), ov, 0, with_userxattr.as_ptr().cast()) != 0 {
                 ok(libc::mount(ov, p.mnt.as_ptr(), ov, 0, plain.as_ptr().cast()), st, "mount the overlay root")?;
             }
         } else if let Some(copy) = &p.copy {
-            ok(libc::mount(copy.as_ptr(), p.mnt.as_ptr(), none, libc::MS_BIND | libc::MS_REC, std::ptr::null()), st, "bind the root")?;
+            ok(
+                libc::mount(copy.as_ptr(), p.mnt.as_ptr(), none, libc::MS_BIND | libc::MS_REC, std::ptr::null()),
+                st,
+                "bind the root",
+            )?;
         }
         for d in &p.dirs {
             if libc::mkdir(d.as_ptr(), 0o755) != 0 && *libc::__errno_location() != libc::EEXIST {
@@ -598,9 +632,19 @@ fn enter(p: &Plan, pid_w: RawFd, go_r: RawFd, st: RawFd) -> io::Result<()> {
             }
         }
         let nodev = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
-        ok(libc::mount(c"proc".as_ptr(), p.proc_.as_ptr(), c"proc".as_ptr(), nodev, std::ptr::null()), st, "mount /proc")?;
         ok(
-            libc::mount(c"tmpfs".as_ptr(), p.dev.as_ptr(), c"tmpfs".as_ptr(), libc::MS_NOSUID | libc::MS_NOEXEC, c"mode=755".as_ptr().cast()),
+            libc::mount(c"proc".as_ptr(), p.proc_.as_ptr(), c"proc".as_ptr(), nodev, std::ptr::null()),
+            st,
+            "mount /proc",
+        )?;
+        ok(
+            libc::mount(
+                c"tmpfs".as_ptr(),
+                p.dev.as_ptr(),
+                c"tmpfs".as_ptr(),
+                libc::MS_NOSUID | libc::MS_NOEXEC,
+                c"mode=755".as_ptr().cast(),
+            ),
             st,
             "mount /dev",
         )?;
@@ -610,20 +654,38 @@ fn enter(p: &Plan, pid_w: RawFd, go_r: RawFd, st: RawFd) -> io::Result<()> {
                 return Err(fail(st, "create a /dev node"));
             }
             libc::close(fd);
-            ok(libc::mount(host.as_ptr(), inside.as_ptr(), none, libc::MS_BIND, std::ptr::null()), st, "bind a /dev node")?;
+            ok(
+                libc::mount(host.as_ptr(), inside.as_ptr(), none, libc::MS_BIND, std::ptr::null()),
+                st,
+                "bind a /dev node",
+            )?;
         }
         for (target, link) in &p.dev_links {
             ok(libc::symlink(target.as_ptr(), link.as_ptr()), st, "link in /dev")?;
         }
         ok(libc::mkdir(p.dev_shm.as_ptr(), 0o1777), st, "create /dev/shm")?;
-        ok(libc::mount(c"tmpfs".as_ptr(), p.dev_shm.as_ptr(), c"tmpfs".as_ptr(), nodev, c"mode=1777".as_ptr().cast()), st, "mount /dev/shm")?;
         ok(
-            libc::mount(c"tmpfs".as_ptr(), p.tmp.as_ptr(), c"tmpfs".as_ptr(), libc::MS_NOSUID | libc::MS_NODEV, c"mode=1777".as_ptr().cast()),
+            libc::mount(c"tmpfs".as_ptr(), p.dev_shm.as_ptr(), c"tmpfs".as_ptr(), nodev, c"mode=1777".as_ptr().cast()),
+            st,
+            "mount /dev/shm",
+        )?;
+        ok(
+            libc::mount(
+                c"tmpfs".as_ptr(),
+                p.tmp.as_ptr(),
+                c"tmpfs".as_ptr(),
+                libc::MS_NOSUID | libc::MS_NODEV,
+                c"mode=1777".as_ptr().cast(),
+            ),
             st,
             "mount /tmp",
         )?;
         for (host, inside) in &p.binds {
-            ok(libc::mount(host.as_ptr(), inside.as_ptr(), none, libc::MS_BIND | libc::MS_REC, std::ptr::null()), st, "bind a directory")?;
+            ok(
+                libc::mount(host.as_ptr(), inside.as_ptr(), none, libc::MS_BIND | libc::MS_REC, std::ptr::null()),
+                st,
+                "bind a directory",
+            )?;
         }
         ok(libc::sethostname(c"imgforge".as_ptr(), 8), st, "sethostname")?;
         if p.new_net {

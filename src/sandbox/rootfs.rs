@@ -36,7 +36,12 @@ pub struct Rootfs {
 }
 
 /// The unpacked rootfs of `image`, from the cache or unpacked now.
-pub fn rootfs(source: &Source, image: &BaseImage, store: &BlobStore, reporter: &dyn Reporter) -> Result<Rootfs, RootfsError> {
+pub fn rootfs(
+    source: &Source,
+    image: &BaseImage,
+    store: &BlobStore,
+    reporter: &dyn Reporter,
+) -> Result<Rootfs, RootfsError> {
     let other = |why: String| RootfsError::Other { image: image.reference.clone(), why };
     let Some(digest) = image.manifest_digest else {
         return Err(other("scratch has no filesystem to build in".into()));
@@ -68,7 +73,11 @@ pub fn rootfs(source: &Source, image: &BaseImage, store: &BlobStore, reporter: &
     let root = tmp.join("rootfs");
     fs::create_dir_all(&root).map_err(|e| other(format!("{}: {e}", root.display())))?;
     let started = Instant::now();
-    reporter.report(Event::Step(&format!("Unpacking the build image {} ({} layers)", image.reference, image.layers.len())));
+    reporter.report(Event::Step(&format!(
+        "Unpacking the build image {} ({} layers)",
+        image.reference,
+        image.layers.len()
+    )));
     let opts = ExtractOptions::default();
     let mut bytes = 0;
     for (i, layer) in image.layers.iter().enumerate() {
