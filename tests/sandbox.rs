@@ -233,3 +233,84 @@ fn isolation_host_runs_on_the_host_and_network_none_needs_the_sandbox() {
     assert!(stderr_str(&o).contains("--network none needs --isolation userns"), "{}", report(&cmd, &o));
     assert!(o.stdout.is_empty());
 }
+
+/// A copy of the busybox layout with `layer` (an uncompressed tar) added on top, tagged
+/// `latest`; returns its directory.
+fn busybox_plus_layer(t: &TestDir, name: &str, layer: &[u8]) -> PathBuf {
+    let dir = t.join(name);
+    copy_tree(&busybox_layout(), &dir);
+    let put = |bytes: &[u8]| -> String {
+        let d = sha256_digest(bytes);
+        fs::write(blob_path(&dir, &d), bytes).unwrap();
+        d
+    };
+    let layer_digest = put(layer);
+    let mut manifest = layout_manifest(&dir, "latest");
+    let mut config: serde_json::Value =
+        serde_json::from_slice(&read_blob(&dir, manifest["config"]["digest"].as_str().unwrap())).unwrap();
+    config["rootfs"]["diff_ids"].as_array_mut().unwrap().push(layer_digest.clone().into());
+    if let Some(h) = config["history"].as_array_mut() {
+        h.push(serde_json::json!({"created_by": "crafted"}));
+    }
+    let config_bytes = serde_json::to_vec(&config).unwrap();
+    let config_digest = put(&config_bytes);
+    manifest["config"]["digest"] = config_digest.into();
+    manifest["config"]["size"] = config_bytes.len().into();
+    manifest["layers"].as_array_mut().unwrap().push(serde_json::json!({
+        "mediaType": "application/vnd.oci.image.layer.v1.tar",
+        "digest": layer_digest,
+        "size": layer.len(),
+    }));
+    let manifest_bytes = serde_json::to_vec(&manifest).unwrap();
+    let manifest_digest = put(&manifest_bytes);
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": manifest_digest,
+            "size": manifest_bytes.len(),
+            "annotations": {"org.opencontainers.image.ref.name": "latest"},
+        }],
+    });
+    fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+    share(&dir);
+    dir
+}
+
+#[test]
+fn a_crafted_build_image_layer_fails_the_build_naming_image_layer_and_entry_and_writes_nothing_outside() {
+    let t = TestDir::new();
+    let bp = probe_buildpack(&t);
+    let app = app(&t, "app", "1");
+    let out = t.user_dir("out");
+    // A symlink to ../outside, then a file through it: refused by neither rule alone
+    // (links are kept verbatim), so the write must stay in the root and the missing
+    // target fail the build. And a plain ../ path.
+    let corpus = repo_root().join("testdata/layers/malicious");
+    for (case, entry, why) in [
+        ("symlink-outside-then-write.tar", "link/pwned", "symlink to a missing directory"),
+        ("dotdot-file.tar", "../outside/pwned", "\"..\""),
+    ] {
+        let layer = fs::read(corpus.join(case)).unwrap();
+        let dir = busybox_plus_layer(&t, &format!("crafted-{}", case.trim_end_matches(".tar")), &layer);
+        let reference = format!("oci:{}:latest", dir.display());
+        let mut cmd = user_imgforge(&t);
+        cmd.arg("build").arg(&app).args(["--base", &t.busybox_copy(), "--build-image", &reference]);
+        cmd.args(["--isolation", "userns", "--buildpack"]).arg(&bp).arg("-t").arg(format!("oci:{}:x", out.display()));
+        let o = run(&mut cmd);
+        let stderr = stderr_str(&o);
+        assert_eq!(o.status.code(), Some(1), "{}", report(&cmd, &o));
+        assert!(o.stdout.is_empty(), "{}", report(&cmd, &o));
+        for needed in [reference.as_str(), "layer 2", entry, why] {
+            assert!(stderr.contains(needed), "{case}: the error does not say {needed:?}\n{}", report(&cmd, &o));
+        }
+        assert!(!stderr.contains("Sandbox probe"), "compile must not run: {}", report(&cmd, &o));
+        // Nothing escaped next to the unpack directory, and no partial rootfs is left.
+        let rootfs_v1 = user_cache(&t).join("rootfs-v1");
+        let names: Vec<String> =
+            fs::read_dir(&rootfs_v1).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        assert!(names.iter().all(|n| n.ends_with(".lock")), "{case}: left in rootfs-v1: {names:?}");
+        assert!(!user_cache(&t).join("outside").exists() && !t.join("outside").exists());
+    }
+}

@@ -780,7 +780,7 @@ mod tests {
         }
 
         fn run_with(&self, plan: &Plan, r: &Collect, env: &HerokuEnv, clear: bool) -> Result<Outcome, BuildpackError> {
-            run(plan, &self.app(), &self.work(), &self.cache(), "app-1", env, clear, r)
+            run(plan, &self.app(), &self.work(), &self.cache(), "app-1", env, clear, r, None)
         }
 
         fn read(&self, name: &str) -> String {
@@ -929,7 +929,10 @@ mod tests {
 
         // Another app has its own cache.
         f.rebuild();
-        run(&plan(&f), &f.app(), &f.work(), &f.cache(), "app-2", &env(), false, &r).unwrap().commit_caches().unwrap();
+        run(&plan(&f), &f.app(), &f.work(), &f.cache(), "app-2", &env(), false, &r, None)
+            .unwrap()
+            .commit_caches()
+            .unwrap();
         assert_eq!((f.read("alpha-count").trim(), counter().as_str()), ("1", "2"));
 
         // clear_cache starts empty, and replaces the kept one on commit only.

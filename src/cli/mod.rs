@@ -33,7 +33,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Build an image from an app directory on top of a base image.
-    Build(BuildArgs),
+    Build(Box<BuildArgs>),
     /// Print an image's digest, config and layers as JSON.
     Inspect {
         /// The image: oci:DIR[:TAG], oci-archive:FILE[:TAG] or docker-archive:FILE[:NAME[:TAG]].
