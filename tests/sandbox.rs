@@ -212,6 +212,9 @@ fn a_second_build_with_the_same_build_image_does_not_unpack_it_again() {
         .filter(|n| !n.ends_with(".lock"))
         .collect();
     assert_eq!(rootfs_dirs.len(), 1, "one unpacked build image, no leftovers: {rootfs_dirs:?}");
+    // The sandboxes' overlay dirs and the build dirs (with files of other uids) are gone.
+    let tmp: Vec<_> = fs::read_dir(user_cache(&t).join("tmp")).unwrap().map(|e| e.unwrap().path()).collect();
+    assert!(tmp.is_empty(), "left in the cache's tmp: {tmp:?}");
     assert!(stderrs[0].contains("Unpacking the build image"), "{}", stderrs[0]);
     assert!(stderrs[0].contains(": unpacked ("), "{}", stderrs[0]);
     assert!(!stderrs[1].contains("Unpacking the build image"), "{}", stderrs[1]);

@@ -240,21 +240,26 @@ impl Sandbox {
         if self.ids.sub_uid.is_none() {
             return Ok(());
         }
-        let Some(inside) = self.inside(host_dir) else { return Ok(()) };
-        let (mut cmd, mut guard) = self.command(Path::new("/bin/sh"), "/")?;
-        cmd.arg("-c").arg("exec chmod -R go+rwX \"$1\"").arg("sh").arg(&inside);
-        cmd.env_clear().env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
-        cmd.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null());
+        self.host_tool_as_root("chmod", &[OsString::from("-R"), "go+rwX".into(), host_dir.into()])
+    }
+
+    /// Runs a host tool (`chmod`, `rm`) in a bare user namespace with this sandbox's id map,
+    /// as root there: it can change files owned by any mapped uid (`podman unshare` does
+    /// the same). Only a user namespace: no mounts, the host's filesystem.
+    fn host_tool_as_root(&self, tool: &str, args: &[OsString]) -> Result<(), SandboxError> {
+        let program = find_tool(tool).ok_or_else(|| SandboxError::Unavailable(format!("{tool} not found")))?;
+        let (mut cmd, mut guard) = self.spawn_with(Plan::bare(), &program)?;
+        cmd.args(args).env_clear().stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null());
         let out = cmd.output();
         let why = guard.finish();
         match out {
             Ok(o) if o.status.success() => Ok(()),
             Ok(o) => Err(SandboxError::Unavailable(format!(
-                "chmod in the sandbox failed ({}): {}{why}",
+                "{tool} in a user namespace failed ({}): {}{why}",
                 o.status,
                 String::from_utf8_lossy(&o.stderr).trim()
             ))),
-            Err(e) => Err(SandboxError::Unavailable(format!("chmod in the sandbox could not start: {e}{why}"))),
+            Err(e) => Err(SandboxError::Unavailable(format!("{tool} in a user namespace could not start: {e}{why}"))),
         }
     }
 
@@ -301,7 +306,10 @@ impl Sandbox {
     /// keep the guard until it was spawned; [`SandboxGuard::finish`] then says why the
     /// sandbox could not be entered, if it could not.
     pub fn command(&self, program: &Path, cwd: &str) -> Result<(Command, SandboxGuard), SandboxError> {
-        let plan = self.plan(cwd)?;
+        self.spawn_with(self.plan(cwd)?, program)
+    }
+
+    fn spawn_with(&self, plan: Plan, program: &Path) -> Result<(Command, SandboxGuard), SandboxError> {
         let (pid_r, pid_w) = pipe()?;
         let (go_r, go_w) = pipe()?;
         let (st_r, st_w) = pipe()?;
@@ -399,7 +407,48 @@ impl Sandbox {
             cwd: CString::new(cwd).map_err(|_| nul(Path::new(cwd)))?,
             new_net: self.network == Network::None,
             parent: std::process::id() as libc::pid_t,
+            full: true,
         })
+    }
+}
+
+impl Drop for Sandbox {
+    /// Removes the overlay's upper and work dirs (or the copy): files in them may belong
+    /// to subordinate uids, or sit in mode-000 directories (overlay's work dir), so `rm`
+    /// runs as root in a user namespace; without subordinate ids, the owner first gets rwx
+    /// on every directory. The temp dir itself goes after.
+    fn drop(&mut self) {
+        let dir = self._dir.path().to_path_buf();
+        let parts: Vec<OsString> =
+            ["upper", "work", "copy"].iter().map(|p| dir.join(p)).filter(|p| p.exists()).map(Into::into).collect();
+        if parts.is_empty() {
+            return;
+        }
+        let mut args = vec![OsString::from("-rf"), "--".into()];
+        args.extend(parts);
+        if self.host_tool_as_root("rm", &args).is_err() {
+            owner_rwx_dirs(&dir);
+        }
+    }
+}
+
+/// chmod u+rwx on every directory we own under `dir` (so that it can be removed).
+fn owner_rwx_dirs(dir: &Path) {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    // SAFETY: trivial getter.
+    let me = unsafe { libc::geteuid() };
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(m) = fs::symlink_metadata(&d) else { continue };
+        if !m.is_dir() || m.uid() != me {
+            continue;
+        }
+        if m.mode() & 0o700 != 0o700 {
+            let _ = fs::set_permissions(&d, fs::Permissions::from_mode((m.mode() & 0o7777) | 0o700));
+        }
+        if let Ok(rd) = fs::read_dir(&d) {
+            stack.extend(rd.flatten().map(|e| e.path()));
+        }
     }
 }
 
@@ -527,6 +576,31 @@ struct Plan {
     new_net: bool,
     /// imgforge's pid: the child dies with it.
     parent: libc::pid_t,
+    /// false: only a user namespace (for host tools run as root over mapped ids).
+    full: bool,
+}
+
+impl Plan {
+    fn bare() -> Plan {
+        let empty = CString::default();
+        Plan {
+            mnt: empty.clone(),
+            overlay: None,
+            copy: None,
+            dirs: Vec::new(),
+            proc_: empty.clone(),
+            dev: empty.clone(),
+            dev_shm: empty.clone(),
+            tmp: empty.clone(),
+            devices: Vec::new(),
+            dev_links: Vec::new(),
+            binds: Vec::new(),
+            cwd: empty,
+            new_net: false,
+            parent: std::process::id() as libc::pid_t,
+            full: false,
+        }
+    }
 }
 
 /// Reports a failed step through the status pipe and returns the error for std to pass on.
@@ -562,7 +636,9 @@ fn enter(p: &Plan, pid_w: RawFd, go_r: RawFd, st: RawFd) -> io::Result<()> {
         }
         let mut flags =
             libc::CLONE_NEWUSER | libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC;
-        if p.new_net {
+        if !p.full {
+            flags = libc::CLONE_NEWUSER;
+        } else if p.new_net {
             flags |= libc::CLONE_NEWNET;
         }
         ok(libc::unshare(flags), st, "unshare")?;
@@ -577,6 +653,9 @@ fn enter(p: &Plan, pid_w: RawFd, go_r: RawFd, st: RawFd) -> io::Result<()> {
         }
         // Allowed only with a newgidmap map (else "deny" was written): best effort.
         libc::setgroups(0, std::ptr::null());
+        if !p.full {
+            return Ok(());
+        }
         // The command becomes pid 1 of the new pid namespace; this process waits for it.
         let child = libc::fork();
         if child < 0 {
