@@ -1,5 +1,7 @@
-//! The Heroku buildpack API, run on the host as the invoking user: detect, the app's
-//! pre-compile hook, compile, the post-compile hook, release.
+//! The Heroku buildpack API: detect, the app's pre-compile hook, compile, the post-compile
+//! hook, release. Scripts run on the host as the invoking user, or, given a
+//! [`Sandbox`], inside it (on the build image, as root there; paths are translated to
+//! where the sandbox binds them, and compile runs through the image's `/bin/sh`).
 //!
 //! Every script runs with a cleared environment plus `PATH` (fixed), `HOME` (the parent
 //! of the build directory, as on Heroku), `LANG=C.UTF-8`, `STACK` and `SOURCE_VERSION`
