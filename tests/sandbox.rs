@@ -317,3 +317,64 @@ fn a_crafted_build_image_layer_fails_the_build_naming_image_layer_and_entry_and_
         assert!(!user_cache(&t).join("outside").exists() && !t.join("outside").exists());
     }
 }
+
+/// Pids of processes whose environment holds `needle` (e.g. `STACK=<unique>`).
+fn pids_with_env(needle: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+        if let Ok(env) = fs::read(e.path().join("environ")) {
+            if env.split(|&b| b == 0).any(|v| v == needle.as_bytes()) {
+                out.push(pid);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn killing_imgforge_mid_compile_leaves_no_process_of_the_sandbox_behind() {
+    let t = TestDir::new();
+    let bp = t.join("buildpacks/sleeper");
+    fs::create_dir_all(bp.parent().unwrap()).unwrap();
+    copy_tree(&testdata("buildpacks/sleeper"), &bp);
+    let app = app(&t, "app", "1");
+    // The sleeper writes its pid to the path in `sleep` (inside: the build dir), then
+    // `exec sleep 120`. A unique STACK finds its processes from here.
+    fs::write(app.join("sleep"), "/app/started").unwrap();
+    let stack = format!("imgforge-kill-test-{}", std::process::id());
+    let out = t.mkdir("out");
+    let mut cmd = t.imgforge();
+    cmd.arg("build").arg(&app).args(["--base", &t.busybox_copy(), "--isolation", "userns", "--stack", &stack]);
+    cmd.arg("--buildpack").arg(&bp).arg("-t").arg(format!("oci:{}:x", out.display()));
+    cmd.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+    let mut child = cmd.spawn().unwrap();
+    let needle = format!("STACK={stack}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let started = loop {
+        let found: Vec<PathBuf> = fs::read_dir(t.cache_dir().join("tmp"))
+            .map(|rd| rd.flatten().map(|e| e.path().join("app/started")).filter(|p| p.is_file()).collect())
+            .unwrap_or_default();
+        if let Some(p) = found.into_iter().next() {
+            break p;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("imgforge ended ({status}) before compile started");
+        }
+        assert!(std::time::Instant::now() < deadline, "compile did not start in 60 s");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!(fs::read_to_string(&started).unwrap().trim(), "1", "compile is pid 1 in its namespace");
+    assert!(!pids_with_env(&needle).is_empty(), "the sleeping compile is not found by its STACK");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let left = pids_with_env(&needle);
+        if left.is_empty() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "processes of the killed build still run: {left:?}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
