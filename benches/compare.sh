@@ -3,6 +3,7 @@
 #
 # usage: benches/compare.sh [-n RUNS] [CASE...]
 #   CASE: gzip_vs_umoci zstd_vs_floor gzip_floor big_layer_rss rebuild_vs_buildah push_vs_skopeo
+#         build_image_unpack
 #         (default: all of them, in that order)
 # env:
 #   RUNS=3                          runs per command; the table shows the median (also min and max)
@@ -38,7 +39,7 @@ TREE_FILES=${TREE_FILES:-12000}
 TREE_MB=${TREE_MB:-100}
 BIG_FILES=${BIG_FILES:-2000}
 BIG_MB=${BIG_MB:-1024}
-ALL_CASES=(gzip_vs_umoci zstd_vs_floor gzip_floor big_layer_rss rebuild_vs_buildah push_vs_skopeo)
+ALL_CASES=(gzip_vs_umoci zstd_vs_floor gzip_floor big_layer_rss rebuild_vs_buildah push_vs_skopeo build_image_unpack)
 
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; exit 2; }
 cases=()
@@ -530,7 +531,9 @@ case_rebuild_vs_buildah() {
     { cat "$res/buildah-pull.err" >&2; die "buildah pull oci:$rb/base:bookworm failed"; }
   "${BH[@]}" tag "$id" "$base_ref" >/dev/null || die "buildah tag $id $base_ref failed"
 
-  local ifb=("$IMGFORGE" build "$app" --base "oci:$rb/base:bookworm" -b "$bp" -t "oci:$out:app"
+  # --isolation host: the buildpack reads its dependency store through a host symlink, and
+  # buildah runs no RUN step either; case 7 measures the sandbox on its own.
+  local ifb=("$IMGFORGE" build "$app" --base "oci:$rb/base:bookworm" -b "$bp" -t "oci:$out:app" --isolation host
     --cache-dir "$cache" -q)
   local bud=("${BH[@]}" bud --layers --isolation chroot --pull=never -q
     -t localhost/imgforge-bench-app:latest -f "$ctx/Containerfile" "$ctx")
@@ -702,6 +705,39 @@ print_targets() {
         "$([ "$op" = ge ] && echo '>=' || echo '<=')" "$limit" "$unit"
     fi
   done <"$res/targets"
+}
+
+# 7. The userns sandbox's build image: the first buildpack build on the Debian base unpacks it
+# into the cache (hardened extractor); a second build (app changed, so the buildpack runs again)
+# reuses it. umoci unpack --rootless of the same image is the reference.
+case_build_image_unpack() {
+  local cache=$run/cache-unpack out=$run/if-unpack app=$run/unpack-app bp=$run/noop-bp u=$run/umoci-unpack
+  local first_s reuse_s
+  mkdir -p "$bp/bin"
+  printf '#!/bin/sh\necho Noop\n' >"$bp/bin/detect"
+  printf '#!/bin/sh\necho "-----> noop on Debian $(cat /etc/debian_version)"\n' >"$bp/bin/compile"
+  chmod +x "$bp/bin/detect" "$bp/bin/compile"
+  for i in $(seq "$RUNS"); do
+    fresh "$cache" "$out" "$app"
+    mkdir -p "$app" && echo "$i" >"$app/rev.txt"
+    measure unpack_first "$IMGFORGE" build "$app" --base "oci:$BASE:bookworm" --isolation userns \
+      -b "$bp" -t "oci:$out:app" --cache-dir "$cache"
+    grep -q 'Build image .*: unpacked' "$res/unpack_first.stderr" || die "the first build did not unpack"
+    echo "$i-again" >"$app/rev.txt"
+    measure unpack_reuse "$IMGFORGE" build "$app" --base "oci:$BASE:bookworm" --isolation userns \
+      -b "$bp" -t "oci:$out:app" --cache-dir "$cache"
+    grep -q 'reusing its unpacked filesystem' "$res/unpack_reuse.stderr" ||
+      die "the second build unpacked the build image again"
+    fresh "$u"
+    measure umoci_unpack umoci unpack --rootless --image "$BASE:bookworm" "$u"
+  done
+  row 7 unpack_first "imgforge build, new build image (unpack + sandbox)" umoci_unpack - -
+  row 7 unpack_reuse "imgforge build, build image already unpacked" umoci_unpack - -
+  row 7 umoci_unpack "umoci unpack --rootless, same image" umoci_unpack - -
+  first_s=$(sed -n 's/.*Build image .*: unpacked (.*) in \([0-9.]*\) s.*/\1/p' "$res/unpack_first.stderr" | tail -1)
+  info "unpack alone (imgforge's report, last run)" "$first_s" s
+  reuse_s=$(ratio "$(stat_of unpack_reuse median)" "$(stat_of unpack_first median)")
+  target "reuse build vs first build" "$reuse_s" 0.50 x
 }
 
 # ---------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ pub mod copy;
 pub mod image;
 pub mod inspect;
 pub mod report;
+pub mod sandbox;
 pub mod store;
 pub mod transport;
 

@@ -22,6 +22,11 @@ pub enum Event<'a> {
     Detected { buildpack: &'a str, applies: bool, framework: &'a str },
     /// A line a buildpack (or app hook) printed while compiling; `----->` headings included.
     BuildpackOutput { buildpack: &'a str, line: &'a str },
+    /// The build image's filesystem is ready: unpacked now (taking `millis` for `bytes`
+    /// of tar), or reused from the cache.
+    BuildImageReady { reference: &'a str, unpacked: bool, millis: u64, bytes: u64 },
+    /// Where buildpacks run: "host", or the sandbox and how it was set up.
+    Isolation(String),
     /// Something the user should know; the build goes on.
     Warning(String),
     /// Detail shown with -v.

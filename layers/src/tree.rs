@@ -39,6 +39,12 @@ pub struct TreeEntry {
     pub ctime_ns: i128,
     pub ino: u64,
     pub dev: u64,
+    /// Host `st_uid` and `st_gid`.
+    pub host_uid: u32,
+    pub host_gid: u32,
+    /// Owner in the layer, when not the layer's owner (e.g. a file a buildpack chowned in
+    /// the sandbox). `scan_tree` leaves it `None`.
+    pub owner: Option<Owner>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -230,6 +236,9 @@ fn scan_dir(root: &Path, dir_rel: &Path, include: Include<'_>, part: &mut ScanPa
             ctime_ns: ns(md.ctime(), md.ctime_nsec()),
             ino: md.ino(),
             dev: md.dev(),
+            host_uid: md.uid(),
+            host_gid: md.gid(),
+            owner: None,
         };
         part.0.push((entry, md.nlink()));
     }
@@ -304,6 +313,7 @@ impl Tree {
         }
         for (i, e) in self.entries.iter().enumerate() {
             let path = join_prefix(prefix, e.rel.as_os_str());
+            let owner = e.owner.unwrap_or(owner);
             match &e.kind {
                 EntryKind::Dir => tar.dir(&path, e.mode, owner)?,
                 EntryKind::Symlink(t) => tar.symlink(&path, t, owner)?,

@@ -9,6 +9,7 @@ use imgforge::build::{build, BuildOptions};
 use imgforge::image::manifest::Platform;
 use imgforge::image::reference::ImageRef;
 use imgforge::layers::{CompressOptions, Compression, Owner};
+use imgforge::sandbox::{Isolation, Network};
 use imgforge::store::default_cache_dir;
 use imgforge::transport::{RegistryOptions, TransportOptions};
 
@@ -39,7 +40,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Build an image from an app directory on top of a base image.
-    Build(BuildArgs),
+    Build(Box<BuildArgs>),
     /// Print an image's digest, config and layers as JSON.
     Inspect {
         /// The image: docker://NAME[:TAG|@DIGEST] (or a bare name), oci:DIR[:TAG], oci-archive:FILE[:TAG] or docker-archive:FILE[:NAME[:TAG]].
@@ -137,6 +138,16 @@ struct BuildArgs {
     /// Start the buildpacks' caches empty and run them even if nothing changed.
     #[arg(long)]
     clear_cache: bool,
+    /// Where buildpacks run: host, userns (a rootless sandbox on the build image), or auto
+    /// (userns when the kernel allows it and the build image has /bin/sh).
+    #[arg(long, default_value = "auto", value_parser = ["host", "userns", "auto"])]
+    isolation: String,
+    /// The image buildpacks run on in the sandbox [default: the base image].
+    #[arg(long, value_name = "IMAGE", value_parser = parse_ref)]
+    build_image: Option<ImageRef>,
+    /// The buildpacks' network: host, or none (only loopback; needs the sandbox).
+    #[arg(long, default_value = "host", value_parser = ["none", "host"])]
+    network: String,
 }
 
 /// The registry part of `docker://HOST/…`, `HOST/…` or `HOST`.
@@ -356,6 +367,13 @@ pub fn main() -> ExitCode {
                 stack: a.stack.clone(),
                 clear_cache: a.clear_cache,
                 registry,
+                isolation: match a.isolation.as_str() {
+                    "host" => Isolation::Host,
+                    "userns" => Isolation::Userns,
+                    _ => Isolation::Auto,
+                },
+                build_image: a.build_image.clone(),
+                network: if a.network == "none" { Network::None } else { Network::Host },
             };
             let reporter = render::for_stderr(cli.quiet, cli.verbose, std::io::stderr().is_terminal());
             let result = build(&opts, reporter.as_ref());

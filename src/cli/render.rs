@@ -61,6 +61,13 @@ fn line(event: &Event<'_>, verbose: bool) -> Option<String> {
         }
         Event::Detected { buildpack, applies: false, .. } => format!("Buildpack {buildpack}: does not apply"),
         Event::BuildpackOutput { line, .. } => line.to_string(),
+        Event::BuildImageReady { reference, unpacked: true, millis, bytes } => {
+            format!("Build image {reference}: unpacked ({}) in {:.1} s", mb(*bytes), *millis as f64 / 1000.0)
+        }
+        Event::BuildImageReady { reference, unpacked: false, .. } => {
+            format!("Build image {reference}: reusing its unpacked filesystem")
+        }
+        Event::Isolation(how) => format!("Buildpacks run {how}"),
         Event::Warning(w) => format!("warning: {w}"),
         Event::Detail(d) if verbose => d.clone(),
         Event::Detail(_) => return None,

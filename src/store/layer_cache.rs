@@ -89,6 +89,9 @@ pub fn tree_key_with(
                 h.update(t.as_os_str().as_bytes());
             }
         }
+        if let Some(o) = e.owner {
+            h.update(format!(" owner {}:{}", o.uid, o.gid));
+        }
         let item = Sha256Hash(h.finalize().into());
         let path = e.rel.as_os_str().as_bytes();
         key.update((path.len() as u64).to_le_bytes());
