@@ -468,3 +468,66 @@ fn credentials_are_not_sent_where_a_redirect_leads() {
     assert!(seen.iter().any(|s| s.path.ends_with(&layer)), "the redirect was not followed: {seen:#?}");
     assert!(seen.iter().all(|s| !s.authorization), "credentials went to another host: {seen:#?}");
 }
+
+/// Writes a blob into an OCI layout; returns its descriptor JSON.
+fn put_blob(layout: &std::path::Path, media_type: &str, bytes: &[u8]) -> Value {
+    let d = sha256_digest(bytes);
+    fs::write(layout.join("blobs/sha256").join(&d[7..]), bytes).unwrap();
+    serde_json::json!({"mediaType": media_type, "digest": d, "size": bytes.len()})
+}
+
+#[test]
+fn multi_platform_index_resolves_to_the_requested_platform() {
+    let t = TestDir::new();
+    let reg = Registry::start(&t, Mode::Plain);
+    // A two-platform index: busybox as linux/amd64, and the same layer with an arm64 config.
+    let layout = t.join("multi");
+    copy_tree(&busybox_layout(), &layout);
+    let amd = layout_manifest(&layout, "latest");
+    let amd_digest = index_tags(&layout)[0].1.clone();
+    let mut config: Value =
+        serde_json::from_slice(&read_blob(&layout, amd["config"]["digest"].as_str().unwrap())).unwrap();
+    config["architecture"] = "arm64".into();
+    let config_desc =
+        put_blob(&layout, "application/vnd.oci.image.config.v1+json", &serde_json::to_vec(&config).unwrap());
+    let mut arm = amd.clone();
+    arm["config"] = config_desc;
+    let arm_desc = put_blob(&layout, "application/vnd.oci.image.manifest.v1+json", &serde_json::to_vec(&arm).unwrap());
+    let arm_digest = arm_desc["digest"].as_str().unwrap().to_string();
+    let mut amd_desc = read_index(&layout)["manifests"][0].clone();
+    amd_desc.as_object_mut().unwrap().remove("annotations");
+    let mut arm_desc = arm_desc;
+    arm_desc["platform"] = serde_json::json!({"architecture": "arm64", "os": "linux"});
+    let index = serde_json::json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": [amd_desc, arm_desc],
+    });
+    let mut index_desc =
+        put_blob(&layout, "application/vnd.oci.image.index.v1+json", &serde_json::to_vec(&index).unwrap());
+    index_desc["annotations"] = serde_json::json!({"org.opencontainers.image.ref.name": "multi"});
+    fs::write(
+        layout.join("index.json"),
+        serde_json::to_vec(&serde_json::json!({"schemaVersion": 2, "manifests": [index_desc]})).unwrap(),
+    )
+    .unwrap();
+    let multi = reg.reference("multi:1");
+    skopeo_copy(&reg, &format!("oci:{}:multi", layout.display()), &multi, &["--all"]);
+
+    let inspect = |platform: Option<&str>| -> Value {
+        let mut c = imgforge_for(&t, &reg);
+        c.arg("inspect").arg(&multi);
+        if let Some(p) = platform {
+            c.args(["--platform", p]);
+        }
+        serde_json::from_slice(&run_ok(&mut c).stdout).unwrap()
+    };
+    assert_eq!(inspect(Some("linux/amd64"))["digest"], amd_digest);
+    let v = inspect(Some("linux/arm64"));
+    assert_eq!(v["digest"], arm_digest);
+    assert_eq!(v["config"]["architecture"], "arm64");
+    let err = fails(imgforge_for(&t, &reg).args(["inspect", &multi, "--platform", "linux/s390x"]));
+    assert!(err.contains("linux/arm64") && err.contains("--platform"), "{err}");
+    // copy takes the one platform's image, bytes unchanged.
+    let out = format!("oci:{}:arm", t.join("arm").display());
+    let mut c = imgforge_for(&t, &reg);
+    assert_eq!(build_ok(c.args(["copy", "--platform", "linux/arm64", &multi, &out])), arm_digest);
+}
