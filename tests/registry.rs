@@ -531,3 +531,37 @@ fn multi_platform_index_resolves_to_the_requested_platform() {
     let mut c = imgforge_for(&t, &reg);
     assert_eq!(build_ok(c.args(["copy", "--platform", "linux/arm64", &multi, &out])), arm_digest);
 }
+
+#[test]
+fn copy_relocates_an_image_between_registries_fetching_only_what_is_missing() {
+    let t = TestDir::new();
+    let upstream = Registry::start(&t, Mode::Plain);
+    let airgap = Registry::start(&t, Mode::Plain);
+    let digest = copy_ok(&mut imgforge_for(&t, &upstream), &busybox_ref(), &upstream.reference("library/base:1"));
+    let layers = layer_digests(&skopeo_inspect_reg(&upstream, &upstream.reference("library/base:1")));
+
+    let (m_up, m_air) = (upstream.mark(), airgap.mark());
+    let mut c = imgforge_for(&t, &upstream);
+    c.env("IMGFORGE_CACHE_DIR", t.join("relocate-cache"));
+    assert_eq!(
+        copy_ok(&mut c, &upstream.reference("library/base:1"), &airgap.reference("mirror/base:1")),
+        digest,
+        "the manifest bytes, and so the digest, are kept"
+    );
+    assert_eq!(skopeo_inspect_reg(&airgap, &airgap.reference("mirror/base:1"))["Digest"], digest);
+    for l in &layers {
+        assert_eq!(blob_gets(&upstream.requests_since(m_up), l), 1, "layer {l} fetched once");
+        let air = airgap.requests_since(m_air);
+        assert!(air.iter().any(|r| r.method == "PUT" && r.path.contains(&format!("digest={l}"))), "{air:#?}");
+    }
+    // Again: the destination has everything, so nothing is fetched and nothing uploaded.
+    let (m_up, m_air) = (upstream.mark(), airgap.mark());
+    let mut c = imgforge_for(&t, &upstream);
+    c.env("IMGFORGE_CACHE_DIR", t.join("relocate-cache-2"));
+    copy_ok(&mut c, &upstream.reference("library/base:1"), &airgap.reference("mirror/base:1"));
+    assert!(!upstream
+        .requests_since(m_up)
+        .iter()
+        .any(|r| r.path.contains("/blobs/") && r.method == "GET" && layers.iter().any(|l| r.path.ends_with(l))));
+    assert!(!airgap.requests_since(m_air).iter().any(|r| r.path.contains("/blobs/uploads")));
+}

@@ -66,12 +66,12 @@ impl Registry {
     pub fn start(t: &TestDir, mode: Mode) -> Registry {
         require_tool("docker-registry");
         require_tool("openssl");
-        let dir = t.mkdir(format!("registry-{mode:?}").to_lowercase());
+        let port = free_port();
+        let dir = t.mkdir(format!("registry-{mode:?}-{port}").to_lowercase());
         let storage = dir.join("storage");
         fs::create_dir_all(&storage).unwrap();
         let home = dir.join("home");
         fs::create_dir_all(&home).unwrap();
-        let port = free_port();
         let host = format!("127.0.0.1:{port}");
         let mut extra = String::new();
         let mut ca = None;
