@@ -374,6 +374,17 @@ fn token_auth_registry_scoped_tokens_login_and_mount() {
     assert_eq!(skopeo_inspect_reg(&reg, &reg.reference("app:1"))["Digest"], app);
     let back = format!("oci:{}:x", t.join("back").display());
     assert_eq!(copy_ok(&mut imgforge_for(&t, &reg), &reg.reference("app:1"), &back), app);
+
+    // An identity token in the auth file is exchanged as an OAuth2 refresh token (POST).
+    t.write(
+        "auth.json",
+        format!(r#"{{"auths":{{"{}":{{"identitytoken":"{}"}}}}}}"#, reg.host, registry::REFRESH_TOKEN),
+    );
+    reg.token_requests.lock().unwrap().clear();
+    let mut i = imgforge_for(&t, &reg);
+    let v: Value = serde_json::from_slice(&run_ok(i.args(["inspect", &reg.reference("app:1")])).stdout).unwrap();
+    assert_eq!(v["digest"], app);
+    assert!(reg.token_requests.lock().unwrap().iter().all(|r| r.authenticated));
 }
 
 #[test]

@@ -20,6 +20,8 @@ pub const USER: &str = "tester";
 pub const PASSWORD: &str = "s3cret-pass";
 pub const SERVICE: &str = "imgforge-test-registry";
 pub const ISSUER: &str = "imgforge-test-issuer";
+/// The OAuth2 refresh token ("identity token") the token server accepts.
+pub const REFRESH_TOKEN: &str = "imgforge-test-refresh-token";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
@@ -309,14 +311,19 @@ fn serve_token(stream: TcpStream, dir: &Path, x5c: &str, log: &Mutex<Vec<TokenRe
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut line = String::new();
     reader.read_line(&mut line)?;
+    let method = line.split_whitespace().next().unwrap_or("").to_string();
     let target = line.split_whitespace().nth(1).unwrap_or("").to_string();
     let mut authorized = false;
+    let mut len = 0usize;
     loop {
         let mut h = String::new();
         if reader.read_line(&mut h)? == 0 || h == "\r\n" || h == "\n" {
             break;
         }
         if let Some((k, v)) = h.split_once(':') {
+            if k.eq_ignore_ascii_case("content-length") {
+                len = v.trim().parse().unwrap_or(0);
+            }
             if k.eq_ignore_ascii_case("authorization") {
                 let want =
                     format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}")));
@@ -324,11 +331,18 @@ fn serve_token(stream: TcpStream, dir: &Path, x5c: &str, log: &Mutex<Vec<TokenRe
             }
         }
     }
-    let query = target.split_once('?').map(|(_, q)| q).unwrap_or("");
+    // GET with query parameters (Basic credentials), or POST with a form (OAuth2 refresh
+    // token, as clients with an identity token do).
+    let mut body = vec![0u8; len];
+    reader.read_exact(&mut body)?;
+    let body = String::from_utf8_lossy(&body).into_owned();
+    let query = if method == "POST" { body.as_str() } else { target.split_once('?').map(|(_, q)| q).unwrap_or("") };
     let mut scopes = Vec::new();
     for kv in query.split('&') {
-        if let Some(("scope", v)) = kv.split_once('=') {
-            scopes.extend(url_decode(v).split(' ').filter(|s| !s.is_empty()).map(str::to_string));
+        match kv.split_once('=') {
+            Some(("scope", v)) => scopes.extend(url_decode(v).split(' ').filter(|s| !s.is_empty()).map(str::to_string)),
+            Some(("refresh_token", v)) if method == "POST" => authorized = url_decode(v) == REFRESH_TOKEN,
+            _ => {}
         }
     }
     log.lock().unwrap().push(TokenRequest { scopes: scopes.clone(), authenticated: authorized });
