@@ -338,6 +338,10 @@ fn tls_registry_with_basic_auth_login_logout_and_credential_helpers() {
     c.env("DOCKER_CONFIG", t.join("docker")).env("REGISTRY_AUTH_FILE", t.join("none.json")).env("PATH", path);
     let v: Value = serde_json::from_slice(&run_ok(c.args(["inspect", &dest])).stdout).unwrap();
     assert_eq!(v["digest"], digest);
+    // The same helper as the default store (credsStore).
+    t.write("docker/config.json", r#"{"credsStore":"imgforgetest"}"#);
+    let v: Value = serde_json::from_slice(&run_ok(c.env("IMGFORGE_CACHE_DIR", t.join("c3"))).stdout).unwrap();
+    assert_eq!(v["digest"], digest);
 }
 
 #[test]
