@@ -31,6 +31,10 @@ fn skopeo_flags(reg: &Registry, prefix: &str) -> Vec<String> {
             format!("--{prefix}creds={USER}:{PASSWORD}"),
         ],
         Mode::Token => vec![format!("--{prefix}tls-verify=false"), format!("--{prefix}creds={USER}:{PASSWORD}")],
+        Mode::MutualTls => vec![format!(
+            "--{prefix}cert-dir={}",
+            reg.ca.as_ref().unwrap().parent().unwrap().join("skopeo-certs").display()
+        )],
     }
 }
 
@@ -39,6 +43,11 @@ fn prepare_skopeo_certs(reg: &Registry) {
         let d = ca.parent().unwrap().join("skopeo-certs");
         fs::create_dir_all(&d).unwrap();
         fs::copy(ca, d.join("ca.crt")).unwrap();
+        let dir = ca.parent().unwrap();
+        if dir.join("client.crt").exists() {
+            fs::copy(dir.join("client.crt"), d.join("client.cert")).unwrap();
+            fs::copy(dir.join("client.key"), d.join("client.key")).unwrap();
+        }
     }
 }
 
@@ -579,4 +588,21 @@ fn copy_relocates_an_image_between_registries_fetching_only_what_is_missing() {
         .iter()
         .any(|r| r.path.contains("/blobs/") && r.method == "GET" && layers.iter().any(|l| r.path.ends_with(l))));
     assert!(!airgap.requests_since(m_air).iter().any(|r| r.path.contains("/blobs/uploads")));
+}
+
+#[test]
+fn client_certificates_from_certs_d() {
+    let t = TestDir::new();
+    let reg = Registry::start(&t, Mode::MutualTls);
+    let dest = reg.reference("base:1");
+    // certs.d has the CA but no client certificate: the registry refuses the handshake.
+    let err = fails(imgforge_for(&t, &reg).args(["copy", &busybox_ref(), &dest]));
+    assert!(err.contains(&reg.host), "{err}");
+    // With client.cert + client.key beside it (the containers convention), it works.
+    let certs_d = reg.home.join(".config/containers/certs.d").join(&reg.host);
+    let dir = reg.ca.as_ref().unwrap().parent().unwrap();
+    fs::copy(dir.join("client.crt"), certs_d.join("client.cert")).unwrap();
+    fs::copy(dir.join("client.key"), certs_d.join("client.key")).unwrap();
+    let digest = copy_ok(&mut imgforge_for(&t, &reg), &busybox_ref(), &dest);
+    assert_eq!(skopeo_inspect_reg(&reg, &dest)["Digest"], digest);
 }

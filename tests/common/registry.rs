@@ -28,6 +28,7 @@ pub enum Mode {
     Plain,
     TlsBasic,
     Token,
+    MutualTls,
 }
 
 /// One request as the registry logged it.
@@ -64,6 +65,66 @@ fn openssl(dir: &Path, args: &[&str]) {
     run_ok(Command::new("openssl").current_dir(dir).args(args));
 }
 
+const EC: [&str; 5] = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+
+/// `NAME.key` and `NAME.crt` in `dir`, signed by `ca.crt`/`ca.key` with these extensions.
+fn make_cert(dir: &Path, name: &str, subject: &str, ext: &str) {
+    let (key, csr, crt, extf) =
+        (format!("{name}.key"), format!("{name}.csr"), format!("{name}.crt"), format!("{name}.ext"));
+    let mut a = vec!["req"];
+    a.extend(EC);
+    a.extend(["-keyout", &key, "-out", &csr, "-subj", subject]);
+    openssl(dir, &a);
+    fs::write(dir.join(&extf), ext).unwrap();
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &crt,
+            "-days",
+            "2",
+            "-extfile",
+            &extf,
+        ],
+    );
+}
+
+/// A CA (`ca.crt`, `ca.key`) and a server certificate for 127.0.0.1 (`server.crt`, `server.key`).
+fn make_tls(dir: &Path) {
+    let mut a = vec!["req", "-x509"];
+    a.extend(EC);
+    a.extend([
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=imgforge test CA",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+    ]);
+    openssl(dir, &a);
+    make_cert(
+        dir,
+        "server",
+        "/CN=127.0.0.1",
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n",
+    );
+}
+
 impl Registry {
     pub fn start(t: &TestDir, mode: Mode) -> Registry {
         require_tool("docker-registry");
@@ -82,53 +143,7 @@ impl Registry {
             Mode::Plain => {}
             Mode::TlsBasic => {
                 require_tool("htpasswd");
-                let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
-                let mut a = vec!["req", "-x509"];
-                a.extend(ec);
-                a.extend([
-                    "-keyout",
-                    "ca.key",
-                    "-out",
-                    "ca.crt",
-                    "-days",
-                    "2",
-                    "-subj",
-                    "/CN=imgforge test CA",
-                    "-addext",
-                    "basicConstraints=critical,CA:TRUE",
-                    "-addext",
-                    "keyUsage=critical,keyCertSign,cRLSign",
-                ]);
-                openssl(&dir, &a);
-                let mut a = vec!["req"];
-                a.extend(ec);
-                a.extend(["-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1"]);
-                openssl(&dir, &a);
-                fs::write(
-                    dir.join("server.ext"),
-                    "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n",
-                )
-                .unwrap();
-                openssl(
-                    &dir,
-                    &[
-                        "x509",
-                        "-req",
-                        "-in",
-                        "server.csr",
-                        "-CA",
-                        "ca.crt",
-                        "-CAkey",
-                        "ca.key",
-                        "-CAcreateserial",
-                        "-out",
-                        "server.crt",
-                        "-days",
-                        "2",
-                        "-extfile",
-                        "server.ext",
-                    ],
-                );
+                make_tls(&dir);
                 let out = run_ok(Command::new("htpasswd").args(["-Bbn", USER, PASSWORD]));
                 fs::write(dir.join("htpasswd"), &out.stdout).unwrap();
                 let certs_d = home.join(".config/containers/certs.d").join(&host);
@@ -137,6 +152,24 @@ impl Registry {
                 ca = Some(dir.join("ca.crt"));
                 extra = format!(
                     "  tls:\n    certificate: {d}/server.crt\n    key: {d}/server.key\nauth:\n  htpasswd:\n    realm: imgforge-test\n    path: {d}/htpasswd\n",
+                    d = dir.display()
+                );
+            }
+            Mode::MutualTls => {
+                // TLS that requires a client certificate signed by the CA; no other auth.
+                make_tls(&dir);
+                make_cert(
+                    &dir,
+                    "client",
+                    "/CN=imgforge test client",
+                    "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n",
+                );
+                let certs_d = home.join(".config/containers/certs.d").join(&host);
+                fs::create_dir_all(&certs_d).unwrap();
+                fs::copy(dir.join("ca.crt"), certs_d.join("ca.crt")).unwrap();
+                ca = Some(dir.join("ca.crt"));
+                extra = format!(
+                    "  tls:\n    certificate: {d}/server.crt\n    key: {d}/server.key\n    clientcas:\n      - {d}/ca.crt\n",
                     d = dir.display()
                 );
             }
