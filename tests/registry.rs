@@ -31,6 +31,10 @@ fn skopeo_flags(reg: &Registry, prefix: &str) -> Vec<String> {
             format!("--{prefix}creds={USER}:{PASSWORD}"),
         ],
         Mode::Token => vec![format!("--{prefix}tls-verify=false"), format!("--{prefix}creds={USER}:{PASSWORD}")],
+        Mode::MutualTls => vec![format!(
+            "--{prefix}cert-dir={}",
+            reg.ca.as_ref().unwrap().parent().unwrap().join("skopeo-certs").display()
+        )],
     }
 }
 
@@ -39,6 +43,11 @@ fn prepare_skopeo_certs(reg: &Registry) {
         let d = ca.parent().unwrap().join("skopeo-certs");
         fs::create_dir_all(&d).unwrap();
         fs::copy(ca, d.join("ca.crt")).unwrap();
+        let dir = ca.parent().unwrap();
+        if dir.join("client.crt").exists() {
+            fs::copy(dir.join("client.crt"), d.join("client.cert")).unwrap();
+            fs::copy(dir.join("client.key"), d.join("client.key")).unwrap();
+        }
     }
 }
 
@@ -338,6 +347,10 @@ fn tls_registry_with_basic_auth_login_logout_and_credential_helpers() {
     c.env("DOCKER_CONFIG", t.join("docker")).env("REGISTRY_AUTH_FILE", t.join("none.json")).env("PATH", path);
     let v: Value = serde_json::from_slice(&run_ok(c.args(["inspect", &dest])).stdout).unwrap();
     assert_eq!(v["digest"], digest);
+    // The same helper as the default store (credsStore).
+    t.write("docker/config.json", r#"{"credsStore":"imgforgetest"}"#);
+    let v: Value = serde_json::from_slice(&run_ok(c.env("IMGFORGE_CACHE_DIR", t.join("c3"))).stdout).unwrap();
+    assert_eq!(v["digest"], digest);
 }
 
 #[test]
@@ -374,6 +387,17 @@ fn token_auth_registry_scoped_tokens_login_and_mount() {
     assert_eq!(skopeo_inspect_reg(&reg, &reg.reference("app:1"))["Digest"], app);
     let back = format!("oci:{}:x", t.join("back").display());
     assert_eq!(copy_ok(&mut imgforge_for(&t, &reg), &reg.reference("app:1"), &back), app);
+
+    // An identity token in the auth file is exchanged as an OAuth2 refresh token (POST).
+    t.write(
+        "auth.json",
+        format!(r#"{{"auths":{{"{}":{{"identitytoken":"{}"}}}}}}"#, reg.host, registry::REFRESH_TOKEN),
+    );
+    reg.token_requests.lock().unwrap().clear();
+    let mut i = imgforge_for(&t, &reg);
+    let v: Value = serde_json::from_slice(&run_ok(i.args(["inspect", &reg.reference("app:1")])).stdout).unwrap();
+    assert_eq!(v["digest"], app);
+    assert!(reg.token_requests.lock().unwrap().iter().all(|r| r.authenticated));
 }
 
 #[test]
@@ -467,4 +491,118 @@ fn credentials_are_not_sent_where_a_redirect_leads() {
     let seen = elsewhere.seen.lock().unwrap().clone();
     assert!(seen.iter().any(|s| s.path.ends_with(&layer)), "the redirect was not followed: {seen:#?}");
     assert!(seen.iter().all(|s| !s.authorization), "credentials went to another host: {seen:#?}");
+}
+
+/// Writes a blob into an OCI layout; returns its descriptor JSON.
+fn put_blob(layout: &std::path::Path, media_type: &str, bytes: &[u8]) -> Value {
+    let d = sha256_digest(bytes);
+    fs::write(layout.join("blobs/sha256").join(&d[7..]), bytes).unwrap();
+    serde_json::json!({"mediaType": media_type, "digest": d, "size": bytes.len()})
+}
+
+#[test]
+fn multi_platform_index_resolves_to_the_requested_platform() {
+    let t = TestDir::new();
+    let reg = Registry::start(&t, Mode::Plain);
+    // A two-platform index: busybox as linux/amd64, and the same layer with an arm64 config.
+    let layout = t.join("multi");
+    copy_tree(&busybox_layout(), &layout);
+    let amd = layout_manifest(&layout, "latest");
+    let amd_digest = index_tags(&layout)[0].1.clone();
+    let mut config: Value =
+        serde_json::from_slice(&read_blob(&layout, amd["config"]["digest"].as_str().unwrap())).unwrap();
+    config["architecture"] = "arm64".into();
+    let config_desc =
+        put_blob(&layout, "application/vnd.oci.image.config.v1+json", &serde_json::to_vec(&config).unwrap());
+    let mut arm = amd.clone();
+    arm["config"] = config_desc;
+    let arm_desc = put_blob(&layout, "application/vnd.oci.image.manifest.v1+json", &serde_json::to_vec(&arm).unwrap());
+    let arm_digest = arm_desc["digest"].as_str().unwrap().to_string();
+    let mut amd_desc = read_index(&layout)["manifests"][0].clone();
+    amd_desc.as_object_mut().unwrap().remove("annotations");
+    let mut arm_desc = arm_desc;
+    arm_desc["platform"] = serde_json::json!({"architecture": "arm64", "os": "linux"});
+    let index = serde_json::json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": [amd_desc, arm_desc],
+    });
+    let mut index_desc =
+        put_blob(&layout, "application/vnd.oci.image.index.v1+json", &serde_json::to_vec(&index).unwrap());
+    index_desc["annotations"] = serde_json::json!({"org.opencontainers.image.ref.name": "multi"});
+    fs::write(
+        layout.join("index.json"),
+        serde_json::to_vec(&serde_json::json!({"schemaVersion": 2, "manifests": [index_desc]})).unwrap(),
+    )
+    .unwrap();
+    let multi = reg.reference("multi:1");
+    skopeo_copy(&reg, &format!("oci:{}:multi", layout.display()), &multi, &["--all"]);
+
+    let inspect = |platform: Option<&str>| -> Value {
+        let mut c = imgforge_for(&t, &reg);
+        c.arg("inspect").arg(&multi);
+        if let Some(p) = platform {
+            c.args(["--platform", p]);
+        }
+        serde_json::from_slice(&run_ok(&mut c).stdout).unwrap()
+    };
+    assert_eq!(inspect(Some("linux/amd64"))["digest"], amd_digest);
+    let v = inspect(Some("linux/arm64"));
+    assert_eq!(v["digest"], arm_digest);
+    assert_eq!(v["config"]["architecture"], "arm64");
+    let err = fails(imgforge_for(&t, &reg).args(["inspect", &multi, "--platform", "linux/s390x"]));
+    assert!(err.contains("linux/arm64") && err.contains("--platform"), "{err}");
+    // copy takes the one platform's image, bytes unchanged.
+    let out = format!("oci:{}:arm", t.join("arm").display());
+    let mut c = imgforge_for(&t, &reg);
+    assert_eq!(build_ok(c.args(["copy", "--platform", "linux/arm64", &multi, &out])), arm_digest);
+}
+
+#[test]
+fn copy_relocates_an_image_between_registries_fetching_only_what_is_missing() {
+    let t = TestDir::new();
+    let upstream = Registry::start(&t, Mode::Plain);
+    let airgap = Registry::start(&t, Mode::Plain);
+    let digest = copy_ok(&mut imgforge_for(&t, &upstream), &busybox_ref(), &upstream.reference("library/base:1"));
+    let layers = layer_digests(&skopeo_inspect_reg(&upstream, &upstream.reference("library/base:1")));
+
+    let (m_up, m_air) = (upstream.mark(), airgap.mark());
+    let mut c = imgforge_for(&t, &upstream);
+    c.env("IMGFORGE_CACHE_DIR", t.join("relocate-cache"));
+    assert_eq!(
+        copy_ok(&mut c, &upstream.reference("library/base:1"), &airgap.reference("mirror/base:1")),
+        digest,
+        "the manifest bytes, and so the digest, are kept"
+    );
+    assert_eq!(skopeo_inspect_reg(&airgap, &airgap.reference("mirror/base:1"))["Digest"], digest);
+    for l in &layers {
+        assert_eq!(blob_gets(&upstream.requests_since(m_up), l), 1, "layer {l} fetched once");
+        let air = airgap.requests_since(m_air);
+        assert!(air.iter().any(|r| r.method == "PUT" && r.path.contains(&format!("digest={l}"))), "{air:#?}");
+    }
+    // Again: the destination has everything, so nothing is fetched and nothing uploaded.
+    let (m_up, m_air) = (upstream.mark(), airgap.mark());
+    let mut c = imgforge_for(&t, &upstream);
+    c.env("IMGFORGE_CACHE_DIR", t.join("relocate-cache-2"));
+    copy_ok(&mut c, &upstream.reference("library/base:1"), &airgap.reference("mirror/base:1"));
+    assert!(!upstream
+        .requests_since(m_up)
+        .iter()
+        .any(|r| r.path.contains("/blobs/") && r.method == "GET" && layers.iter().any(|l| r.path.ends_with(l))));
+    assert!(!airgap.requests_since(m_air).iter().any(|r| r.path.contains("/blobs/uploads")));
+}
+
+#[test]
+fn client_certificates_from_certs_d() {
+    let t = TestDir::new();
+    let reg = Registry::start(&t, Mode::MutualTls);
+    let dest = reg.reference("base:1");
+    // certs.d has the CA but no client certificate: the registry refuses the handshake.
+    let err = fails(imgforge_for(&t, &reg).args(["copy", &busybox_ref(), &dest]));
+    assert!(err.contains(&reg.host), "{err}");
+    // With client.cert + client.key beside it (the containers convention), it works.
+    let certs_d = reg.home.join(".config/containers/certs.d").join(&reg.host);
+    let dir = reg.ca.as_ref().unwrap().parent().unwrap();
+    fs::copy(dir.join("client.crt"), certs_d.join("client.cert")).unwrap();
+    fs::copy(dir.join("client.key"), certs_d.join("client.key")).unwrap();
+    let digest = copy_ok(&mut imgforge_for(&t, &reg), &busybox_ref(), &dest);
+    assert_eq!(skopeo_inspect_reg(&reg, &dest)["Digest"], digest);
 }

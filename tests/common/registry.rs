@@ -20,12 +20,15 @@ pub const USER: &str = "tester";
 pub const PASSWORD: &str = "s3cret-pass";
 pub const SERVICE: &str = "imgforge-test-registry";
 pub const ISSUER: &str = "imgforge-test-issuer";
+/// The OAuth2 refresh token ("identity token") the token server accepts.
+pub const REFRESH_TOKEN: &str = "imgforge-test-refresh-token";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
     Plain,
     TlsBasic,
     Token,
+    MutualTls,
 }
 
 /// One request as the registry logged it.
@@ -62,16 +65,76 @@ fn openssl(dir: &Path, args: &[&str]) {
     run_ok(Command::new("openssl").current_dir(dir).args(args));
 }
 
+const EC: [&str; 5] = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+
+/// `NAME.key` and `NAME.crt` in `dir`, signed by `ca.crt`/`ca.key` with these extensions.
+fn make_cert(dir: &Path, name: &str, subject: &str, ext: &str) {
+    let (key, csr, crt, extf) =
+        (format!("{name}.key"), format!("{name}.csr"), format!("{name}.crt"), format!("{name}.ext"));
+    let mut a = vec!["req"];
+    a.extend(EC);
+    a.extend(["-keyout", &key, "-out", &csr, "-subj", subject]);
+    openssl(dir, &a);
+    fs::write(dir.join(&extf), ext).unwrap();
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &crt,
+            "-days",
+            "2",
+            "-extfile",
+            &extf,
+        ],
+    );
+}
+
+/// A CA (`ca.crt`, `ca.key`) and a server certificate for 127.0.0.1 (`server.crt`, `server.key`).
+fn make_tls(dir: &Path) {
+    let mut a = vec!["req", "-x509"];
+    a.extend(EC);
+    a.extend([
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=imgforge test CA",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+    ]);
+    openssl(dir, &a);
+    make_cert(
+        dir,
+        "server",
+        "/CN=127.0.0.1",
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n",
+    );
+}
+
 impl Registry {
     pub fn start(t: &TestDir, mode: Mode) -> Registry {
         require_tool("docker-registry");
         require_tool("openssl");
-        let dir = t.mkdir(format!("registry-{mode:?}").to_lowercase());
+        let port = free_port();
+        let dir = t.mkdir(format!("registry-{mode:?}-{port}").to_lowercase());
         let storage = dir.join("storage");
         fs::create_dir_all(&storage).unwrap();
         let home = dir.join("home");
         fs::create_dir_all(&home).unwrap();
-        let port = free_port();
         let host = format!("127.0.0.1:{port}");
         let mut extra = String::new();
         let mut ca = None;
@@ -80,53 +143,7 @@ impl Registry {
             Mode::Plain => {}
             Mode::TlsBasic => {
                 require_tool("htpasswd");
-                let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
-                let mut a = vec!["req", "-x509"];
-                a.extend(ec);
-                a.extend([
-                    "-keyout",
-                    "ca.key",
-                    "-out",
-                    "ca.crt",
-                    "-days",
-                    "2",
-                    "-subj",
-                    "/CN=imgforge test CA",
-                    "-addext",
-                    "basicConstraints=critical,CA:TRUE",
-                    "-addext",
-                    "keyUsage=critical,keyCertSign,cRLSign",
-                ]);
-                openssl(&dir, &a);
-                let mut a = vec!["req"];
-                a.extend(ec);
-                a.extend(["-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1"]);
-                openssl(&dir, &a);
-                fs::write(
-                    dir.join("server.ext"),
-                    "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n",
-                )
-                .unwrap();
-                openssl(
-                    &dir,
-                    &[
-                        "x509",
-                        "-req",
-                        "-in",
-                        "server.csr",
-                        "-CA",
-                        "ca.crt",
-                        "-CAkey",
-                        "ca.key",
-                        "-CAcreateserial",
-                        "-out",
-                        "server.crt",
-                        "-days",
-                        "2",
-                        "-extfile",
-                        "server.ext",
-                    ],
-                );
+                make_tls(&dir);
                 let out = run_ok(Command::new("htpasswd").args(["-Bbn", USER, PASSWORD]));
                 fs::write(dir.join("htpasswd"), &out.stdout).unwrap();
                 let certs_d = home.join(".config/containers/certs.d").join(&host);
@@ -135,6 +152,24 @@ impl Registry {
                 ca = Some(dir.join("ca.crt"));
                 extra = format!(
                     "  tls:\n    certificate: {d}/server.crt\n    key: {d}/server.key\nauth:\n  htpasswd:\n    realm: imgforge-test\n    path: {d}/htpasswd\n",
+                    d = dir.display()
+                );
+            }
+            Mode::MutualTls => {
+                // TLS that requires a client certificate signed by the CA; no other auth.
+                make_tls(&dir);
+                make_cert(
+                    &dir,
+                    "client",
+                    "/CN=imgforge test client",
+                    "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n",
+                );
+                let certs_d = home.join(".config/containers/certs.d").join(&host);
+                fs::create_dir_all(&certs_d).unwrap();
+                fs::copy(dir.join("ca.crt"), certs_d.join("ca.crt")).unwrap();
+                ca = Some(dir.join("ca.crt"));
+                extra = format!(
+                    "  tls:\n    certificate: {d}/server.crt\n    key: {d}/server.key\n    clientcas:\n      - {d}/ca.crt\n",
                     d = dir.display()
                 );
             }
@@ -309,14 +344,19 @@ fn serve_token(stream: TcpStream, dir: &Path, x5c: &str, log: &Mutex<Vec<TokenRe
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut line = String::new();
     reader.read_line(&mut line)?;
+    let method = line.split_whitespace().next().unwrap_or("").to_string();
     let target = line.split_whitespace().nth(1).unwrap_or("").to_string();
     let mut authorized = false;
+    let mut len = 0usize;
     loop {
         let mut h = String::new();
         if reader.read_line(&mut h)? == 0 || h == "\r\n" || h == "\n" {
             break;
         }
         if let Some((k, v)) = h.split_once(':') {
+            if k.eq_ignore_ascii_case("content-length") {
+                len = v.trim().parse().unwrap_or(0);
+            }
             if k.eq_ignore_ascii_case("authorization") {
                 let want =
                     format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}")));
@@ -324,11 +364,18 @@ fn serve_token(stream: TcpStream, dir: &Path, x5c: &str, log: &Mutex<Vec<TokenRe
             }
         }
     }
-    let query = target.split_once('?').map(|(_, q)| q).unwrap_or("");
+    // GET with query parameters (Basic credentials), or POST with a form (OAuth2 refresh
+    // token, as clients with an identity token do).
+    let mut body = vec![0u8; len];
+    reader.read_exact(&mut body)?;
+    let body = String::from_utf8_lossy(&body).into_owned();
+    let query = if method == "POST" { body.as_str() } else { target.split_once('?').map(|(_, q)| q).unwrap_or("") };
     let mut scopes = Vec::new();
     for kv in query.split('&') {
-        if let Some(("scope", v)) = kv.split_once('=') {
-            scopes.extend(url_decode(v).split(' ').filter(|s| !s.is_empty()).map(str::to_string));
+        match kv.split_once('=') {
+            Some(("scope", v)) => scopes.extend(url_decode(v).split(' ').filter(|s| !s.is_empty()).map(str::to_string)),
+            Some(("refresh_token", v)) if method == "POST" => authorized = url_decode(v) == REFRESH_TOKEN,
+            _ => {}
         }
     }
     log.lock().unwrap().push(TokenRequest { scopes: scopes.clone(), authenticated: authorized });

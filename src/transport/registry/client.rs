@@ -285,18 +285,39 @@ impl Client {
             )));
         }
         let mut last = None;
+        // An identity token (`identitytoken` in an auth file) is an OAuth2 refresh token: it is
+        // exchanged with a POST, never sent as a password.
+        let refresh = self.creds.as_ref().filter(|c| c.username == "<token>").map(|c| c.secret.clone());
         for attempt in 0..ATTEMPTS {
-            let mut req = self.agent.get(realm);
-            if let Some(s) = service {
-                req = req.query("service", s);
-            }
-            for s in scopes {
-                req = req.query("scope", s);
-            }
-            if let Some(b) = self.basic() {
-                req = req.header("authorization", b);
-            }
-            let mut r = match req.call() {
+            let result = match &refresh {
+                Some(rt) => {
+                    let scope = scopes.join(" ");
+                    let mut form = vec![
+                        ("grant_type", "refresh_token"),
+                        ("client_id", "imgforge"),
+                        ("refresh_token", rt.as_str()),
+                        ("scope", scope.as_str()),
+                    ];
+                    if let Some(s) = service {
+                        form.push(("service", s));
+                    }
+                    self.agent.post(realm).send_form(form)
+                }
+                None => {
+                    let mut req = self.agent.get(realm);
+                    if let Some(s) = service {
+                        req = req.query("service", s);
+                    }
+                    for s in scopes {
+                        req = req.query("scope", s);
+                    }
+                    if let Some(b) = self.basic() {
+                        req = req.header("authorization", b);
+                    }
+                    req.call()
+                }
+            };
+            let mut r = match result {
                 Ok(r) => r,
                 Err(e) => {
                     last = Some(RegistryError::Http {

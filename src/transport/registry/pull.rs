@@ -334,7 +334,16 @@ impl RegistrySource {
         }
         let actual = Digest(Sha256Hash(hasher.finalize().into()));
         if actual != d.digest || got != d.size {
-            return Err(StoreError::Mismatch { expected: d.digest, actual, size: got, from: self.repo_ref() }.into());
+            return Err(StoreError::Mismatch {
+                expected: d.digest,
+                actual,
+                size: got,
+                from: format!(
+                    "{}: the registry's copy is damaged or was tampered with, and was not stored",
+                    self.repo_ref()
+                ),
+            }
+            .into());
         }
         store.commit(pending, &d.digest)?;
         Ok(())

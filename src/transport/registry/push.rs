@@ -150,12 +150,17 @@ impl Pusher<'_> {
         if let Some(from) = mount_from {
             let op = format!("mount blob {} from {from} into {}", d.digest, self.repo_ref());
             let url = c.url(&format!("/v2/{repo}/blobs/uploads/?mount={}&from={from}", d.digest));
-            let r = c.send("POST", &url, &[], Body::Empty, &op)?;
-            match r.status().as_u16() {
-                201 => return Ok(Outcome::Mounted),
-                // Not mountable after all: the answer is an upload session to use instead.
-                202 => session = client::header(&r, "location").map(|l| c.resolve_location(&l)),
-                _ => return Err(c.status_error(r, &op).into()),
+            match c.send("POST", &url, &[], Body::Empty, &op) {
+                Ok(r) => match r.status().as_u16() {
+                    201 => return Ok(Outcome::Mounted),
+                    // Not mountable after all: the answer is an upload session to use instead.
+                    202 => session = client::header(&r, "location").map(|l| c.resolve_location(&l)),
+                    // Mounting is an optimisation: anything else falls back to an upload.
+                    _ => {}
+                },
+                // Not allowed to read the source repository: upload instead.
+                Err(super::RegistryError::Unauthorized { .. }) => {}
+                Err(e) => return Err(e.into()),
             }
         }
         let mut attempt = 0;
