@@ -2,7 +2,8 @@
 # End-to-end comparison of imgforge with other tools doing the same work. See benches/README.md.
 #
 # usage: benches/compare.sh [-n RUNS] [CASE...]
-#   CASE: gzip_vs_umoci zstd_vs_floor gzip_floor big_layer_rss rebuild_vs_buildah cnb_rebuild
+#   CASE: gzip_vs_umoci zstd_vs_floor gzip_floor big_layer_rss rebuild_vs_buildah push_vs_skopeo
+#         build_image_unpack cnb_rebuild
 #         (default: all of them, in that order)
 # env:
 #   RUNS=3                          runs per command; the table shows the median (also min and max)
@@ -38,7 +39,7 @@ TREE_FILES=${TREE_FILES:-12000}
 TREE_MB=${TREE_MB:-100}
 BIG_FILES=${BIG_FILES:-2000}
 BIG_MB=${BIG_MB:-1024}
-ALL_CASES=(gzip_vs_umoci zstd_vs_floor gzip_floor big_layer_rss rebuild_vs_buildah cnb_rebuild)
+ALL_CASES=(gzip_vs_umoci zstd_vs_floor gzip_floor big_layer_rss rebuild_vs_buildah push_vs_skopeo build_image_unpack cnb_rebuild)
 
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; exit 2; }
 cases=()
@@ -530,7 +531,9 @@ case_rebuild_vs_buildah() {
     { cat "$res/buildah-pull.err" >&2; die "buildah pull oci:$rb/base:bookworm failed"; }
   "${BH[@]}" tag "$id" "$base_ref" >/dev/null || die "buildah tag $id $base_ref failed"
 
-  local ifb=("$IMGFORGE" build "$app" --base "oci:$rb/base:bookworm" -b "$bp" -t "oci:$out:app"
+  # --isolation host: the buildpack reads its dependency store through a host symlink, and
+  # buildah runs no RUN step either; case 7 measures the sandbox on its own.
+  local ifb=("$IMGFORGE" build "$app" --base "oci:$rb/base:bookworm" -b "$bp" -t "oci:$out:app" --isolation host
     --cache-dir "$cache" -q)
   local bud=("${BH[@]}" bud --layers --isolation chroot --pull=never -q
     -t localhost/imgforge-bench-app:latest -f "$ctx/Containerfile" "$ctx")
@@ -611,7 +614,59 @@ case_rebuild_vs_buildah() {
   ((bad == 0)) || die "imgforge's one-file rebuild changed more than the app layer (see the notes)"
 }
 
-# 6. Rebuilds of the same app with a Cloud Native Buildpack (benches/cnb-buildpack): cold,
+# 6. Pushing a fresh image (the Debian base + the app tree, gzip) from an OCI layout to a local
+# docker-registry: imgforge copy vs skopeo copy. Each run gets a registry with empty storage.
+REG_PID=
+start_registry() { # DIR -> sets REG_PID, REG_HOST
+  local dir=$1 port
+  fresh "$dir" && mkdir -p "$dir/storage"
+  port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  REG_HOST=127.0.0.1:$port
+  printf 'version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: %s\n  secret: bench\n' \
+    "$dir/storage" "$REG_HOST" >"$dir/config.yml"
+  docker-registry serve "$dir/config.yml" >"$dir/log" 2>&1 &
+  REG_PID=$!
+  for _ in $(seq 100); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  die "docker-registry did not start: $(cat "$dir/log")"
+}
+stop_registry() {
+  [ -n "$REG_PID" ] || return 0
+  kill "$REG_PID" 2>/dev/null || true
+  wait "$REG_PID" 2>/dev/null || true
+  REG_PID=
+}
+
+case_push_vs_skopeo() {
+  local img=$run/push-img cache=$run/push-cache regdir=$run/registry digest d
+  trap stop_registry EXIT
+  # The image: built once, not measured.
+  fresh "$img" "$cache"
+  "$IMGFORGE" build "$TREE" --base "oci:$BASE:bookworm" -t "oci:$img:app" --cache-dir "$cache" -q >"$run/push-digest"
+  digest=$(cat "$run/push-digest")
+  for _ in $(seq "$RUNS"); do
+    start_registry "$regdir"
+    fresh "$cache"
+    measure push_imgforge "$IMGFORGE" copy "oci:$img:app" "docker://$REG_HOST/bench/app:1" --cache-dir "$cache" -q
+    d=$(skopeo inspect --tls-verify=false --format '{{.Digest}}' "docker://$REG_HOST/bench/app:1")
+    [ "$d" = "$digest" ] || die "imgforge pushed $d, expected $digest"
+    stop_registry
+    start_registry "$regdir"
+    measure push_skopeo skopeo copy --quiet --dest-tls-verify=false "oci:$img:app" "docker://$REG_HOST/bench/app:1"
+    d=$(skopeo inspect --tls-verify=false --format '{{.Digest}}' "docker://$REG_HOST/bench/app:1")
+    [ "$d" = "$digest" ] || die "skopeo pushed $d, expected $digest"
+    stop_registry
+  done
+  row 6 push_imgforge "imgforge copy oci: docker:// (fresh)" push_skopeo - -
+  row 6 push_skopeo "skopeo copy oci: docker:// (fresh)" push_skopeo - -
+  target "push fresh image vs skopeo copy" \
+    "$(ratio "$(stat_of push_imgforge median)" "$(stat_of push_skopeo median)")" 1.00 x
+  note "case 6: image $(du -sb "$img/blobs" | cut -f1) bytes of blobs; registry: docker-registry $(docker-registry --version | awk '{print $3}') on 127.0.0.1, empty storage each run"
+}
+
+# 8. Rebuilds of the same app with a Cloud Native Buildpack (benches/cnb-buildpack): cold,
 # nothing changed (the whole-build cache), one app file changed (the buildpack writes only
 # deps.toml: the deps layer comes from the previous image). Only the app layer may change.
 case_cnb_rebuild() {
@@ -644,9 +699,9 @@ case_cnb_rebuild() {
       note "run $i: the CNB one-file rebuild changed these layers: $changed (expected: app_at_/workspace only)"
     fi
   done
-  row 6 cnb_cold "imgforge CNB build, cold" cnb_cold - "$TREE_TAR"
-  row 6 cnb_noop "imgforge CNB rebuild, nothing changed" cnb_cold - -
-  row 6 cnb_one "imgforge CNB rebuild, 1 file changed" cnb_cold - -
+  row 8 cnb_cold "imgforge CNB build, cold" cnb_cold - "$TREE_TAR"
+  row 8 cnb_noop "imgforge CNB rebuild, nothing changed" cnb_cold - -
+  row 8 cnb_one "imgforge CNB rebuild, 1 file changed" cnb_cold - -
   target "imgforge CNB 1-file rebuild / cold build" \
     "$(ratio "$(stat_of cnb_one median_fine)" "$(stat_of cnb_cold median_fine)")" 0.10 x
   target "layers a 1-file edit changes (imgforge CNB)" "$( ((bad)) && echo not-only-app || echo app)" app - eq
@@ -670,7 +725,7 @@ print_table() {
       "$([ "$size" != - ] && ratio "$tar" "$size" || echo -)"
   done <"$res/table"
   printf '\nratio: median / median of the case'"'"'s reference (umoci for 1, the zstd floor for 2,\n'
-  printf 'each tool'"'"'s cold build for 5 and 6).\n'
+  printf 'each tool'"'"'s cold build for 5 and 8).\n'
   printf 'layer MB: compressed size of the layer (of the output file for the floors).\n'
   printf 'cpu s: user+sys, median. RSS: peak over runs. tar:z: uncompressed tar bytes / compressed.\n'
 }
@@ -694,6 +749,39 @@ print_targets() {
   done <"$res/targets"
 }
 
+# 7. The userns sandbox's build image: the first buildpack build on the Debian base unpacks it
+# into the cache (hardened extractor); a second build (app changed, so the buildpack runs again)
+# reuses it. umoci unpack --rootless of the same image is the reference.
+case_build_image_unpack() {
+  local cache=$run/cache-unpack out=$run/if-unpack app=$run/unpack-app bp=$run/noop-bp u=$run/umoci-unpack
+  local first_s reuse_s
+  mkdir -p "$bp/bin"
+  printf '#!/bin/sh\necho Noop\n' >"$bp/bin/detect"
+  printf '#!/bin/sh\necho "-----> noop on Debian $(cat /etc/debian_version)"\n' >"$bp/bin/compile"
+  chmod +x "$bp/bin/detect" "$bp/bin/compile"
+  for i in $(seq "$RUNS"); do
+    fresh "$cache" "$out" "$app"
+    mkdir -p "$app" && echo "$i" >"$app/rev.txt"
+    measure unpack_first "$IMGFORGE" build "$app" --base "oci:$BASE:bookworm" --isolation userns \
+      -b "$bp" -t "oci:$out:app" --cache-dir "$cache"
+    grep -q 'Build image .*: unpacked' "$res/unpack_first.stderr" || die "the first build did not unpack"
+    echo "$i-again" >"$app/rev.txt"
+    measure unpack_reuse "$IMGFORGE" build "$app" --base "oci:$BASE:bookworm" --isolation userns \
+      -b "$bp" -t "oci:$out:app" --cache-dir "$cache"
+    grep -q 'reusing its unpacked filesystem' "$res/unpack_reuse.stderr" ||
+      die "the second build unpacked the build image again"
+    fresh "$u"
+    measure umoci_unpack umoci unpack --rootless --image "$BASE:bookworm" "$u"
+  done
+  row 7 unpack_first "imgforge build, new build image (unpack + sandbox)" umoci_unpack - -
+  row 7 unpack_reuse "imgforge build, build image already unpacked" umoci_unpack - -
+  row 7 umoci_unpack "umoci unpack --rootless, same image" umoci_unpack - -
+  first_s=$(sed -n 's/.*Build image .*: unpacked (.*) in \([0-9.]*\) s.*/\1/p' "$res/unpack_first.stderr" | tail -1)
+  info "unpack alone (imgforge's report, last run)" "$first_s" s
+  reuse_s=$(ratio "$(stat_of unpack_reuse median)" "$(stat_of unpack_first median)")
+  target "reuse build vs first build" "$reuse_s" 0.50 x
+}
+
 # ---------------------------------------------------------------------------------------------
 
 for c in "${cases[@]}"; do
@@ -703,7 +791,7 @@ done
 BENCH_SCRIPTS=$(cd "$BENCH_SCRIPTS" && pwd)
 
 need_tools time:time python3:python3 skopeo:skopeo umoci:umoci pigz:pigz zstd:zstd \
-  debootstrap:debootstrap cargo:cargo
+  debootstrap:debootstrap cargo:cargo docker-registry:docker-registry
 mkdir -p "$BENCH_DIR"
 BENCH_DIR=$(cd "$BENCH_DIR" && pwd)
 prepare_src

@@ -4,10 +4,10 @@ use serde_json::{json, Value};
 
 use crate::image::manifest::Platform;
 use crate::image::reference::ImageRef;
-use crate::transport::{Source, TransportError};
+use crate::transport::{Source, TransportError, TransportOptions};
 
-pub fn inspect(r: &ImageRef, platform: &Platform) -> Result<Value, TransportError> {
-    let source = Source::open(r)?;
+pub fn inspect(r: &ImageRef, platform: &Platform, opts: &TransportOptions) -> Result<Value, TransportError> {
+    let source = Source::open(r, opts)?;
     let base = source.resolve(platform)?;
     let layers: Vec<Value> = base
         .layers

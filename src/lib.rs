@@ -4,9 +4,11 @@
 
 pub mod build;
 pub mod buildpack;
+pub mod copy;
 pub mod image;
 pub mod inspect;
 pub mod report;
+pub mod sandbox;
 pub mod store;
 pub mod transport;
 

@@ -13,12 +13,20 @@ pub enum Event<'a> {
     LayerProgress { name: &'a str, bytes: u64 },
     /// A layer is done: written now, or reused.
     LayerDone { name: &'a str, digests: &'a LayerDigests, reused: bool, why: Option<&'a str> },
-    /// Written to a destination.
-    Destination { reference: &'a str, written: usize, linked: usize, present: usize, bytes: u64 },
+    /// Written to a destination: blobs copied or uploaded (`bytes`), hard-linked, mounted
+    /// from another repository of the same registry, and already there.
+    Destination { reference: &'a str, written: usize, linked: usize, mounted: usize, present: usize, bytes: u64 },
+    /// A blob transfer's progress (`action` is "push" or "pull"); `done == total` at the end.
+    BlobProgress { action: &'a str, digest: &'a str, done: u64, total: u64 },
     /// A buildpack's detect answered (`framework` is what it printed, when it applies).
     Detected { buildpack: &'a str, applies: bool, framework: &'a str },
     /// A line a buildpack (or app hook) printed while compiling; `----->` headings included.
     BuildpackOutput { buildpack: &'a str, line: &'a str },
+    /// The build image's filesystem is ready: unpacked now (taking `millis` for `bytes`
+    /// of tar), or reused from the cache.
+    BuildImageReady { reference: &'a str, unpacked: bool, millis: u64, bytes: u64 },
+    /// Where buildpacks run: "host", or the sandbox and how it was set up.
+    Isolation(String),
     /// Something the user should know; the build goes on.
     Warning(String),
     /// Detail shown with -v.

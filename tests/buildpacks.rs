@@ -525,6 +525,9 @@ fn build_killed_mid_compile_leaves_destination_and_cache_unchanged() {
     fs::write(app.join("sleep"), marker.to_str().unwrap()).unwrap();
     let log = t.join("killed-build.log");
     let mut cmd = build_cmd(&t, &app, &base);
+    // On the host: the buildpack writes its pid to a host path the test watches (in the
+    // sandbox neither the path nor the pid would mean anything here).
+    cmd.args(["--isolation", "host"]);
     with_buildpacks(&mut cmd, &[&sleeper]).arg("-t").arg(&dest);
     cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(fs::File::create(&log).unwrap());
     let mut child = KillOnDrop(Some(cmd.spawn().expect("spawn imgforge")));

@@ -60,6 +60,7 @@ declare -A tool_pkg=(
   [fuse-overlayfs]=fuse-overlayfs [pigz]=pigz [zstd]=zstd [git]=git
   [docker-registry]=docker-registry [/usr/bin/time]=time [python3]=python3
   [runuser]=util-linux [useradd]=passwd [tar]=tar [gzip]=gzip [catatonit]=catatonit
+  [openssl]=openssl [htpasswd]=apache2-utils
 )
 missing_pkgs=()
 for tool in "${!tool_pkg[@]}"; do
@@ -210,11 +211,11 @@ fi
 
 # --- 2b. Debian base image for tests/buildpacks.rs ---------------------------------
 # The Python and Node sample apps run on a real Debian (bookworm minbase + python3 +
-# nodejs), made once with shared/bench/make-base.sh (debootstrap, so root and network
+# python3-pip + nodejs: buildpacks compile inside it, in the userns sandbox), made once with shared/bench/make-base.sh (debootstrap, so root and network
 # to the Debian mirror) and cached as an OCI layout. The tests read its reference from
 # IMGFORGE_TEST_DEBIAN_BASE. Delete the cache directory to rebuild it.
-section "Debian base image (bookworm + python3, nodejs)"
-debian_extra=python3,nodejs
+section "Debian base image (bookworm + python3, python3-pip, nodejs)"
+debian_extra=python3,python3-pip,nodejs
 debian_root=${IMGFORGE_TEST_BASE_DIR:-/var/tmp/imgforge-test-base}
 # the name carries everything that changes the contents: bump v1 when make-base.sh changes
 debian_layout=$debian_root/debian-bookworm-${debian_extra//,/-}-v1
@@ -255,7 +256,8 @@ else
 fi
 export IMGFORGE_TEST_DEBIAN_BASE=oci:$debian_layout:bookworm
 # The sample Python buildpack (testdata/buildpacks/python) installs from a local
-# wheelhouse with the host's `python3 -m pip` (buildpacks run on the host).
+# wheelhouse with `python3 -m pip`: the base's in the sandbox, the host's with
+# --isolation host.
 if ! python3 -m pip --version >/dev/null 2>&1; then
   if ((is_root)); then
     echo "installing: python3-pip"

@@ -14,8 +14,8 @@ use imgforge::image::manifest::{
 };
 use imgforge::image::reference::ImageRef;
 use imgforge_layers::{
-    decompress, CompressOptions, Compression, DiffId, Digest, Entry, EntryType, LayerReader, LayerWriter, Limits,
-    Normalize, Owner, TarWriter, DEFAULT_EPOCH,
+    decompress, extract_compressed, extract_layer, CompressOptions, Compression, DiffId, Digest, Entry, EntryType,
+    ExtractOptions, LayerReader, LayerWriter, Limits, Normalize, Owner, Resolve, TarWriter, DEFAULT_EPOCH,
 };
 use serde_json::Value;
 
@@ -30,6 +30,7 @@ pub const TARGETS: &[(&str, Check)] = &[
     ("config", config),
     ("index", index),
     ("reference", reference),
+    ("extract", extract),
 ];
 
 // ---------------------------------------------------------------------------------------
@@ -784,6 +785,79 @@ pub fn reference(data: &[u8]) {
     assert_eq!(back, r, "{s:?} printed as {shown:?}, which parses differently");
     assert_eq!(back.to_string(), shown, "printing is not stable for {s:?}");
     assert_eq!(back.tag_or_default(), r.tag_or_default(), "tag changes in the round trip of {s:?}");
+}
+
+// ---------------------------------------------------------------------------------------
+// extract
+
+/// Arbitrary bytes applied with [`extract_layer`] to an empty root `T/root`, beside
+/// sentinels (`T/outside/secret`, `T/outside/dir/`, `T/sentinel`) that symlinks such as
+/// `../outside` reach if anything follows them unscoped. The input is applied as a tar,
+/// twice onto the same root (what the first application planted is then a lower layer
+/// for the second), with both resolvers; and decompressed when it is gzip or zstd.
+/// Errors are fine. Checks: nothing outside the root changed (type, mode, owner, size,
+/// mtime, inode, content or link target of every path in `T` but the root's subtree, and
+/// the root's own mode and owner), and the root is still a directory.
+pub fn extract(data: &[u8]) {
+    let limits =
+        Limits { max_entries: 4096, max_entry_size: 1 << 20, max_total_bytes: MAX_DECOMPRESSED, ..Limits::default() };
+    for resolve in [Resolve::Auto, Resolve::Walk] {
+        let opts = ExtractOptions { limits, resolve, ..ExtractOptions::default() };
+        extract_checked(|root| {
+            let _ = extract_layer(root, data, &opts);
+            let _ = extract_layer(root, data, &opts);
+        });
+    }
+    let c = Compression::detect(data);
+    if c != Compression::None {
+        let opts = ExtractOptions { limits, ..ExtractOptions::default() };
+        extract_checked(|root| {
+            let _ = extract_compressed(root, data, c, &opts);
+        });
+    }
+}
+
+fn extract_checked(apply: impl FnOnce(&std::path::Path)) {
+    let t = tempfile::tempdir().expect("temp dir");
+    let base = t.path();
+    let root = base.join("root");
+    std::fs::create_dir(&root).expect("root");
+    std::fs::create_dir_all(base.join("outside/dir")).expect("outside");
+    std::fs::write(base.join("outside/secret"), "secret").expect("secret");
+    std::fs::write(base.join("sentinel"), "sentinel").expect("sentinel");
+    let before = snapshot_outside(base, &root);
+    apply(&root);
+    let after = snapshot_outside(base, &root);
+    assert_eq!(before, after, "something outside the root changed");
+    assert!(std::fs::symlink_metadata(&root).expect("root").is_dir(), "the root is no longer a directory");
+}
+
+/// Every path under `dir` but the subtree `skip`, described without following symlinks.
+fn snapshot_outside(dir: &std::path::Path, skip: &std::path::Path) -> Vec<(std::path::PathBuf, String)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let m = std::fs::symlink_metadata(&p).expect("snapshot");
+        let ft = m.file_type();
+        if p == skip {
+            out.push((p, format!("root {:o} {}:{}", m.mode(), m.uid(), m.gid())));
+            continue;
+        }
+        let what = if ft.is_dir() {
+            for e in std::fs::read_dir(&p).expect("read_dir") {
+                stack.push(e.expect("entry").path());
+            }
+            "dir".to_string()
+        } else if ft.is_symlink() {
+            format!("link {:?}", std::fs::read_link(&p).expect("readlink"))
+        } else {
+            format!("file {:?}", std::fs::read(&p).expect("read"))
+        };
+        out.push((p, format!("{what} {:o} {}:{} {} {}", m.mode(), m.uid(), m.gid(), m.mtime(), m.ino())));
+    }
+    out.sort();
+    out
 }
 
 #[cfg(test)]

@@ -9,6 +9,11 @@ fn corpus_dir(target: &str) -> PathBuf {
 }
 
 fn run_corpus(target: &str) {
+    run_corpus_with(target, &[]);
+}
+
+/// Runs `corpus/<target>/` and the files of `extra` directories.
+fn run_corpus_with(target: &str, extra: &[PathBuf]) {
     let check = imgforge_fuzz::TARGETS
         .iter()
         .find(|(name, _)| *name == target)
@@ -20,6 +25,10 @@ fn run_corpus(target: &str) {
         .map(|e| e.expect("directory entry").path())
         .filter(|p| p.is_file())
         .collect();
+    for d in extra {
+        let listing = std::fs::read_dir(d).unwrap_or_else(|e| panic!("{}: {e}", d.display()));
+        files.extend(listing.map(|e| e.expect("directory entry").path()).filter(|p| p.is_file()));
+    }
     files.sort();
     assert!(!files.is_empty(), "{} has no seeds", dir.display());
     let mut failed = Vec::new();
@@ -76,4 +85,11 @@ fn index_corpus() {
 #[test]
 fn reference_corpus() {
     run_corpus("reference");
+}
+
+#[test]
+fn extract_corpus() {
+    // Seeds: corpus/extract/ and the malicious layer corpus of the extractor's own tests.
+    let malicious = Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/layers/malicious");
+    run_corpus_with("extract", &[malicious]);
 }

@@ -14,7 +14,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::digest::{HashingReader, Sha256Hash};
+use crate::content::{ContentHash, ContentReader};
 use crate::normalize::{validate_rel_path, Owner, TarWriter};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -39,6 +39,12 @@ pub struct TreeEntry {
     pub ctime_ns: i128,
     pub ino: u64,
     pub dev: u64,
+    /// Host `st_uid` and `st_gid`.
+    pub host_uid: u32,
+    pub host_gid: u32,
+    /// Owner in the layer, when not the layer's owner (e.g. a file a buildpack chowned in
+    /// the sandbox). `scan_tree` leaves it `None`.
+    pub owner: Option<Owner>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -230,6 +236,9 @@ fn scan_dir(root: &Path, dir_rel: &Path, include: Include<'_>, part: &mut ScanPa
             ctime_ns: ns(md.ctime(), md.ctime_nsec()),
             ino: md.ino(),
             dev: md.dev(),
+            host_uid: md.uid(),
+            host_gid: md.gid(),
+            owner: None,
         };
         part.0.push((entry, md.nlink()));
     }
@@ -291,7 +300,7 @@ impl Tree {
         tar: &mut TarWriter<W>,
         prefix: &[u8],
         owner: Owner,
-        on_file: &mut dyn FnMut(usize, Sha256Hash),
+        on_file: &mut dyn FnMut(usize, ContentHash),
     ) -> io::Result<()> {
         if !prefix.is_empty() {
             validate_rel_path(prefix)?;
@@ -304,6 +313,7 @@ impl Tree {
         }
         for (i, e) in self.entries.iter().enumerate() {
             let path = join_prefix(prefix, e.rel.as_os_str());
+            let owner = e.owner.unwrap_or(owner);
             match &e.kind {
                 EntryKind::Dir => tar.dir(&path, e.mode, owner)?,
                 EntryKind::Symlink(t) => tar.symlink(&path, t, owner)?,
@@ -313,7 +323,7 @@ impl Tree {
                 }
                 EntryKind::File => {
                     let abs = self.root.join(&e.rel);
-                    let mut f = HashingReader::new(open_checked(&abs, e)?);
+                    let mut f = ContentReader::new(open_checked(&abs, e)?);
                     tar.file(&path, e.mode, owner, e.size, &mut f)?;
                     on_file(i, f.finish().1);
                 }
@@ -346,7 +356,7 @@ mod tests {
         let mut plain = TarWriter::new(Vec::new(), crate::Normalize::default());
         t.write_to(&mut plain, b"p", Owner::ROOT).unwrap();
         assert_eq!(with_hashes, plain.finish().unwrap(), "hashing must not change the tar");
-        assert_eq!(seen, vec![("a".into(), Sha256Hash::of(b"alpha")), ("d/b".into(), Sha256Hash::of(b"beta"))]);
+        assert_eq!(seen, vec![("a".into(), ContentHash::of(b"alpha")), ("d/b".into(), ContentHash::of(b"beta"))]);
     }
 
     #[test]

@@ -58,6 +58,24 @@ pub(super) fn is_cnb(plan: &buildpack::Plan) -> Result<bool, BuildError> {
     }
 }
 
+/// CNB builds run on the host, in their own user and mount namespace (see
+/// `buildpack::cnb::sandbox`); the build-image sandbox does not run them yet.
+pub(super) fn check_isolation(opts: &BuildOptions, reporter: &dyn crate::report::Reporter) -> Result<(), BuildError> {
+    use crate::sandbox::{Isolation, Network};
+    if opts.isolation == Isolation::Userns {
+        return Err(BuildError::Invalid(
+            "--isolation userns: Cloud Native Buildpacks do not run in the build-image sandbox yet; they run on the host in a user and mount namespace that puts their layers at /layers (--isolation host or auto)".into(),
+        ));
+    }
+    if opts.network == Network::None {
+        return Err(BuildError::Invalid(
+            "--network none: Cloud Native Buildpacks run on the host (in a user and mount namespace for /layers), where the network cannot be cut off yet".into(),
+        ));
+    }
+    reporter.report(Event::Isolation("on the host, in a user and mount namespace with the layers at /layers".into()));
+    Ok(())
+}
+
 /// What must happen once the image is written: the kept state replaced.
 pub(super) struct Pending {
     outcome: Outcome,

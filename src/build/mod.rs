@@ -14,6 +14,7 @@ use crate::buildpack;
 use crate::image::manifest::{Descriptor, Platform};
 use crate::image::reference::ImageRef;
 use crate::report::{Event, Reporter};
+use crate::sandbox::{Isolation, Network};
 use crate::store::layer_cache::{tree_key, tree_key_with, LayerCache, LayerKey};
 use crate::store::stat_cache::StatCache;
 use crate::store::{trash, BlobStore, StoreError};
@@ -76,6 +77,19 @@ pub struct BuildOptions {
     pub stack: Option<String>,
     /// Start the buildpacks' CACHE_DIRs empty (and skip the build cache).
     pub clear_cache: bool,
+    /// Where buildpacks run.
+    pub isolation: Isolation,
+    /// The image buildpacks run on in the sandbox (default: the base).
+    pub build_image: Option<ImageRef>,
+    pub network: Network,
+    /// How to talk to registries (`--tls-verify`, `--authfile`).
+    pub registry: transport::RegistryOptions,
+}
+
+impl BuildOptions {
+    fn transport(&self) -> transport::TransportOptions {
+        transport::TransportOptions { cache_dir: Some(self.cache_dir.clone()), registry: self.registry.clone() }
+    }
 }
 
 #[derive(Debug)]
@@ -149,7 +163,7 @@ pub fn build(opts: &BuildOptions, reporter: &dyn Reporter) -> Result<BuildResult
     // 1. Base: manifest and config only.
     reporter.report(Event::Step("Resolving the base image"));
     let base_err = |source| BuildError::Base { reference: opts.base_name.clone(), source };
-    let source = Source::open(&opts.base).map_err(base_err)?;
+    let source = Source::open(&opts.base, &opts.transport()).map_err(base_err)?;
     let platform = opts.platform.clone().unwrap_or_else(Platform::host);
     let base = source.resolve(&platform).map_err(base_err)?;
     reporter.report(Event::BaseResolved {
@@ -227,6 +241,7 @@ pub fn build(opts: &BuildOptions, reporter: &dyn Reporter) -> Result<BuildResult
         // Real work ahead: delete what earlier builds left in the trash beside it.
         trash::sweep(store.trash_dir());
         let mut p = if is_cnb {
+            cnb::check_isolation(opts, reporter)?;
             cnb::cnb_layers(opts, &ctx, &plan, work.path(), &tree, &mut app_stat, &workdir, &base, &platform, &git)?
         } else {
             buildpack_layers(
@@ -239,6 +254,7 @@ pub fn build(opts: &BuildOptions, reporter: &dyn Reporter) -> Result<BuildResult
                 &mut app_stat,
                 &stack,
                 git.revision.clone(),
+                (&source, &base, &platform),
             )?
         };
         let _ = app_stat.save();
@@ -352,7 +368,14 @@ pub fn build(opts: &BuildOptions, reporter: &dyn Reporter) -> Result<BuildResult
     let descriptors: Vec<Descriptor> = all.iter().map(|l| l.descriptor.clone()).collect();
     let manifest = config::compose_manifest(&config_bytes, config_digest, &descriptors, &annotations);
     let manifest_digest = store.put_bytes(&manifest)?;
-    let image = NewImage { manifest, manifest_digest, config: config_bytes, config_digest, layers: all };
+    let image = NewImage {
+        manifest,
+        manifest_digest,
+        manifest_media_type: crate::image::manifest::media::OCI_MANIFEST.into(),
+        config: config_bytes,
+        config_digest,
+        layers: all,
+    };
 
     // 5. Destinations; only then do the buildpacks' new caches replace the old ones.
     publish(opts, &image, &store, &source, reporter)?;
@@ -383,15 +406,24 @@ fn publish(
     reporter: &dyn Reporter,
 ) -> Result<(), BuildError> {
     let blobs = BuildBlobs { store, source };
+    let topts = opts.transport();
+    // Base layers are fetched only for destinations that are not registries (a registry
+    // gets them by mount or from the registry it already has them in), all at once.
+    if opts.destinations.iter().any(|d| !matches!(d, ImageRef::Registry(_))) {
+        source
+            .prefetch(&image.layers, reporter)
+            .map_err(|source| BuildError::Base { reference: opts.base_name.clone(), source })?;
+    }
     for dest in &opts.destinations {
         let reference = dest.to_string();
         reporter.report(Event::Step(&format!("Writing {reference}")));
-        let s = transport::write(dest, image, &blobs)
+        let s = transport::write(dest, image, &blobs, &topts, reporter)
             .map_err(|source| BuildError::Destination { reference: reference.clone(), source })?;
         reporter.report(Event::Destination {
             reference: &reference,
             written: s.blobs_written,
             linked: s.blobs_linked,
+            mounted: s.blobs_mounted,
             present: s.blobs_present,
             bytes: s.bytes_written,
         });
@@ -500,6 +532,7 @@ fn buildpack_layers(
     app_stat: &mut StatCache,
     stack: &str,
     source_version: Option<String>,
+    base: (&Source, &BaseImage, &Platform),
 ) -> Result<Produced, BuildError> {
     let store = ctx.store;
     let build_dir = work.join("app");
@@ -517,12 +550,41 @@ fn buildpack_layers(
     ctx.reporter.report(Event::Step("Running buildpacks"));
     let env = buildpack::HerokuEnv { config_vars: opts.env.clone(), stack: stack.to_string(), source_version };
     let cache_root = store.bucket("buildpack-cache-v1")?;
-    let outcome = buildpack::run(plan, &build_dir, work, &cache_root, &ctx.scope, &env, opts.clear_cache, ctx.reporter)
-        .map_err(|e| BuildError::Buildpack { what: "Buildpack build failed".into(), source: e })?;
+    let workdir = opts.workdir.clone().unwrap_or_else(|| "/app".to_string());
+    let sandbox = sandbox_for(opts, store, plan, work, &build_dir, &workdir, base, ctx.reporter)?;
+    let outcome = buildpack::run(
+        plan,
+        &build_dir,
+        work,
+        &cache_root,
+        &ctx.scope,
+        &env,
+        opts.clear_cache,
+        ctx.reporter,
+        sandbox.as_ref(),
+    );
+    if let Some(sb) = &sandbox {
+        // Files the buildpacks chowned to other uids: readable and removable by us.
+        if let Err(e) = sb.make_host_accessible(work) {
+            ctx.reporter.report(Event::Warning(format!("Failed to make the build directory readable: {e}")));
+        }
+    }
+    let outcome = outcome.map_err(|e| BuildError::Buildpack { what: "Buildpack build failed".into(), source: e })?;
 
     ctx.reporter.report(Event::Detail("Splitting the built app into layers".into()));
-    let built = imgforge_layers::scan_tree(&build_dir, &|_, _| true)
+    let mut built = imgforge_layers::scan_tree(&build_dir, &|_, _| true)
         .map_err(io_err(format!("Failed to read the built app in {}", build_dir.display())))?;
+    if let Some(sb) = &sandbox {
+        // Owners a buildpack set inside become the owners in the layer; what belongs to
+        // root inside (the invoking user outside) gets the app owner, as on the host.
+        for e in &mut built.entries {
+            if let (Some(uid), Some(gid)) = (sb.ids.inside_uid(e.host_uid), sb.ids.inside_gid(e.host_gid)) {
+                if (uid, gid) != (0, 0) {
+                    e.owner = Some(Owner { uid, gid });
+                }
+            }
+        }
+    }
     let built_key = ctx.key(&built, &mut build_stat)?;
     let original: HashMap<PathBuf, String> =
         tree.entries.iter().map(|e| e.rel.clone()).zip(app_key.items.iter().map(|i| i.1.clone())).collect();
@@ -551,6 +613,85 @@ fn buildpack_layers(
     })
 }
 
+/// The sandbox buildpacks run in, or `None` to run them on the host (with a notice saying
+/// why when `--isolation auto` fell back).
+#[allow(clippy::too_many_arguments)]
+fn sandbox_for(
+    opts: &BuildOptions,
+    store: &BlobStore,
+    plan: &buildpack::Plan,
+    work: &Path,
+    build_dir: &Path,
+    workdir: &str,
+    (base_source, base, platform): (&Source, &BaseImage, &Platform),
+    reporter: &dyn Reporter,
+) -> Result<Option<crate::sandbox::Sandbox>, BuildError> {
+    use crate::sandbox::{rootfs, userns_available, Bind, Sandbox};
+    let auto = opts.isolation == Isolation::Auto;
+    let host = |why: String| -> Result<Option<Sandbox>, BuildError> {
+        if opts.network == Network::None {
+            return Err(BuildError::Invalid(format!(
+                "--network none needs the userns sandbox, which is not available: {why}"
+            )));
+        }
+        if auto {
+            reporter.report(Event::Warning(format!("buildpacks run on the host: {why}")));
+            reporter.report(Event::Isolation("on the host".into()));
+            Ok(None)
+        } else {
+            Err(BuildError::Invalid(format!("--isolation userns: {why}")))
+        }
+    };
+    if opts.isolation == Isolation::Host {
+        if opts.network == Network::None {
+            return Err(BuildError::Invalid("--network none needs --isolation userns (or auto)".into()));
+        }
+        reporter.report(Event::Isolation("on the host".into()));
+        return Ok(None);
+    }
+    if let Err(why) = userns_available() {
+        return host(why);
+    }
+    let separate;
+    let (source, image, name) = match &opts.build_image {
+        Some(r) => {
+            let err = |source| BuildError::Base { reference: r.to_string(), source };
+            let s = Source::open(r, &opts.transport()).map_err(err)?;
+            let img = s.resolve(platform).map_err(err)?;
+            separate = (s, img);
+            (&separate.0, &separate.1, r.to_string())
+        }
+        None => (base_source, base, opts.base_name.clone()),
+    };
+    if image.manifest_digest.is_none() {
+        return host(format!("the build image {name} is empty (scratch)"));
+    }
+    let facts = base_facts::base_facts(source, image, store).map_err(BuildError::Invalid)?;
+    if !facts.has_shell {
+        return host(format!("the build image {name} has no /bin/sh"));
+    }
+    let rootfs = rootfs::rootfs(source, image, store, reporter).map_err(|e| BuildError::Invalid(e.to_string()))?;
+    let mut binds = vec![
+        Bind { host: work.to_path_buf(), inside: "/imgforge/work".into() },
+        Bind { host: build_dir.to_path_buf(), inside: workdir.to_string() },
+    ];
+    for (i, bp) in plan.buildpacks.iter().enumerate() {
+        binds.push(Bind { host: bp.dir.clone(), inside: format!("/imgforge/buildpacks/{i}") });
+    }
+    match Sandbox::new(&rootfs.path, store.tmp_dir(), binds, opts.network) {
+        Ok(sb) => {
+            let net = if opts.network == Network::None { "no network" } else { "host network" };
+            reporter.report(Event::Isolation(format!(
+                "in a user namespace on {name} ({} root; {}; {net})",
+                sb.root_kind(),
+                sb.ids.describe()
+            )));
+            Ok(Some(sb))
+        }
+        Err(e) => host(e.to_string()),
+    }
+}
+
 /// The base image's filesystem facts, learned on a background thread and waited for only
 /// when first asked for.
 struct LazyFacts {
@@ -561,10 +702,10 @@ struct LazyFacts {
 impl LazyFacts {
     fn start(opts: &BuildOptions, base: &BaseImage, platform: &Platform) -> LazyFacts {
         // The thread owns what it reads: its own handle on the source and the store.
-        let (reference, base, platform, cache_dir) =
-            (opts.base.clone(), base.clone(), platform.clone(), opts.cache_dir.clone());
+        let (reference, base, platform, cache_dir, topts) =
+            (opts.base.clone(), base.clone(), platform.clone(), opts.cache_dir.clone(), opts.transport());
         let job = std::thread::spawn(move || {
-            let source = Source::open(&reference).map_err(|e| e.to_string())?;
+            let source = Source::open(&reference, &topts).map_err(|e| e.to_string())?;
             // A docker-archive learns where its blobs are while resolving.
             let base = match source {
                 Source::DockerArchive(_) => source.resolve(&platform).map_err(|e| e.to_string())?,
@@ -656,6 +797,9 @@ impl BuildCache {
             "workdir": workdir,
             "default_process": opts.default_process,
             "platform": opts.platform.as_ref().map(ToString::to_string),
+            "isolation": format!("{:?}", opts.isolation),
+            "build_image": opts.build_image.as_ref().map(ToString::to_string),
+            "network": format!("{:?}", opts.network),
         });
         Ok(imgforge_layers::Sha256Hash::of(&serde_json::to_vec(&material).expect("json")).hex())
     }
@@ -677,7 +821,14 @@ impl BuildCache {
             .zip(parsed.diff_ids)
             .map(|(descriptor, diff_id)| BaseLayer { descriptor, diff_id })
             .collect();
-        Some(NewImage { manifest, manifest_digest, config, config_digest: m.config.digest, layers })
+        Some(NewImage {
+            manifest,
+            manifest_digest,
+            manifest_media_type: crate::image::manifest::media::OCI_MANIFEST.into(),
+            config,
+            config_digest: m.config.digest,
+            layers,
+        })
     }
 
     fn put(&self, key: &str, manifest: &Digest) -> io::Result<()> {
@@ -873,5 +1024,9 @@ impl Blobs for BuildBlobs<'_> {
             return Some(self.store.blob_path(d));
         }
         self.source.local_path(d)
+    }
+
+    fn mount_source(&self, d: &Digest) -> Option<crate::image::reference::DockerName> {
+        self.source.mount_source(d)
     }
 }

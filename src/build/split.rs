@@ -71,6 +71,9 @@ fn entry_from_meta(rel: &Path, kind: EntryKind, m: &fs::Metadata) -> TreeEntry {
         ctime_ns: i128::from(m.ctime()) * 1_000_000_000 + i128::from(m.ctime_nsec()),
         ino: m.ino(),
         dev: m.dev(),
+        host_uid: m.uid(),
+        host_gid: m.gid(),
+        owner: None,
     }
 }
 

@@ -1,5 +1,7 @@
-//! The Heroku buildpack API, run on the host as the invoking user: detect, the app's
-//! pre-compile hook, compile, the post-compile hook, release.
+//! The Heroku buildpack API: detect, the app's pre-compile hook, compile, the post-compile
+//! hook, release. Scripts run on the host as the invoking user, or, given a
+//! [`Sandbox`], inside it (on the build image, as root there; paths are translated to
+//! where the sandbox binds them, and compile runs through the image's `/bin/sh`).
 //!
 //! Every script runs with a cleared environment plus `PATH` (fixed), `HOME` (the parent
 //! of the build directory, as on Heroku), `LANG=C.UTF-8`, `STACK` and `SOURCE_VERSION`
@@ -27,6 +29,7 @@ use super::files::{copy_tree, remove_tree, Links};
 use super::release::{self, Release};
 use super::{io_err, valid_var_name, Buildpack, BuildpackError, DetectAnswer, Plan, Selection};
 use crate::report::{Event, Reporter};
+use crate::sandbox::{Sandbox, SandboxGuard};
 use crate::store::trash;
 
 /// The `PATH` every script gets (Heroku's, minus its own tool directories).
@@ -40,6 +43,19 @@ const MAX_RELEASE: usize = 1 << 20;
 /// How long to keep reading output after a script exited. A process it left running in the
 /// background may hold the pipe open forever; its later output is not shown.
 const DRAIN_GRACE: Duration = Duration::from_secs(2);
+
+/// [`WRAPPER`] for POSIX sh (the sandbox runs the build image's `/bin/sh`, which may not be
+/// bash).
+const POSIX_WRAPPER: &str = r#"__imgforge_n=$1
+shift
+while [ "$__imgforge_n" -gt 0 ]; do
+  __imgforge_n=$((__imgforge_n - 1))
+  __imgforge_f=$1
+  shift
+  . "$__imgforge_f"
+done
+exec "$@"
+"#;
 
 /// Sources each `export` file named in its arguments, then execs the command that follows
 /// them. Arguments: N, N export files, the command and its arguments. Paths are only ever
@@ -115,7 +131,10 @@ pub(crate) enum Stream {
 
 struct Ctx<'a> {
     build_dir: PathBuf,
+    /// The shell that runs compile and the hooks (a path inside the sandbox there).
     bash: PathBuf,
+    wrapper: &'static str,
+    sandbox: Option<&'a Sandbox>,
     env: Vec<(&'static str, OsString)>,
     reporter: &'a dyn Reporter,
 }
@@ -140,13 +159,17 @@ pub fn run(
     env: &HerokuEnv,
     clear_cache: bool,
     reporter: &dyn Reporter,
+    sandbox: Option<&Sandbox>,
 ) -> Result<Outcome, BuildpackError> {
     let canonical = |p: &Path| fs::canonicalize(p).map_err(io_err(format!("Failed to resolve {}", p.display())));
     let build_dir = canonical(build_dir)?;
     let work = canonical(work)?;
     fs::create_dir_all(cache_root).map_err(io_err(format!("Failed to create {}", cache_root.display())))?;
     let cache_root = canonical(cache_root)?;
-    let home = build_dir.parent().unwrap_or(&build_dir).as_os_str().to_os_string();
+    let home = match sandbox.and_then(|s| s.inside(&build_dir)) {
+        Some(inside) => inside.parent().unwrap_or(Path::new("/")).as_os_str().to_os_string(),
+        None => build_dir.parent().unwrap_or(&build_dir).as_os_str().to_os_string(),
+    };
     let mut child_env = vec![
         ("PATH", OsString::from(PATH)),
         ("HOME", home),
@@ -156,7 +179,11 @@ pub fn run(
     if let Some(v) = &env.source_version {
         child_env.push(("SOURCE_VERSION", OsString::from(v)));
     }
-    let ctx = Ctx { build_dir, bash: find_bash()?, env: child_env, reporter };
+    let (bash, wrapper) = match sandbox {
+        Some(_) => (PathBuf::from("/bin/sh"), POSIX_WRAPPER),
+        None => (find_bash()?, WRAPPER),
+    };
+    let ctx = Ctx { build_dir, bash, wrapper, sandbox, env: child_env, reporter };
     let env_dir = write_env_dir(&work, &env.config_vars)?;
 
     let selected = detect(plan, &ctx)?;
@@ -167,7 +194,8 @@ pub fn run(
     let mut caches = Vec::new();
     for (n, ((bp, _), compile)) in selected.iter().zip(&compiles).enumerate() {
         let cache = prepare_cache(&ctx, &cache_root, &work, n, app_key, bp, clear_cache)?;
-        let args = [compile.as_os_str(), ctx.build_dir.as_os_str(), cache.fresh.as_os_str(), env_dir.as_os_str()];
+        let args = [ctx.p(compile), ctx.p(&ctx.build_dir), ctx.p(&cache.fresh), ctx.p(&env_dir)];
+        let args: Vec<&OsStr> = args.iter().map(|a| a.as_os_str()).collect();
         let status = ctx.run_streaming(&bp.name, "bin/compile", &exports, &args)?;
         if !status.success() {
             return Err(failed(&format!("buildpack {}", bp.name), "bin/compile", status));
@@ -285,8 +313,8 @@ fn detect_one(bp: &Buildpack, ctx: &Ctx<'_>) -> Result<(bool, DetectAnswer), Bui
     let path = required_script(bp, "detect")?;
     // First line of stdout, first non-empty line of stderr.
     let firsts: Mutex<(Option<String>, Option<String>)> = Mutex::new((None, None));
-    let mut cmd = ctx.command(&path);
-    cmd.arg(&ctx.build_dir);
+    let (mut cmd, mut guard) = ctx.command(&path)?;
+    cmd.arg(ctx.p(&ctx.build_dir));
     let on_line = |stream: Stream, line: &str| {
         let mut f = firsts.lock().unwrap_or_else(|p| p.into_inner());
         match stream {
@@ -297,7 +325,7 @@ fn detect_one(bp: &Buildpack, ctx: &Ctx<'_>) -> Result<(bool, DetectAnswer), Bui
         drop(f);
         ctx.reporter.report(Event::Detail(format!("{} bin/detect: {line}", bp.name)));
     };
-    let (status, _) = run_lines(&mut cmd, &on_line).map_err(|e| start_error(bp, &path, e))?;
+    let (status, _) = run_lines(&mut cmd, &on_line).map_err(|e| start_error(bp, &path, e, guard.as_mut()))?;
     let (out, err) = firsts.into_inner().unwrap_or_else(|p| p.into_inner());
     let applies = status.success();
     let framework = out.clone().unwrap_or_default();
@@ -317,8 +345,13 @@ fn detect_one(bp: &Buildpack, ctx: &Ctx<'_>) -> Result<(bool, DetectAnswer), Bui
 
 /// A script that could not be started. (One without a `#!` line is run by /bin/sh, as
 /// execvp does.)
-fn start_error(bp: &Buildpack, path: &Path, e: io::Error) -> BuildpackError {
-    BuildpackError::Script { buildpack: bp.name.clone(), path: path.to_path_buf(), why: format!("cannot run: {e}") }
+fn start_error(bp: &Buildpack, path: &Path, e: io::Error, guard: Option<&mut SandboxGuard>) -> BuildpackError {
+    let sandbox = guard.map(|g| g.finish()).unwrap_or_default();
+    BuildpackError::Script {
+        buildpack: bp.name.clone(),
+        path: path.to_path_buf(),
+        why: format!("cannot run: {e}{sandbox}"),
+    }
 }
 
 /// The app's hook for `stage` ("pre" or "post"): `bin/<stage>_compile`, else
@@ -337,11 +370,12 @@ fn run_hook(ctx: &Ctx<'_>, stage: &str, exports: &[PathBuf]) -> Result<(), Build
     };
     let path = ctx.build_dir.join(&hook);
     let executable = fs::metadata(&path).is_ok_and(|m| m.permissions().mode() & 0o111 != 0);
-    let mut argv: Vec<&OsStr> = Vec::new();
+    let mut argv: Vec<OsString> = Vec::new();
     if !executable {
-        argv.push(ctx.bash.as_os_str());
+        argv.push(ctx.bash.clone().into_os_string());
     }
-    argv.push(path.as_os_str());
+    argv.push(ctx.p(&path));
+    let argv: Vec<&OsStr> = argv.iter().map(|a| a.as_os_str()).collect();
     let status = ctx.run_streaming(APP_HOOK, &hook, exports, &argv)?;
     if !status.success() {
         return Err(failed(APP_HOOK, &hook, status));
@@ -352,8 +386,8 @@ fn run_hook(ctx: &Ctx<'_>, stage: &str, exports: &[PathBuf]) -> Result<(), Build
 fn release_of(ctx: &Ctx<'_>, bp: &Buildpack) -> Result<Option<Release>, BuildpackError> {
     let Some(path) = script(bp, "release")? else { return Ok(None) };
     let out: Mutex<(String, bool)> = Mutex::new((String::new(), false));
-    let mut cmd = ctx.command(&path);
-    cmd.arg(&ctx.build_dir);
+    let (mut cmd, mut guard) = ctx.command(&path)?;
+    cmd.arg(ctx.p(&ctx.build_dir));
     let on_line = |stream: Stream, line: &str| match stream {
         Stream::Out => {
             let mut o = out.lock().unwrap_or_else(|p| p.into_inner());
@@ -366,7 +400,7 @@ fn release_of(ctx: &Ctx<'_>, bp: &Buildpack) -> Result<Option<Release>, Buildpac
         }
         Stream::Err => ctx.reporter.report(Event::BuildpackOutput { buildpack: &bp.name, line }),
     };
-    let (status, _) = run_lines(&mut cmd, &on_line).map_err(|e| start_error(bp, &path, e))?;
+    let (status, _) = run_lines(&mut cmd, &on_line).map_err(|e| start_error(bp, &path, e, guard.as_mut()))?;
     if !status.success() {
         return Err(failed(&format!("buildpack {}", bp.name), "bin/release", status));
     }
@@ -378,16 +412,41 @@ fn release_of(ctx: &Ctx<'_>, bp: &Buildpack) -> Result<Option<Release>, Buildpac
 }
 
 impl Ctx<'_> {
-    fn command(&self, program: &Path) -> Command {
-        let mut cmd = Command::new(program);
+    /// A host path as the script sees it (inside the sandbox, when there is one).
+    fn p(&self, host: &Path) -> OsString {
+        match self.sandbox.and_then(|s| s.inside(host)) {
+            Some(inside) => inside.into_os_string(),
+            None => host.as_os_str().to_os_string(),
+        }
+    }
+
+    /// A command for `program` (a host path, or a path inside the sandbox), and the
+    /// sandbox's guard to keep until it ran.
+    fn command(&self, program: &Path) -> Result<(Command, Option<SandboxGuard>), BuildpackError> {
+        let (mut cmd, guard) = match self.sandbox {
+            Some(sb) => {
+                let cwd = self.p(&self.build_dir);
+                let (cmd, guard) = sb
+                    .command(Path::new(&self.p(program)), &cwd.to_string_lossy())
+                    .map_err(|e| BuildpackError::Invalid(format!("Failed to prepare the sandbox: {e}")))?;
+                (cmd, Some(guard))
+            }
+            None => {
+                let mut cmd = Command::new(program);
+                cmd.current_dir(&self.build_dir);
+                (cmd, None)
+            }
+        };
         cmd.env_clear()
             .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .current_dir(&self.build_dir)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        die_with_parent(&mut cmd);
-        cmd
+        if guard.is_none() {
+            // (The sandbox sets this up itself, and passes it on to the command.)
+            die_with_parent(&mut cmd);
+        }
+        Ok((cmd, guard))
     }
 
     /// Runs `argv` through bash after sourcing `exports`, reporting its output under `who`.
@@ -398,11 +457,17 @@ impl Ctx<'_> {
         exports: &[PathBuf],
         argv: &[&OsStr],
     ) -> Result<ExitStatus, BuildpackError> {
-        let mut cmd = self.command(&self.bash);
-        cmd.arg("-c").arg(WRAPPER).arg("imgforge").arg(exports.len().to_string()).args(exports).args(argv);
+        let (mut cmd, mut guard) = self.command(&self.bash)?;
+        let exports: Vec<OsString> = exports.iter().map(|e| self.p(e)).collect();
+        cmd.arg("-c").arg(self.wrapper).arg("imgforge").arg(exports.len().to_string()).args(&exports).args(argv);
         let on_line = |_: Stream, line: &str| self.reporter.report(Event::BuildpackOutput { buildpack: who, line });
-        let (status, abandoned) = run_lines(&mut cmd, &on_line)
-            .map_err(io_err(format!("{who}: Failed to run {script} (with {})", self.bash.display())))?;
+        let (status, abandoned) = run_lines(&mut cmd, &on_line).map_err(|e| {
+            let sandbox = guard.as_mut().map(|g| g.finish()).unwrap_or_default();
+            BuildpackError::Io {
+                what: format!("{who}: Failed to run {script} (with {}){sandbox}", self.bash.display()),
+                source: e,
+            }
+        })?;
         if abandoned {
             self.reporter.report(Event::Warning(format!(
                 "{who}: a process that {script} left running still holds its output open; its further output is not shown"
@@ -718,7 +783,7 @@ mod tests {
         }
 
         fn run_with(&self, plan: &Plan, r: &Collect, env: &HerokuEnv, clear: bool) -> Result<Outcome, BuildpackError> {
-            run(plan, &self.app(), &self.work(), &self.cache(), "app-1", env, clear, r)
+            run(plan, &self.app(), &self.work(), &self.cache(), "app-1", env, clear, r, None)
         }
 
         fn read(&self, name: &str) -> String {
@@ -867,7 +932,7 @@ mod tests {
 
         // Another app has its own cache.
         f.rebuild();
-        run(&plan(&f), &f.app(), &f.work(), &f.cache(), "app-2", &env(), false, &r)
+        run(&plan(&f), &f.app(), &f.work(), &f.cache(), "app-2", &env(), false, &r, None)
             .unwrap()
             .commit_caches(&f.work().join("trash"))
             .unwrap();

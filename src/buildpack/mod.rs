@@ -111,3 +111,8 @@ pub(crate) fn valid_var_name(name: &str) -> bool {
 
 #[cfg(test)]
 pub(crate) mod test_support;
+
+/// Copies an unpacked rootfs (files, directories and symlinks; hard links become copies).
+pub(crate) fn copy_rootfs(src: &std::path::Path, dst: &std::path::Path) -> io::Result<()> {
+    files::copy_tree(src, dst, 0, files::Links::Verbatim).map(|_| ()).map_err(|e| io::Error::other(e.to_string()))
+}

@@ -9,7 +9,9 @@ use imgforge::build::{build, BuildOptions};
 use imgforge::image::manifest::Platform;
 use imgforge::image::reference::ImageRef;
 use imgforge::layers::{CompressOptions, Compression, Owner};
+use imgforge::sandbox::{Isolation, Network};
 use imgforge::store::default_cache_dir;
+use imgforge::transport::{RegistryOptions, TransportOptions};
 
 mod render;
 
@@ -27,21 +29,57 @@ struct Cli {
     /// Cache directory [default: $XDG_CACHE_HOME/imgforge or ~/.cache/imgforge].
     #[arg(long, global = true, env = "IMGFORGE_CACHE_DIR", value_name = "DIR")]
     cache_dir: Option<PathBuf>,
+    /// Verify registries' TLS certificates (`--tls-verify=false` also allows plain http).
+    #[arg(long, global = true, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    tls_verify: bool,
+    /// Registry credentials file [default: $REGISTRY_AUTH_FILE, $XDG_RUNTIME_DIR/containers/auth.json, ~/.docker/config.json].
+    #[arg(long, global = true, value_name = "FILE")]
+    authfile: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Build an image from an app directory on top of a base image.
-    Build(BuildArgs),
+    Build(Box<BuildArgs>),
     /// Print an image's digest, config and layers as JSON.
     Inspect {
-        /// The image: oci:DIR[:TAG], oci-archive:FILE[:TAG] or docker-archive:FILE[:NAME[:TAG]].
+        /// The image: docker://NAME[:TAG|@DIGEST] (or a bare name), oci:DIR[:TAG], oci-archive:FILE[:TAG] or docker-archive:FILE[:NAME[:TAG]].
         #[arg(value_parser = parse_ref)]
         image: ImageRef,
         /// Platform to pick from a multi-platform image, e.g. linux/arm64.
         #[arg(long, value_parser = Platform::parse)]
         platform: Option<Platform>,
     },
+    /// Copy an image between any two transports (registry, OCI layout, archives); prints its digest.
+    Copy {
+        /// Source image (as for inspect).
+        #[arg(value_parser = parse_ref)]
+        source: ImageRef,
+        /// Destination: docker://NAME[:TAG], oci:DIR[:TAG], oci-archive:FILE[:TAG] or docker-archive:FILE[:NAME[:TAG]].
+        #[arg(value_parser = parse_ref)]
+        destination: ImageRef,
+        /// Platform to pick from a multi-platform source, e.g. linux/arm64.
+        #[arg(long, value_parser = Platform::parse)]
+        platform: Option<Platform>,
+        /// Also write the manifest digest to this file.
+        #[arg(long, value_name = "FILE")]
+        digest_file: Option<PathBuf>,
+    },
+    /// Log in to a registry: check the credentials and store them.
+    Login {
+        /// The registry, e.g. registry.example.com or 127.0.0.1:5000.
+        registry: String,
+        #[arg(short, long)]
+        username: Option<String>,
+        /// The password (prefer --password-stdin: arguments are visible to other users).
+        #[arg(short, long)]
+        password: Option<String>,
+        /// Read the password from stdin.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Remove a registry's stored credentials.
+    Logout { registry: String },
 }
 
 #[derive(Args)]
@@ -49,10 +87,10 @@ struct BuildArgs {
     /// The app's source directory.
     #[arg(default_value = ".")]
     app_dir: PathBuf,
-    /// Base image: scratch, oci:DIR[:TAG], oci-archive:FILE[:TAG] or docker-archive:FILE[:NAME[:TAG]].
+    /// Base image: scratch, docker://NAME[:TAG|@DIGEST] (or a bare name), oci:DIR[:TAG], oci-archive:FILE[:TAG] or docker-archive:FILE[:NAME[:TAG]].
     #[arg(long, value_name = "IMAGE")]
     base: String,
-    /// Destination (repeatable): oci:DIR[:TAG], oci-archive:FILE[:TAG], docker-archive:FILE[:NAME[:TAG]].
+    /// Destination (repeatable): docker://NAME[:TAG] (or a bare name), oci:DIR[:TAG], oci-archive:FILE[:TAG], docker-archive:FILE[:NAME[:TAG]].
     #[arg(short = 't', long = "tag", value_name = "DEST", required = true, value_parser = parse_ref)]
     tags: Vec<ImageRef>,
     /// Where the app goes in the image, and the working directory [default: /workspace, or /app with Heroku buildpacks].
@@ -100,6 +138,41 @@ struct BuildArgs {
     /// Start the buildpacks' caches empty and run them even if nothing changed.
     #[arg(long)]
     clear_cache: bool,
+    /// Where buildpacks run: host, userns (a rootless sandbox on the build image), or auto
+    /// (userns when the kernel allows it and the build image has /bin/sh).
+    #[arg(long, default_value = "auto", value_parser = ["host", "userns", "auto"])]
+    isolation: String,
+    /// The image buildpacks run on in the sandbox [default: the base image].
+    #[arg(long, value_name = "IMAGE", value_parser = parse_ref)]
+    build_image: Option<ImageRef>,
+    /// The buildpacks' network: host, or none (only loopback; needs the sandbox).
+    #[arg(long, default_value = "host", value_parser = ["none", "host"])]
+    network: String,
+}
+
+/// The registry part of `docker://HOST/…`, `HOST/…` or `HOST`.
+fn registry_host(s: &str) -> Result<String, String> {
+    let s = s.strip_prefix("docker://").unwrap_or(s);
+    let s = s.strip_prefix("https://").or_else(|| s.strip_prefix("http://")).unwrap_or(s);
+    let host = s.split('/').next().unwrap_or("");
+    let host = if host == "index.docker.io" || host == "registry-1.docker.io" { "docker.io" } else { host };
+    if host.is_empty() || !host.bytes().all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b)) {
+        return Err(format!("invalid registry {s:?}: expected HOST[:PORT]"));
+    }
+    Ok(host.to_string())
+}
+
+fn write_digest(digest: &str, digest_file: Option<&PathBuf>) -> ExitCode {
+    if let Some(f) = digest_file {
+        if let Err(e) = std::fs::write(f, format!("{digest}\n")) {
+            return fail(&anyhow::anyhow!("Failed to write --digest-file {}: {e}", f.display()));
+        }
+    }
+    let mut out = std::io::stdout().lock();
+    if writeln!(out, "{digest}").and_then(|_| out.flush()).is_err() {
+        return ExitCode::from(1);
+    }
+    ExitCode::SUCCESS
 }
 
 fn parse_ref(s: &str) -> Result<ImageRef, String> {
@@ -183,9 +256,77 @@ pub fn main() -> ExitCode {
         Some(d) => d,
         None => return usage_error("no cache directory: set --cache-dir, IMGFORGE_CACHE_DIR or HOME"),
     };
+    let mut registry =
+        RegistryOptions { tls_verify: cli.tls_verify, auth_file: cli.authfile.clone(), ..Default::default() };
+    // Tuning knob (the tests use it to exercise chunked uploads with small blobs).
+    if let Some(n) = std::env::var("IMGFORGE_REGISTRY_CHUNK_SIZE").ok().and_then(|v| v.parse::<u64>().ok()) {
+        registry.chunk_size = n.max(1);
+    }
+    let topts = TransportOptions { cache_dir: Some(cache_dir.clone()), registry: registry.clone() };
     match cli.command {
+        Command::Copy { source, destination, platform, digest_file } => {
+            let reporter = render::for_stderr(cli.quiet, cli.verbose, std::io::stderr().is_terminal());
+            let result = imgforge::copy::copy(
+                &source,
+                &destination,
+                &platform.unwrap_or_else(Platform::host),
+                &topts,
+                reporter.as_ref(),
+            );
+            drop(reporter);
+            match result {
+                Ok(d) => write_digest(&d.to_string(), digest_file.as_ref()),
+                Err(e) => fail(&anyhow::Error::new(e).context(format!("Failed to copy {source} to {destination}"))),
+            }
+        }
+        Command::Login { registry: host, username, password, password_stdin } => {
+            let host = match registry_host(&host) {
+                Ok(h) => h,
+                Err(e) => return usage_error(&e),
+            };
+            let Some(username) = username else {
+                return usage_error("login needs --username (and --password-stdin or --password)");
+            };
+            let password = match (password, password_stdin) {
+                (Some(_), true) => return usage_error("--password and --password-stdin exclude each other"),
+                (Some(p), false) => p,
+                (None, true) => {
+                    let mut p = String::new();
+                    if let Err(e) = std::io::Read::read_to_string(&mut std::io::stdin(), &mut p) {
+                        return fail(&anyhow::anyhow!("Failed to read the password from stdin: {e}"));
+                    }
+                    p.trim_end_matches(['\n', '\r']).to_string()
+                }
+                (None, false) => return usage_error("login needs --password-stdin (or --password)"),
+            };
+            match imgforge::transport::registry::login(&host, &username, &password, &registry) {
+                Ok(file) => {
+                    if !cli.quiet {
+                        eprintln!("Login succeeded: credentials for {host} stored in {}", file.display());
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(&anyhow::Error::new(e).context(format!("Failed to log in to {host}"))),
+            }
+        }
+        Command::Logout { registry: host } => {
+            let host = match registry_host(&host) {
+                Ok(h) => h,
+                Err(e) => return usage_error(&e),
+            };
+            match imgforge::transport::registry::logout(&host, &registry) {
+                Ok(Some(file)) => {
+                    if !cli.quiet {
+                        eprintln!("Removed the credentials for {host} from {}", file.display());
+                    }
+                    ExitCode::SUCCESS
+                }
+                Ok(None) => fail(&anyhow::anyhow!("Not logged in to {host}")),
+                Err(e) => fail(&anyhow::Error::new(e).context(format!("Failed to log out of {host}"))),
+            }
+        }
         Command::Inspect { image, platform } => {
-            match imgforge::inspect::inspect(&image, &platform.unwrap_or_else(Platform::host)) {
+            match imgforge::inspect::inspect(&image, &platform.unwrap_or_else(Platform::host), &topts) {
                 Ok(v) => {
                     println!("{}", serde_json::to_string_pretty(&v).expect("json"));
                     ExitCode::SUCCESS
@@ -225,6 +366,14 @@ pub fn main() -> ExitCode {
                 buildpacks_dir: a.buildpacks_dir.clone(),
                 stack: a.stack.clone(),
                 clear_cache: a.clear_cache,
+                registry,
+                isolation: match a.isolation.as_str() {
+                    "host" => Isolation::Host,
+                    "userns" => Isolation::Userns,
+                    _ => Isolation::Auto,
+                },
+                build_image: a.build_image.clone(),
+                network: if a.network == "none" { Network::None } else { Network::Host },
             };
             let reporter = render::for_stderr(cli.quiet, cli.verbose, std::io::stderr().is_terminal());
             let result = build(&opts, reporter.as_ref());

@@ -1,16 +1,17 @@
 //! Draws reporter events on stderr: a progress line on a terminal, plain lines otherwise.
 
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use imgforge::report::{Event, Reporter, Silent};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 pub fn for_stderr(quiet: bool, verbose: bool, tty: bool) -> Box<dyn Reporter> {
     if quiet {
         Box::new(Silent)
     } else if tty {
-        Box::new(Terminal { verbose, bar: Mutex::new(None) })
+        Box::new(Terminal { verbose, bar: Mutex::new(None), blobs: Mutex::new(Blobs::default()) })
     } else {
         Box::new(Plain { verbose })
     }
@@ -43,15 +44,30 @@ fn line(event: &Event<'_>, verbose: bool) -> Option<String> {
                 digests.compression.name()
             )
         }
-        Event::Destination { reference, written, linked, present, bytes } => {
-            let linked = if *linked > 0 { format!(", {linked} hard-linked") } else { String::new() };
-            format!("Wrote {reference}: {written} blobs copied ({}){linked}, {present} already there", mb(*bytes))
+        Event::Destination { reference, written, linked, mounted, present, bytes } => {
+            if reference.starts_with("docker://") {
+                format!(
+                    "Pushed {reference}: {written} blobs uploaded ({}), {present} already present, {mounted} mounted",
+                    mb(*bytes)
+                )
+            } else {
+                let linked = if *linked > 0 { format!(", {linked} hard-linked") } else { String::new() };
+                format!("Wrote {reference}: {written} blobs copied ({}){linked}, {present} already there", mb(*bytes))
+            }
         }
+        Event::BlobProgress { .. } => return None,
         Event::Detected { buildpack, applies: true, framework } => {
             format!("Buildpack {buildpack}: detected {framework}").trim_end().to_string()
         }
         Event::Detected { buildpack, applies: false, .. } => format!("Buildpack {buildpack}: does not apply"),
         Event::BuildpackOutput { line, .. } => line.to_string(),
+        Event::BuildImageReady { reference, unpacked: true, millis, bytes } => {
+            format!("Build image {reference}: unpacked ({}) in {:.1} s", mb(*bytes), *millis as f64 / 1000.0)
+        }
+        Event::BuildImageReady { reference, unpacked: false, .. } => {
+            format!("Build image {reference}: reusing its unpacked filesystem")
+        }
+        Event::Isolation(how) => format!("Buildpacks run {how}"),
         Event::Warning(w) => format!("warning: {w}"),
         Event::Detail(d) if verbose => d.clone(),
         Event::Detail(_) => return None,
@@ -73,10 +89,45 @@ impl Reporter for Plain {
 struct Terminal {
     verbose: bool,
     bar: Mutex<Option<ProgressBar>>,
+    blobs: Mutex<Blobs>,
+}
+
+/// One bar per blob in transfer (bytes, rate).
+#[derive(Default)]
+struct Blobs {
+    multi: Option<MultiProgress>,
+    bars: HashMap<String, ProgressBar>,
+}
+
+impl Terminal {
+    fn blob_progress(&self, action: &str, digest: &str, done: u64, total: u64) {
+        let mut b = self.blobs.lock().unwrap_or_else(|e| e.into_inner());
+        let multi = b.multi.get_or_insert_with(MultiProgress::new).clone();
+        let bar = b.bars.entry(digest.to_string()).or_insert_with(|| {
+            let bar = multi.add(ProgressBar::new(total));
+            bar.set_style(
+                ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec})")
+                    .expect("valid template")
+                    .progress_chars("=> "),
+            );
+            let short = digest.strip_prefix("sha256:").unwrap_or(digest);
+            bar.set_message(format!("{action} {}", &short[..short.len().min(12)]));
+            bar
+        });
+        bar.set_position(done);
+        if done >= total {
+            bar.finish_and_clear();
+            b.bars.remove(digest);
+        }
+    }
 }
 
 impl Reporter for Terminal {
     fn report(&self, event: Event<'_>) {
+        if let Event::BlobProgress { action, digest, done, total } = event {
+            self.blob_progress(action, digest, done, total);
+            return;
+        }
         let mut bar = self.bar.lock().unwrap_or_else(|e| e.into_inner());
         if let Event::LayerProgress { name, bytes } = event {
             let b = bar.get_or_insert_with(|| {

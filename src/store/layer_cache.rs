@@ -8,7 +8,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
 use imgforge_layers::{
-    CompressOptions, Compression, DiffId, Digest, EntryKind, LayerDigests, Normalize, Owner, Sha256Hash, Tree,
+    CompressOptions, Compression, ContentHash, DiffId, Digest, EntryKind, LayerDigests, Normalize, Owner, Sha256Hash,
+    Tree,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -53,7 +54,7 @@ pub fn tree_key_with(
     owner: Owner,
     rules: &Normalize,
     compress: &CompressOptions,
-    content: &mut dyn FnMut(usize, &imgforge_layers::TreeEntry) -> std::io::Result<Sha256Hash>,
+    content: &mut dyn FnMut(usize, &imgforge_layers::TreeEntry) -> std::io::Result<ContentHash>,
 ) -> std::io::Result<LayerKey> {
     let level = compress.level.unwrap_or_else(|| compress.compression.default_level());
     let settings = format!(
@@ -87,6 +88,9 @@ pub fn tree_key_with(
                 h.update(format!("hardlink {:o} ", rules.file_mode(e.mode)));
                 h.update(t.as_os_str().as_bytes());
             }
+        }
+        if let Some(o) = e.owner {
+            h.update(format!(" owner {}:{}", o.uid, o.gid));
         }
         let item = Sha256Hash(h.finalize().into());
         let path = e.rel.as_os_str().as_bytes();
@@ -243,11 +247,11 @@ mod tests {
         stat.save().unwrap();
 
         let mut again = StatCache::load(&store, d.path()).unwrap().without_racy_window();
-        assert_eq!(again.content_hash(&f, &tree.entries[0]).unwrap(), Sha256Hash::of(b"x"));
+        assert_eq!(again.content_hash(&f, &tree.entries[0]).unwrap(), ContentHash::of(b"x"));
         assert_eq!(again.hashed_files, 0, "an unchanged file is not read again");
         fs::write(&f, "y").unwrap();
         let tree2 = scan_tree(d.path(), &|_, _| true).unwrap();
-        assert_eq!(again.content_hash(&f, &tree2.entries[0]).unwrap(), Sha256Hash::of(b"y"));
+        assert_eq!(again.content_hash(&f, &tree2.entries[0]).unwrap(), ContentHash::of(b"y"));
         assert_eq!(again.hashed_files, 1);
 
         // Within the racy window nothing is remembered.

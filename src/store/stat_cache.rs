@@ -15,13 +15,13 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use imgforge_layers::{EntryKind, Sha256Hash, Tree, TreeEntry};
+use imgforge_layers::{ContentHash, ContentHasher, EntryKind, Sha256Hash, Tree, TreeEntry};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest as _, Sha256};
 
 use super::{write_hint, BlobStore, StoreError};
 
-const BUCKET: &str = "stat-v1";
+/// v2: BLAKE3 content hashes.
+const BUCKET: &str = "stat-v2";
 const RACY_NS: i128 = 2_000_000_000;
 const HASH_THREADS: usize = 4;
 /// Below this many files per thread, starting threads costs more than it saves.
@@ -38,15 +38,15 @@ struct StatEntry {
 }
 
 impl StatEntry {
-    fn of(e: &TreeEntry, hash: Sha256Hash) -> StatEntry {
+    fn of(e: &TreeEntry, hash: ContentHash) -> StatEntry {
         StatEntry { dev: e.dev, ino: e.ino, size: e.size, mtime_ns: e.mtime_ns, ctime_ns: e.ctime_ns, hash: hash.hex() }
     }
 
     /// The remembered hash, if `e`'s stat is exactly the one it was remembered with.
-    fn hash_if_unchanged(&self, e: &TreeEntry) -> Option<Sha256Hash> {
+    fn hash_if_unchanged(&self, e: &TreeEntry) -> Option<ContentHash> {
         let same = (self.dev, self.ino, self.size, self.mtime_ns, self.ctime_ns)
             == (e.dev, e.ino, e.size, e.mtime_ns, e.ctime_ns);
-        same.then(|| Sha256Hash::from_hex(&self.hash).ok()).flatten()
+        same.then(|| ContentHash::from_hex(&self.hash).ok()).flatten()
     }
 }
 
@@ -89,8 +89,8 @@ impl StatCache {
         }
     }
 
-    /// The sha256 of the file `e` at `abs`, from the cache when its stat is unchanged.
-    pub fn content_hash(&mut self, abs: &Path, e: &TreeEntry) -> io::Result<Sha256Hash> {
+    /// The content hash of the file `e` at `abs`, from the cache when its stat is unchanged.
+    pub fn content_hash(&mut self, abs: &Path, e: &TreeEntry) -> io::Result<ContentHash> {
         if let Some(h) = self.cached(abs, e) {
             return Ok(h);
         }
@@ -103,7 +103,7 @@ impl StatCache {
     /// The content hash of every regular file of `tree` (by entry index; `None` for other
     /// kinds), from the cache where the stat is unchanged; the others are read by a few
     /// threads at once (open and read calls dominate for many small files).
-    pub fn content_hashes(&mut self, tree: &Tree) -> io::Result<Vec<Option<Sha256Hash>>> {
+    pub fn content_hashes(&mut self, tree: &Tree) -> io::Result<Vec<Option<ContentHash>>> {
         let mut hashes = vec![None; tree.entries.len()];
         let mut misses = Vec::new();
         for (i, e) in tree.entries.iter().enumerate() {
@@ -119,7 +119,7 @@ impl StatCache {
         let next = AtomicUsize::new(0);
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, HASH_THREADS);
         let threads = threads.min(misses.len().div_ceil(MIN_FILES_PER_THREAD)).max(1);
-        let hashed: Vec<io::Result<Vec<(usize, Sha256Hash)>>> = std::thread::scope(|s| {
+        let hashed: Vec<io::Result<Vec<(usize, ContentHash)>>> = std::thread::scope(|s| {
             let workers: Vec<_> = (0..threads)
                 .map(|_| {
                     s.spawn(|| {
@@ -148,7 +148,7 @@ impl StatCache {
         Ok(hashes)
     }
 
-    fn cached(&mut self, abs: &Path, e: &TreeEntry) -> Option<Sha256Hash> {
+    fn cached(&mut self, abs: &Path, e: &TreeEntry) -> Option<ContentHash> {
         if let Some(h) = self.seen.get(abs).and_then(|hit| hit.hash_if_unchanged(e)) {
             return Some(h);
         }
@@ -166,7 +166,7 @@ impl StatCache {
 
     /// Records a hash computed elsewhere (e.g. while the file was streamed into a layer),
     /// under the same racy-clean rule as a hash computed here.
-    pub fn remember(&mut self, abs: &Path, e: &TreeEntry, hash: Sha256Hash) {
+    pub fn remember(&mut self, abs: &Path, e: &TreeEntry, hash: ContentHash) {
         if self.now_ns - e.mtime_ns.max(e.ctime_ns) >= self.racy_ns {
             self.seen.insert(abs.to_path_buf(), StatEntry::of(e, hash));
         }
@@ -181,7 +181,7 @@ impl StatCache {
     /// Records the hash of a file this process has just written itself (a copy of a file
     /// whose hash is known). The racy window does not apply: the caller guarantees nobody
     /// touched the file between writing it and `e`'s stat; a later change shows in its ctime.
-    pub fn prime(&mut self, abs: &Path, e: &TreeEntry, hash: Sha256Hash) {
+    pub fn prime(&mut self, abs: &Path, e: &TreeEntry, hash: ContentHash) {
         self.seen.insert(abs.to_path_buf(), StatEntry::of(e, hash));
     }
 
@@ -199,9 +199,9 @@ fn now_ns() -> i128 {
 }
 
 /// Hashes the file at `path`, which must still have `size` bytes; `buf` is reused between calls.
-fn hash_file(path: &Path, size: u64, buf: &mut Vec<u8>) -> io::Result<Sha256Hash> {
+fn hash_file(path: &Path, size: u64, buf: &mut Vec<u8>) -> io::Result<ContentHash> {
     let f: File = OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(path)?;
-    let mut h = Sha256::new();
+    let mut h = ContentHasher::default();
     if buf.is_empty() {
         buf.resize(256 << 10, 0);
     }
@@ -218,5 +218,5 @@ fn hash_file(path: &Path, size: u64, buf: &mut Vec<u8>) -> io::Result<Sha256Hash
     if n_total != size {
         return Err(io::Error::other(format!("file changed while it was being read: {}", path.display())));
     }
-    Ok(Sha256Hash(h.finalize().into()))
+    Ok(h.finish())
 }

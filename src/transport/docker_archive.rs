@@ -119,6 +119,7 @@ impl DockerArchiveSource {
             manifest_digest: Some(config_digest),
             manifest: None,
             config: Some(config),
+            config_bytes: Some(config_bytes),
             layers,
         })
     }

@@ -19,6 +19,8 @@ pub struct WriteSummary {
     pub blobs_written: usize,
     /// Blobs hard-linked from the cache or the base: no bytes moved.
     pub blobs_linked: usize,
+    /// Blobs mounted from another repository of the same registry: no bytes moved.
+    pub blobs_mounted: usize,
     pub blobs_present: usize,
     pub bytes_written: u64,
 }
@@ -84,7 +86,7 @@ pub(crate) fn resolve(
 
 /// The descriptor of a new image's manifest, tagged.
 pub(crate) fn manifest_descriptor(image: &NewImage, tag: &str) -> Descriptor {
-    let mut d = Descriptor::new(media::OCI_MANIFEST, image.manifest_digest, image.manifest.len() as u64);
+    let mut d = Descriptor::new(&image.manifest_media_type, image.manifest_digest, image.manifest.len() as u64);
     d.annotations = BTreeMap::from([(REF_NAME.to_string(), tag.to_string())]);
     d
 }

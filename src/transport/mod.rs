@@ -21,12 +21,25 @@ mod docker_archive;
 mod layout;
 mod oci_archive;
 mod oci_dir;
+pub mod registry;
 mod tar_index;
 
 pub use docker_archive::DockerArchiveSource;
 pub use layout::WriteSummary;
 pub use oci_archive::OciArchiveSource;
 pub use oci_dir::OciDirSource;
+pub use registry::{RegistryOptions, RegistrySource};
+
+use crate::report::Reporter;
+
+/// What transports need besides the reference: where pulled blobs are kept, and how to talk
+/// to registries.
+#[derive(Clone, Debug, Default)]
+pub struct TransportOptions {
+    /// The store pulled blobs go into (so the second pull is free). `None`: stream only.
+    pub cache_dir: Option<PathBuf>,
+    pub registry: RegistryOptions,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
@@ -40,6 +53,14 @@ pub enum TransportError {
     Unsupported(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Registry(Box<registry::RegistryError>),
+}
+
+impl From<registry::RegistryError> for TransportError {
+    fn from(e: registry::RegistryError) -> Self {
+        TransportError::Registry(Box::new(e))
+    }
 }
 
 pub fn io_error(what: impl std::fmt::Display) -> impl FnOnce(io::Error) -> TransportError {
@@ -63,6 +84,8 @@ pub struct BaseImage {
     /// The manifest's bytes as read (`None` for scratch and docker-archive, which has none).
     pub manifest: Option<Vec<u8>>,
     pub config: Option<ImageConfig>,
+    /// The config's bytes as read (`None` for scratch).
+    pub config_bytes: Option<Vec<u8>>,
     pub layers: Vec<BaseLayer>,
 }
 
@@ -73,6 +96,7 @@ impl BaseImage {
             manifest_digest: None,
             manifest: None,
             config: None,
+            config_bytes: None,
             layers: Vec::new(),
         }
     }
@@ -83,6 +107,8 @@ impl BaseImage {
 pub struct NewImage {
     pub manifest: Vec<u8>,
     pub manifest_digest: Digest,
+    /// The manifest's media type (OCI for what imgforge builds; a copy keeps the source's).
+    pub manifest_media_type: String,
     pub config: Vec<u8>,
     pub config_digest: Digest,
     pub layers: Vec<BaseLayer>,
@@ -94,6 +120,10 @@ pub trait Blobs: Sync {
     fn open(&self, d: &Descriptor) -> Result<Box<dyn Read + Send + '_>, TransportError>;
     /// A local file holding exactly this blob, if there is one (to hard-link instead of copy).
     fn local_path(&self, d: &Digest) -> Option<PathBuf>;
+    /// A repository this blob can be mounted from (the base image's, on a registry).
+    fn mount_source(&self, _d: &Digest) -> Option<crate::image::reference::DockerName> {
+        None
+    }
 }
 
 /// An opened image source.
@@ -102,10 +132,11 @@ pub enum Source {
     OciDir(OciDirSource),
     OciArchive(OciArchiveSource),
     DockerArchive(DockerArchiveSource),
+    Registry(RegistrySource),
 }
 
 impl Source {
-    pub fn open(r: &ImageRef) -> Result<Source, TransportError> {
+    pub fn open(r: &ImageRef, opts: &TransportOptions) -> Result<Source, TransportError> {
         Ok(match r {
             ImageRef::Scratch => Source::Scratch,
             ImageRef::OciLayout { dir, tag } => Source::OciDir(OciDirSource::open(dir, tag.clone())?),
@@ -114,9 +145,7 @@ impl Source {
                 Source::DockerArchive(DockerArchiveSource::open(file, name.clone())?)
             }
             ImageRef::Registry(n) => {
-                return Err(TransportError::Unsupported(format!(
-                    "registry images (docker://{n}) are not supported yet; use an oci:, oci-archive: or docker-archive: image (e.g. made with `skopeo copy docker://{n} oci:DIR:TAG`)"
-                )))
+                Source::Registry(RegistrySource::open(n, &opts.registry, opts.cache_dir.as_deref())?)
             }
         })
     }
@@ -127,6 +156,7 @@ impl Source {
             Source::OciDir(s) => layout::resolve(s, s.tag(), platform),
             Source::OciArchive(s) => layout::resolve(s, s.tag(), platform),
             Source::DockerArchive(s) => s.resolve(),
+            Source::Registry(s) => s.resolve(platform),
         }
     }
 
@@ -137,18 +167,44 @@ impl Source {
             Source::OciDir(s) => s.open_blob(d),
             Source::OciArchive(s) => s.open_blob(d),
             Source::DockerArchive(s) => s.open_blob(d),
+            Source::Registry(_) => {
+                Err(TransportError::Unsupported(format!("blob {d}: registry blobs are opened by descriptor")))
+            }
         }
     }
 
     pub fn open_verified(&self, d: &Descriptor) -> Result<Box<dyn Read + Send + '_>, TransportError> {
-        let raw = self.open_raw(&d.digest)?;
+        let raw = match self {
+            Source::Registry(s) => s.open_blob(d)?,
+            _ => self.open_raw(&d.digest)?,
+        };
         Ok(Box::new(VerifiedReader::new(raw, d.digest, Some(d.size), self.describe())))
     }
 
     pub fn local_path(&self, d: &Digest) -> Option<PathBuf> {
         match self {
             Source::OciDir(s) => s.blob_path(d),
+            Source::Registry(s) => s.local_path(d),
             _ => None,
+        }
+    }
+
+    /// Where a blob of this source can be mounted from (registry sources only).
+    pub fn mount_source(&self, d: &Digest) -> Option<crate::image::reference::DockerName> {
+        match self {
+            Source::Registry(s) if s.has_layer(d) => Some(s.name().clone()),
+            _ => None,
+        }
+    }
+
+    /// Fetches, `jobs` at once, the layers a destination other than a registry will need.
+    pub fn prefetch(&self, layers: &[BaseLayer], reporter: &dyn Reporter) -> Result<(), TransportError> {
+        match self {
+            Source::Registry(s) => {
+                let d: Vec<Descriptor> = layers.iter().map(|l| l.descriptor.clone()).collect();
+                s.prefetch(&d, reporter)
+            }
+            _ => Ok(()),
         }
     }
 
@@ -158,17 +214,25 @@ impl Source {
             Source::OciDir(s) => format!("oci:{}", s.dir().display()),
             Source::OciArchive(s) => format!("oci-archive:{}", s.path().display()),
             Source::DockerArchive(s) => format!("docker-archive:{}", s.path().display()),
+            Source::Registry(s) => s.describe(),
         }
     }
 }
 
 /// Writes `image` to `dest`, copying only the blobs it lacks.
-pub fn write(dest: &ImageRef, image: &NewImage, blobs: &dyn Blobs) -> Result<WriteSummary, TransportError> {
+pub fn write(
+    dest: &ImageRef,
+    image: &NewImage,
+    blobs: &dyn Blobs,
+    opts: &TransportOptions,
+    reporter: &dyn Reporter,
+) -> Result<WriteSummary, TransportError> {
     match dest {
+        ImageRef::Registry(n) => registry::push(n, image, blobs, &opts.registry, reporter),
         ImageRef::OciLayout { dir, .. } => oci_dir::write(dir, dest.tag_or_default(), image, blobs),
         ImageRef::OciArchive { file, .. } => oci_archive::write(file, dest.tag_or_default(), image, blobs),
         ImageRef::DockerArchive { file, name } => docker_archive::write(file, name.as_ref(), image, blobs),
-        ImageRef::Scratch | ImageRef::Registry(_) => write_unsupported(dest).map(|()| WriteSummary::default()),
+        ImageRef::Scratch => write_unsupported(dest).map(|()| WriteSummary::default()),
     }
 }
 
@@ -185,17 +249,16 @@ pub fn check_destination(dest: &ImageRef) -> Result<(), TransportError> {
     match dest {
         ImageRef::OciLayout { dir, .. } => parent_ok(dir),
         ImageRef::OciArchive { file, .. } | ImageRef::DockerArchive { file, .. } => parent_ok(file),
-        ImageRef::Scratch | ImageRef::Registry(_) => write_unsupported(dest),
+        ImageRef::Registry(n) if n.digest.is_some() => Err(TransportError::Unsupported(format!(
+            "{dest}: a destination names a tag, not a digest (the digest is known only once the image is built)"
+        ))),
+        ImageRef::Registry(_) => Ok(()),
+        ImageRef::Scratch => write_unsupported(dest),
     }
 }
 
 fn write_unsupported(dest: &ImageRef) -> Result<(), TransportError> {
-    match dest {
-        ImageRef::Registry(n) => Err(TransportError::Unsupported(format!(
-            "pushing to registries (docker://{n}) is not supported yet; write oci:, oci-archive: or docker-archive: and push with skopeo"
-        ))),
-        _ => Err(TransportError::Unsupported(format!("{dest} cannot be a destination"))),
-    }
+    Err(TransportError::Unsupported(format!("{dest} cannot be a destination")))
 }
 
 /// Reads a small blob (manifest, config) whole: size-capped and verified before parsing.
@@ -263,6 +326,7 @@ pub(crate) fn base_from_manifest(
         manifest_digest: Some(manifest_digest),
         manifest: Some(manifest),
         config: Some(config),
+        config_bytes: Some(config_bytes.to_vec()),
         layers,
     })
 }

@@ -21,6 +21,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+pub mod registry;
+
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 

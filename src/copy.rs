@@ -1,0 +1,129 @@
+//! `imgforge copy SRC DEST`: one image from any transport to any other. Lazy and mount-first
+//! like a build: a registry destination on the source's registry mounts the layers, and layers
+//! are fetched only when the destination lacks them.
+
+use std::io::Read;
+use std::path::PathBuf;
+
+use imgforge_layers::Digest;
+
+use crate::image::manifest::{media, Descriptor, Platform};
+use crate::image::reference::{DockerName, ImageRef};
+use crate::report::{Event, Reporter};
+use crate::transport::{self, BaseLayer, Blobs, NewImage, Source, TransportError, TransportOptions};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CopyError {
+    #[error("Failed to read {reference}")]
+    Source {
+        reference: String,
+        #[source]
+        source: TransportError,
+    },
+    #[error("Failed to write {reference}")]
+    Destination {
+        reference: String,
+        #[source]
+        source: TransportError,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+struct SourceBlobs<'a>(&'a Source);
+
+impl Blobs for SourceBlobs<'_> {
+    fn open(&self, d: &Descriptor) -> Result<Box<dyn Read + Send + '_>, TransportError> {
+        self.0.open_verified(d)
+    }
+
+    fn local_path(&self, d: &Digest) -> Option<PathBuf> {
+        self.0.local_path(d)
+    }
+
+    fn mount_source(&self, d: &Digest) -> Option<DockerName> {
+        self.0.mount_source(d)
+    }
+}
+
+/// Copies the image `src` names (for `platform`, from a multi-platform index) to `dest`, and
+/// returns the manifest digest written. The manifest's bytes are kept, so the digest stays
+/// the same; a docker-archive, which has no manifest, gets an OCI one.
+pub fn copy(
+    src: &ImageRef,
+    dest: &ImageRef,
+    platform: &Platform,
+    opts: &TransportOptions,
+    reporter: &dyn Reporter,
+) -> Result<Digest, CopyError> {
+    let src_err = |source| CopyError::Source { reference: src.to_string(), source };
+    let dest_err = |source| CopyError::Destination { reference: dest.to_string(), source };
+    if matches!(src, ImageRef::Scratch) {
+        return Err(CopyError::Invalid("scratch is not an image to copy; use `imgforge build --base scratch`".into()));
+    }
+    transport::check_destination(dest).map_err(dest_err)?;
+    let source = Source::open(src, opts).map_err(src_err)?;
+    reporter.report(Event::Step(&format!("Resolving {src}")));
+    let base = source.resolve(platform).map_err(src_err)?;
+    reporter.report(Event::BaseResolved {
+        reference: &base.reference,
+        digest: base.manifest_digest.map(|d| d.to_string()),
+        layers: base.layers.len(),
+    });
+    let config = base.config_bytes.clone().ok_or_else(|| CopyError::Invalid(format!("{src} has no config")))?;
+    let config_digest = Digest::of(&config);
+    let (manifest, manifest_media_type, layers) = match &base.manifest {
+        Some(m) => {
+            let doc = crate::image::manifest::parse_document(m, None, &base.reference)
+                .map_err(|e| src_err(TransportError::Format(e)))?;
+            let crate::image::manifest::Document::Manifest(parsed) = doc else {
+                return Err(CopyError::Invalid(format!("{src}: resolved to an index")));
+            };
+            (m.clone(), parsed.media_type.clone(), base.layers.clone())
+        }
+        None => {
+            let layers: Vec<BaseLayer> = base
+                .layers
+                .iter()
+                .map(|l| {
+                    let mut d = l.descriptor.clone();
+                    if let Some(mt) = transport::oci_layer_media_type(&d.media_type) {
+                        d.media_type = mt.to_string();
+                    }
+                    BaseLayer { descriptor: d, diff_id: l.diff_id }
+                })
+                .collect();
+            let m = serde_json::json!({
+                "schemaVersion": 2,
+                "mediaType": media::OCI_MANIFEST,
+                "config": Descriptor::new(media::OCI_CONFIG, config_digest, config.len() as u64).to_json(),
+                "layers": layers.iter().map(|l| l.descriptor.to_json()).collect::<Vec<_>>(),
+            });
+            (serde_json::to_vec(&m).expect("json"), media::OCI_MANIFEST.to_string(), layers)
+        }
+    };
+    let manifest_media_type =
+        if manifest_media_type.is_empty() { media::OCI_MANIFEST.to_string() } else { manifest_media_type };
+    let image = NewImage {
+        manifest_digest: Digest::of(&manifest),
+        manifest,
+        manifest_media_type,
+        config,
+        config_digest,
+        layers,
+    };
+    if !matches!(dest, ImageRef::Registry(_)) {
+        source.prefetch(&image.layers, reporter).map_err(src_err)?;
+    }
+    reporter.report(Event::Step(&format!("Writing {dest}")));
+    let s = transport::write(dest, &image, &SourceBlobs(&source), opts, reporter).map_err(dest_err)?;
+    reporter.report(Event::Destination {
+        reference: &dest.to_string(),
+        written: s.blobs_written,
+        linked: s.blobs_linked,
+        mounted: s.blobs_mounted,
+        present: s.blobs_present,
+        bytes: s.bytes_written,
+    });
+    Ok(image.manifest_digest)
+}
