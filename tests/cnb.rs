@@ -305,6 +305,25 @@ fn a_base_without_a_shell_is_refused_for_the_launch_env() {
 }
 
 #[test]
+fn the_build_image_sandbox_and_network_none_are_refused_for_cnb() {
+    let t = TestDir::new();
+    let (bps, app) = (buildpacks(&t), sample_app(&t));
+    for (flags, want) in [
+        (
+            ["--isolation", "userns"],
+            "--isolation userns: Cloud Native Buildpacks do not run in the build-image sandbox yet",
+        ),
+        (["--network", "none"], "--network none: Cloud Native Buildpacks run on the host"),
+    ] {
+        let mut c = cnb_build(&t, &app, &bps, "v1");
+        c.args(flags);
+        let out = run(&mut c);
+        assert_eq!(out.status.code(), Some(1), "{}", report(&c, &out));
+        assert_has(&stderr_str(&out), want, "message");
+    }
+}
+
+#[test]
 fn a_group_mixing_cnb_and_heroku_buildpacks_is_refused() {
     let t = TestDir::new();
     let bps = buildpacks(&t);
