@@ -236,6 +236,19 @@ fn an_unprivileged_user_builds_the_same_image() {
 }
 
 #[test]
+fn workdir_moves_the_app_during_the_build_and_in_the_image() {
+    let t = TestDir::new();
+    let (bps, app) = (buildpacks(&t), sample_app(&t));
+    // /opt exists on the host: inside the build's namespace it is replaced, not written to.
+    let (_, stderr) = build(cnb_build(&t, &app, &bps, "v1").args(["--workdir", "/opt/app"]));
+    assert_has(&stderr, "---> runtime build", "built");
+    let out = podman_run_ok(&out_ref(&t, "v1"), &["sh", "-c", "pwd; cat cache-count.txt"]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines, ["/opt/app", "1"], "{out}");
+    assert!(!Path::new("/opt/app/cache-count.txt").exists(), "the build wrote into the host's /opt");
+}
+
+#[test]
 fn a_failed_build_leaves_the_kept_cache_as_it_was() {
     let t = TestDir::new();
     let (bps, app) = (buildpacks(&t), sample_app(&t));
