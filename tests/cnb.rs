@@ -150,7 +150,7 @@ fn composite_builds_an_image_whose_processes_run_by_name_with_the_launch_env() {
     let ids: Vec<&str> = bm["buildpacks"].as_array().unwrap().iter().map(|b| b["id"].as_str().unwrap()).collect();
     assert_eq!(ids, ["imgforge-test/runtime", "imgforge-test/app"], "the optional extra is dropped: {bm}");
     let procs: Vec<&str> = bm["processes"].as_array().unwrap().iter().map(|p| p["type"].as_str().unwrap()).collect();
-    assert_eq!(procs, ["env-dump", "web", "worker"]);
+    assert_eq!(procs, ["web", "worker", "env-dump"], "in the order launch.toml declares them");
     let web_md = bm["processes"].as_array().unwrap().iter().find(|p| p["type"] == "web").unwrap();
     assert_eq!(web_md["default"], true);
     assert_eq!(web_md["buildpackID"], "imgforge-test/app");

@@ -272,20 +272,22 @@ pub(super) fn cnb_layers(
         });
     }
 
-    // Processes: a later buildpack's type replaces an earlier one's; the last default wins.
-    let mut procs: BTreeMap<String, (String, Process)> = BTreeMap::new();
+    // Processes in the order declared; a later buildpack's type replaces an earlier one's
+    // (and moves to its place, as the lifecycle merges them); the last default wins.
+    let mut procs: Vec<(String, String, Process)> = Vec::new();
     let mut default = None;
     for b in &outcome.built {
         for p in &b.output.launch.processes {
             if p.default {
                 default = Some(p.kind.clone());
             }
-            procs.insert(p.kind.clone(), (b.bp.info.id.clone(), p.clone()));
+            procs.retain(|(kind, _, _)| *kind != p.kind);
+            procs.push((p.kind.clone(), b.bp.info.id.clone(), p.clone()));
         }
     }
     let mut processes = BTreeMap::new();
     let mut build_procs = Vec::new();
-    for (kind, (bp_id, p)) in &procs {
+    for (kind, bp_id, p) in &procs {
         let (argv, shell) = p.argv();
         processes.insert(kind.clone(), super::launch::sh_command(&argv, shell, p.working_dir.as_deref()));
         let (command, args) = match &p.command {
@@ -302,7 +304,7 @@ pub(super) fn cnb_layers(
         build_procs.push(v);
     }
     let mut launch_env = BTreeMap::new();
-    for name in procs.keys().map(String::as_str).chain(["_"]) {
+    for name in procs.iter().map(|(kind, _, _)| kind.as_str()).chain(["_"]) {
         let process = (name != "_").then_some(name);
         let mut changes: Vec<Change> = Vec::new();
         let mut sources = Vec::new();
