@@ -28,10 +28,11 @@ use crate::buildpack::cnb::run::{self, Outcome, Platform, Record, CACHE_DIR, LAY
 use crate::buildpack::cnb::CnbError;
 use crate::buildpack::{self, Selection};
 use crate::report::Event;
+use crate::sandbox::Bind;
 use crate::store::layer_cache::{digests_from_json, digests_json};
 use crate::store::stat_cache::StatCache;
 use crate::store::BlobStore;
-use crate::transport::BaseImage;
+use crate::transport::{BaseImage, Source};
 
 pub const LABEL_BUILD: &str = "io.buildpacks.build.metadata";
 pub const LABEL_LIFECYCLE: &str = "io.buildpacks.lifecycle.metadata";
@@ -56,24 +57,6 @@ pub(super) fn is_cnb(plan: &buildpack::Plan) -> Result<bool, BuildError> {
             )))
         }
     }
-}
-
-/// CNB builds run on the host, in their own user and mount namespace (see
-/// `buildpack::cnb::sandbox`); the build-image sandbox does not run them yet.
-pub(super) fn check_isolation(opts: &BuildOptions, reporter: &dyn crate::report::Reporter) -> Result<(), BuildError> {
-    use crate::sandbox::{Isolation, Network};
-    if opts.isolation == Isolation::Userns {
-        return Err(BuildError::Invalid(
-            "--isolation userns: Cloud Native Buildpacks do not run in the build-image sandbox yet; they run on the host in a user and mount namespace that puts their layers at /layers (--isolation host or auto)".into(),
-        ));
-    }
-    if opts.network == Network::None {
-        return Err(BuildError::Invalid(
-            "--network none: Cloud Native Buildpacks run on the host (in a user and mount namespace for /layers), where the network cannot be cut off yet".into(),
-        ));
-    }
-    reporter.report(Event::Isolation("on the host, in a user and mount namespace with the layers at /layers".into()));
-    Ok(())
 }
 
 /// What must happen once the image is written: the kept state replaced.
@@ -104,8 +87,7 @@ pub(super) fn cnb_layers(
     tree: &Tree,
     app_stat: &mut StatCache,
     workdir: &str,
-    base: &BaseImage,
-    platform: &crate::image::manifest::Platform,
+    (source, base, platform): (&Source, &BaseImage, &crate::image::manifest::Platform),
     git: &super::git::GitInfo,
 ) -> Result<Produced, BuildError> {
     let store = ctx.store;
@@ -146,6 +128,18 @@ pub(super) fn cnb_layers(
     let cnb_work = fs::canonicalize(&cnb_work).map_err(io_err(format!("Failed to resolve {}", cnb_work.display())))?;
     let app = fs::canonicalize(&app).map_err(io_err(format!("Failed to resolve {}", app.display())))?;
     reporter.report(Event::Step("Running buildpacks"));
+    // In the build-image sandbox: the layers at /layers, every buildpack an order may name at
+    // the lifecycle's /cnb/buildpacks/<id>/<version> (the app and the work dir are bound by
+    // `sandbox_for`). On the host, `run` makes its own namespace.
+    let layers_root = cnb_work.join("layers");
+    fs::create_dir_all(&layers_root).map_err(io_err(format!("Failed to create {}", layers_root.display())))?;
+    let mut binds = vec![Bind { host: layers_root, inside: run::LAYERS.into() }];
+    for d in index.all() {
+        let inside = format!("/cnb/buildpacks/{}/{}", escape_id(&d.info.id), d.info.version.replace('/', "_"));
+        binds.push(Bind { host: d.dir.clone(), inside });
+    }
+    let sandbox =
+        super::sandbox_for(opts, store, plan, work, &app, workdir, (source, base, platform), reporter, binds)?;
     let p = Platform {
         app: &app,
         workdir,
@@ -156,8 +150,16 @@ pub(super) fn cnb_layers(
         os: &platform.os,
         arch: &platform.architecture,
         reporter,
+        sandbox: sandbox.as_ref(),
     };
-    let outcome = run::run(&groups, &index, &p).map_err(|e| cnb_err("Buildpack build failed", e))?;
+    let outcome = run::run(&groups, &index, &p);
+    if let Some(sb) = &sandbox {
+        // Files the buildpacks chowned to other uids: readable and removable by us.
+        if let Err(e) = sb.make_host_accessible(work) {
+            reporter.report(Event::Warning(format!("Failed to make the build directory readable: {e}")));
+        }
+    }
+    let outcome = outcome.map_err(|e| cnb_err("Buildpack build failed", e))?;
     let mut record = run::record(&outcome);
 
     ctx.reporter.report(Event::Detail("Writing the buildpacks' layers".into()));
@@ -210,7 +212,7 @@ pub(super) fn cnb_layers(
                     (reused, dir)
                 } else {
                     let prefix = format!("layers/{esc}/{}", l.name);
-                    let digests = layer_from_dir(ctx, &name, &l.dir, &prefix)?;
+                    let digests = layer_from_dir(ctx, &name, &l.dir, &prefix, sandbox.as_ref())?;
                     (digests, l.dir.clone())
                 };
                 if let Some(r) = record.buildpacks.get_mut(id).and_then(|r| r.layers.get_mut(&l.name)) {
@@ -246,7 +248,7 @@ pub(super) fn cnb_layers(
                 .map_err(io_err(format!("Failed to create {}", dir.display())))?;
             fs::copy(file, &to).map_err(io_err(format!("Failed to copy {}", file.display())))?;
         }
-        let digests = layer_from_dir(ctx, "sbom", &dir, SBOM_DIR)?;
+        let digests = layer_from_dir(ctx, "sbom", &dir, SBOM_DIR, None)?;
         lifecycle["sbom"] = json!({ "sha": digests.diff_id.to_string() });
         layers.push((digests, "imgforge build: SBOM".into()));
     }
@@ -254,8 +256,9 @@ pub(super) fn cnb_layers(
     // The app: slices first, then the rest.
     let globs: Vec<Vec<String>> =
         outcome.built.iter().flat_map(|b| b.output.launch.slices.iter().map(|s| s.paths.clone())).collect();
-    let built =
+    let mut built =
         scan_tree(&app, &|_, _| true).map_err(io_err(format!("Failed to read the built app in {}", app.display())))?;
+    super::map_owners(&mut built, sandbox.as_ref());
     let parts = split::slices(&built, &globs).map_err(BuildError::Invalid)?;
     let mut app_shas = Vec::new();
     for part in parts {
@@ -385,8 +388,15 @@ fn profile_scripts(inside: &str, host: &Path, process: Option<&str>) -> Vec<Stri
 }
 
 /// One layer of a directory's contents at `prefix` in the image, through the layer cache.
-fn layer_from_dir(ctx: &LayerCtx<'_>, name: &str, dir: &Path, prefix: &str) -> Result<LayerDigests, BuildError> {
-    let tree = scan_tree(dir, &|_, _| true).map_err(io_err(format!("Failed to read {}", dir.display())))?;
+fn layer_from_dir(
+    ctx: &LayerCtx<'_>,
+    name: &str,
+    dir: &Path,
+    prefix: &str,
+    sandbox: Option<&crate::sandbox::Sandbox>,
+) -> Result<LayerDigests, BuildError> {
+    let mut tree = scan_tree(dir, &|_, _| true).map_err(io_err(format!("Failed to read {}", dir.display())))?;
+    super::map_owners(&mut tree, sandbox);
     let sub = LayerCtx {
         store: ctx.store,
         cache: ctx.cache.clone(),

@@ -241,8 +241,17 @@ pub fn build(opts: &BuildOptions, reporter: &dyn Reporter) -> Result<BuildResult
         // Real work ahead: delete what earlier builds left in the trash beside it.
         trash::sweep(store.trash_dir());
         let mut p = if is_cnb {
-            cnb::check_isolation(opts, reporter)?;
-            cnb::cnb_layers(opts, &ctx, &plan, work.path(), &tree, &mut app_stat, &workdir, &base, &platform, &git)?
+            cnb::cnb_layers(
+                opts,
+                &ctx,
+                &plan,
+                work.path(),
+                &tree,
+                &mut app_stat,
+                &workdir,
+                (&source, &base, &platform),
+                &git,
+            )?
         } else {
             buildpack_layers(
                 opts,
@@ -551,7 +560,7 @@ fn buildpack_layers(
     let env = buildpack::HerokuEnv { config_vars: opts.env.clone(), stack: stack.to_string(), source_version };
     let cache_root = store.bucket("buildpack-cache-v1")?;
     let workdir = opts.workdir.clone().unwrap_or_else(|| "/app".to_string());
-    let sandbox = sandbox_for(opts, store, plan, work, &build_dir, &workdir, base, ctx.reporter)?;
+    let sandbox = sandbox_for(opts, store, plan, work, &build_dir, &workdir, base, ctx.reporter, Vec::new())?;
     let outcome = buildpack::run(
         plan,
         &build_dir,
@@ -574,17 +583,7 @@ fn buildpack_layers(
     ctx.reporter.report(Event::Detail("Splitting the built app into layers".into()));
     let mut built = imgforge_layers::scan_tree(&build_dir, &|_, _| true)
         .map_err(io_err(format!("Failed to read the built app in {}", build_dir.display())))?;
-    if let Some(sb) = &sandbox {
-        // Owners a buildpack set inside become the owners in the layer; what belongs to
-        // root inside (the invoking user outside) gets the app owner, as on the host.
-        for e in &mut built.entries {
-            if let (Some(uid), Some(gid)) = (sb.ids.inside_uid(e.host_uid), sb.ids.inside_gid(e.host_gid)) {
-                if (uid, gid) != (0, 0) {
-                    e.owner = Some(Owner { uid, gid });
-                }
-            }
-        }
-    }
+    map_owners(&mut built, sandbox.as_ref());
     let built_key = ctx.key(&built, &mut build_stat)?;
     let original: HashMap<PathBuf, String> =
         tree.entries.iter().map(|e| e.rel.clone()).zip(app_key.items.iter().map(|i| i.1.clone())).collect();
@@ -613,6 +612,19 @@ fn buildpack_layers(
     })
 }
 
+/// Owners a buildpack set inside the sandbox become the owners in the layer; what belongs
+/// to root inside (the invoking user outside) gets the app owner, as on the host.
+fn map_owners(tree: &mut Tree, sandbox: Option<&crate::sandbox::Sandbox>) {
+    let Some(sb) = sandbox else { return };
+    for e in &mut tree.entries {
+        if let (Some(uid), Some(gid)) = (sb.ids.inside_uid(e.host_uid), sb.ids.inside_gid(e.host_gid)) {
+            if (uid, gid) != (0, 0) {
+                e.owner = Some(Owner { uid, gid });
+            }
+        }
+    }
+}
+
 /// The sandbox buildpacks run in, or `None` to run them on the host (with a notice saying
 /// why when `--isolation auto` fell back).
 #[allow(clippy::too_many_arguments)]
@@ -625,6 +637,7 @@ fn sandbox_for(
     workdir: &str,
     (base_source, base, platform): (&Source, &BaseImage, &Platform),
     reporter: &dyn Reporter,
+    extra_binds: Vec<crate::sandbox::Bind>,
 ) -> Result<Option<crate::sandbox::Sandbox>, BuildError> {
     use crate::sandbox::{rootfs, userns_available, Bind, Sandbox};
     let auto = opts.isolation == Isolation::Auto;
@@ -678,6 +691,7 @@ fn sandbox_for(
     for (i, bp) in plan.buildpacks.iter().enumerate() {
         binds.push(Bind { host: bp.dir.clone(), inside: format!("/imgforge/buildpacks/{i}") });
     }
+    binds.extend(extra_binds);
     match Sandbox::new(&rootfs.path, store.tmp_dir(), binds, opts.network) {
         Ok(sb) => {
             let net = if opts.network == Network::None { "no network" } else { "host network" };

@@ -74,6 +74,11 @@ impl Index {
         })
     }
 
+    /// Every buildpack in the index.
+    pub fn all(&self) -> impl Iterator<Item = &Arc<Descriptor>> {
+        self.by_id.values().flatten()
+    }
+
     /// Whether some composite in the index names `id` in its order.
     pub fn is_referenced(&self, id: &str) -> bool {
         self.by_id.values().flatten().any(|d| d.order.iter().any(|g| g.group.iter().any(|e| e.id == id)))

@@ -33,6 +33,7 @@ use super::{io_err, CnbError};
 use crate::buildpack::files::{copy_tree, Links};
 use crate::buildpack::heroku::{describe, die_with_parent, install, run_lines, Stream, PATH};
 use crate::report::{Event, Reporter};
+use crate::sandbox::{Sandbox, SandboxGuard};
 
 /// Where layers are, during the build and in the image.
 pub const LAYERS: &str = "/layers";
@@ -140,6 +141,9 @@ pub struct Platform<'a> {
     pub os: &'a str,
     pub arch: &'a str,
     pub reporter: &'a dyn Reporter,
+    /// Run in this build-image sandbox (which binds the layers at `/layers`, the app at
+    /// `workdir`, the work dir and every buildpack), else on the host in [`Mounts`].
+    pub sandbox: Option<&'a Sandbox>,
 }
 
 /// One buildpack that built.
@@ -158,9 +162,15 @@ pub struct Outcome {
     pub layers_root: PathBuf,
 }
 
+/// Where scripts run.
+enum Runner<'a> {
+    Host(Arc<Mounts>),
+    Sandbox(&'a Sandbox),
+}
+
 struct Ctx<'a> {
     p: &'a Platform<'a>,
-    mounts: Arc<Mounts>,
+    runner: Runner<'a>,
     platform_dir: PathBuf,
     home: PathBuf,
 }
@@ -175,10 +185,16 @@ pub fn run(top: &[Vec<(Arc<Descriptor>, bool)>], index: &Index, p: &Platform<'_>
     for d in [&layers_root, &root, &home] {
         fs::create_dir_all(d).map_err(io_err(format!("Failed to create {}", d.display())))?;
     }
-    let mounts = Arc::new(Mounts::new(&root, &[(&layers_root, LAYERS), (p.app, p.workdir)], p.workdir)?);
-    probe(&mounts)?;
+    let runner = match p.sandbox {
+        Some(sb) => Runner::Sandbox(sb),
+        None => {
+            let mounts = Arc::new(Mounts::new(&root, &[(&layers_root, LAYERS), (p.app, p.workdir)], p.workdir)?);
+            probe(&mounts)?;
+            Runner::Host(mounts)
+        }
+    };
     let platform_dir = write_platform(work, p.env)?;
-    let ctx = Ctx { p, mounts, platform_dir, home };
+    let ctx = Ctx { p, runner, platform_dir, home };
 
     let (group, entries) = detect(&ctx, top, index)?;
     let built = build(&ctx, &group, entries, &layers_root)?;
@@ -284,7 +300,7 @@ impl Ctx<'_> {
     /// The environment of one script: base, user vars unless `clear-env`, then `changes`.
     fn env(&self, bp: &Descriptor, changes: &[Change]) -> Env {
         let mut env = Env::from_pairs([("PATH", PATH), ("LANG", "C.UTF-8")]);
-        env.vars.insert("HOME".into(), self.home.display().to_string());
+        env.vars.insert("HOME".into(), self.inside(&self.home));
         if !bp.info.clear_env {
             for (k, v) in self.p.env {
                 env.vars.insert(k.clone(), v.clone());
@@ -293,23 +309,60 @@ impl Ctx<'_> {
         for c in changes {
             env.apply(c);
         }
-        env.vars.insert("CNB_PLATFORM_DIR".into(), self.platform_dir.display().to_string());
-        env.vars.insert("CNB_BUILDPACK_DIR".into(), bp.dir.display().to_string());
+        env.vars.insert("CNB_PLATFORM_DIR".into(), self.inside(&self.platform_dir));
+        env.vars.insert("CNB_BUILDPACK_DIR".into(), self.inside(&bp.dir));
         env.vars.insert("CNB_TARGET_OS".into(), self.p.os.into());
         env.vars.insert("CNB_TARGET_ARCH".into(), self.p.arch.into());
         env
     }
 
-    fn command(&self, program: &Path, env: &Env) -> Command {
-        let mut cmd = Command::new(program);
+    /// A host path as the scripts see it.
+    fn inside(&self, host: &Path) -> String {
+        match &self.runner {
+            Runner::Sandbox(sb) => sb.inside(host).unwrap_or_else(|| host.to_path_buf()).display().to_string(),
+            Runner::Host(_) => host.display().to_string(),
+        }
+    }
+
+    /// A command for `program` (a host path), in the app, with `env`; and the sandbox's
+    /// guard to keep until it ran.
+    fn command(&self, program: &Path, env: &Env) -> Result<(Command, Option<SandboxGuard>), CnbError> {
+        let (mut cmd, guard) = match &self.runner {
+            Runner::Sandbox(sb) => {
+                let (cmd, guard) = sb
+                    .command(Path::new(&self.inside(program)), self.p.workdir)
+                    .map_err(|e| CnbError::Invalid(format!("Failed to prepare the sandbox: {e}")))?;
+                (cmd, Some(guard))
+            }
+            Runner::Host(mounts) => {
+                let mut cmd = Command::new(program);
+                die_with_parent(&mut cmd);
+                mounts.apply(&mut cmd);
+                (cmd, None)
+            }
+        };
         cmd.env_clear()
             .envs(env.vars.iter().map(|(k, v)| (k, OsString::from(v))))
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped());
-        die_with_parent(&mut cmd);
-        self.mounts.apply(&mut cmd);
-        cmd
+        Ok((cmd, guard))
+    }
+
+    /// Runs `cmd`, streaming its lines; a failure to start says why (and why the sandbox
+    /// could not be entered, when it could not).
+    fn run(
+        &self,
+        cmd: &mut Command,
+        guard: &mut Option<SandboxGuard>,
+        on_line: &(dyn Fn(Stream, &str) + Sync),
+        path: &Path,
+        who: &str,
+    ) -> Result<(std::process::ExitStatus, bool), CnbError> {
+        run_lines(cmd, on_line).map_err(|e| {
+            let sandbox = guard.as_mut().map(|g| g.finish()).unwrap_or_default();
+            CnbError::File { path: path.to_path_buf(), why: format!("{who}: cannot run: {e}{sandbox}") }
+        })
     }
 }
 
@@ -325,9 +378,9 @@ fn detect_one(ctx: &Ctx<'_>, bp: &Descriptor) -> Result<Answer, CnbError> {
     let plan_path = dir.join("plan.toml");
     fs::write(&plan_path, "").map_err(io_err(format!("Failed to write {}", plan_path.display())))?;
     let mut env = ctx.env(bp, &[]);
-    env.vars.insert("CNB_BUILD_PLAN_PATH".into(), plan_path.display().to_string());
-    let mut cmd = ctx.command(&path, &env);
-    cmd.arg(&ctx.platform_dir).arg(&plan_path);
+    env.vars.insert("CNB_BUILD_PLAN_PATH".into(), ctx.inside(&plan_path));
+    let (mut cmd, mut guard) = ctx.command(&path, &env)?;
+    cmd.arg(ctx.inside(&ctx.platform_dir)).arg(ctx.inside(&plan_path));
     let key = bp.key();
     let first = Mutex::new(None::<String>);
     let on_line = |_: Stream, line: &str| {
@@ -338,8 +391,7 @@ fn detect_one(ctx: &Ctx<'_>, bp: &Descriptor) -> Result<Answer, CnbError> {
         drop(f);
         ctx.p.reporter.report(Event::Detail(format!("{key} bin/detect: {line}")));
     };
-    let (status, _) = run_lines(&mut cmd, &on_line)
-        .map_err(|e| CnbError::File { path: path.clone(), why: format!("{key}: cannot run: {e}") })?;
+    let (status, _) = ctx.run(&mut cmd, &mut guard, &on_line, &path, &key)?;
     let answer = match status.code() {
         Some(0) => {
             let plan: DetectPlan = super::read_toml(&plan_path)?.unwrap_or_default();
@@ -390,12 +442,11 @@ fn build(ctx: &Ctx<'_>, group: &[Member], mut entries: Vec<Entry>, layers_root: 
         let inside = format!("{LAYERS}/{esc}");
         let mut env = ctx.env(bp, &changes);
         env.vars.insert("CNB_LAYERS_DIR".into(), inside.clone());
-        env.vars.insert("CNB_BP_PLAN_PATH".into(), plan_path.display().to_string());
-        let mut cmd = ctx.command(&path, &env);
-        cmd.arg(&inside).arg(&ctx.platform_dir).arg(&plan_path);
+        env.vars.insert("CNB_BP_PLAN_PATH".into(), ctx.inside(&plan_path));
+        let (mut cmd, mut guard) = ctx.command(&path, &env)?;
+        cmd.arg(&inside).arg(ctx.inside(&ctx.platform_dir)).arg(ctx.inside(&plan_path));
         let on_line = |_: Stream, line: &str| ctx.p.reporter.report(Event::BuildpackOutput { buildpack: &key, line });
-        let (status, abandoned) = run_lines(&mut cmd, &on_line)
-            .map_err(|e| CnbError::File { path: path.clone(), why: format!("{key}: cannot run: {e}") })?;
+        let (status, abandoned) = ctx.run(&mut cmd, &mut guard, &on_line, &path, &key)?;
         if abandoned {
             ctx.p.reporter.report(Event::Warning(format!(
                 "{key}: a process that bin/build left running still holds its output open; its further output is not shown"
@@ -560,6 +611,7 @@ mod tests {
             os: "linux",
             arch: "amd64",
             reporter: &Silent,
+            sandbox: None,
         }
     }
 
