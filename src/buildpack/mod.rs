@@ -1,6 +1,7 @@
 //! Buildpacks, run on the host as the invoking user (no root, no sandbox yet).
 //!
-//! Only the Heroku classic API for now (see shared/docs/buildpack-contracts.md):
+//! Two APIs (see shared/docs/buildpack-contracts.md): Cloud Native Buildpacks in [`cnb`]
+//! (a buildpack with `buildpack.toml`), and Heroku classic here:
 //! * [`plan`] decides which buildpacks to run and makes a private, writable copy of each
 //!   under `work/buildpacks/` (directories are copied, `.tgz` archives extracted safely);
 //! * [`run`] runs detect, the app's pre-compile hook, every compile, the post-compile hook and

@@ -9,7 +9,12 @@
 //! * [`env`]: environment directories (`env/`, `env.build/`, `env.launch/`) and the
 //!   `bin`/`lib` layer directories;
 //! * [`layers`]: what a build leaves in its layers directory (`<layer>.toml`,
-//!   `launch.toml`, `build.toml`, `store.toml`, SBOM files).
+//!   `launch.toml`, `build.toml`, `store.toml`, SBOM files);
+//! * [`sandbox`]: the user and mount namespace that puts the layers at `/layers` for
+//!   `--isolation host`;
+//! * [`run`]: detect and build, and the state kept between builds.
+//!
+//! Turning the result into an image is `crate::build::cnb`'s work.
 
 use std::io;
 use std::path::PathBuf;

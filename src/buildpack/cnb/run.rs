@@ -1,4 +1,7 @@
-//! Detect and build: the lifecycle's detector and builder, run inside [`Mounts`].
+//! Detect and build: the lifecycle's detector and builder. Scripts run in the build-image
+//! sandbox when the platform gives one, else on the host inside [`Mounts`]; either way the
+//! layers are at `/layers` and the app at its image path, and every path a script is given
+//! is the path it has there.
 //!
 //! Every script runs with a cleared environment: `PATH` (fixed, as for Heroku builds, plus
 //! earlier build layers' `bin`), `HOME` (a scratch directory), `LANG=C.UTF-8`, the
