@@ -100,7 +100,7 @@ pub(super) fn cnb_layers(
     let mut top = Vec::new();
     for bp in &plan.buildpacks {
         let d = Descriptor::load(&bp.dir).map_err(|e| cnb_err(&format!("Failed to read buildpack {}", bp.name), e))?;
-        if let Some(parent) = bp.source.parent().filter(|_| bp.source.is_dir()) {
+        if let Some(parent) = bp.source.parent() {
             index.add_dir(parent).map_err(|e| cnb_err(&format!("Failed to read {}", parent.display()), e))?;
         }
         top.push(index.add(d));

@@ -206,7 +206,9 @@ fn check_link(links: &HashMap<Vec<OsString>, Vec<u8>>, link: &[OsString], target
 /// The buildpack inside an extracted archive: the root when it has `bin/`, else the one
 /// top-level directory that has (GitHub-style `name-version/bin/...` tarballs).
 pub(crate) fn buildpack_root(root: &Path, archive: &Path) -> Result<PathBuf, BuildpackError> {
-    if root.join("bin").is_dir() {
+    // A buildpack has a bin/; a composite Cloud Native Buildpack has only its buildpack.toml.
+    let is_root = |d: &Path| d.join("bin").is_dir() || d.join(super::cnb::descriptor::DESCRIPTOR).is_file();
+    if is_root(root) {
         return Ok(root.to_path_buf());
     }
     let mut with_bin = Vec::new();
@@ -214,18 +216,18 @@ pub(crate) fn buildpack_root(root: &Path, archive: &Path) -> Result<PathBuf, Bui
     for entry in listing {
         let entry = entry.map_err(io_err(format!("Failed to read {}", root.display())))?;
         let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
-        if is_dir && entry.path().join("bin").is_dir() {
+        if is_dir && is_root(&entry.path()) {
             with_bin.push(entry.path());
         }
     }
     match with_bin.len() {
         1 => Ok(with_bin.remove(0)),
         0 => Err(BuildpackError::Invalid(format!(
-            "buildpack archive {}: no bin/ directory at its top or in a top-level directory",
+            "buildpack archive {}: no bin/ directory (or buildpack.toml) at its top or in a top-level directory",
             archive.display()
         ))),
         _ => Err(BuildpackError::Invalid(format!(
-            "buildpack archive {}: several top-level directories have a bin/ ({}); which one is the buildpack?",
+            "buildpack archive {}: several top-level directories have a bin/ or buildpack.toml ({}); which one is the buildpack?",
             archive.display(),
             with_bin.iter().filter_map(|p| p.file_name()).map(|n| n.to_string_lossy()).collect::<Vec<_>>().join(", ")
         ))),
@@ -351,7 +353,17 @@ mod tests {
         let (t, r) = try_extract(tgz);
         r.unwrap();
         let e = buildpack_root(&t.path().join("out"), Path::new("bp.tgz")).unwrap_err().to_string();
-        assert!(e.contains("several top-level directories have a bin/ (a, b)") || e.contains("(b, a)"), "{e}");
+        assert!(
+            e.contains("several top-level directories have a bin/ or buildpack.toml (a, b)") || e.contains("(b, a)"),
+            "{e}"
+        );
+
+        // A composite Cloud Native Buildpack: only buildpack.toml.
+        let tgz = TarBuilder::new().file("meta-1.0/buildpack.toml", 0o644, b"api = \"0.10\"").gzip();
+        let (t, r) = try_extract(tgz);
+        r.unwrap();
+        let out = t.path().join("out");
+        assert_eq!(buildpack_root(&out, Path::new("bp.tgz")).unwrap(), out.join("meta-1.0"));
     }
 
     #[test]
