@@ -253,6 +253,38 @@ fn workdir_moves_the_app_during_the_build_and_in_the_image() {
 }
 
 #[test]
+fn a_composite_named_with_buildpack_as_a_directory_or_tgz_finds_its_buildpacks() {
+    let t = TestDir::new();
+    let (bps, app) = (buildpacks(&t), sample_app(&t));
+    // A directory: the buildpacks it names are next to it (no --buildpacks-dir).
+    let mut c = t.imgforge();
+    c.arg("build").arg(&app).arg("--base").arg(t.busybox_copy()).arg("-t").arg(out_ref(&t, "dir"));
+    c.arg("--buildpack").arg(bps.join("meta")).args(["--isolation", "host"]);
+    build(&mut c);
+    assert!(podman_run_ok(&out_ref(&t, "dir"), &[]).starts_with("greet web from /layers/imgforge-test_runtime/runtime"));
+    // A .tgz elsewhere: its buildpacks come from --buildpacks-dir.
+    let tgz = t.mkdir("archives").join("meta.tgz");
+    run_ok(Command::new("tar").arg("-czf").arg(&tgz).arg("-C").arg(&bps).arg("meta"));
+    share(&tgz);
+    let mut c = t.imgforge();
+    c.arg("build").arg(&app).arg("--base").arg(t.busybox_copy()).arg("-t").arg(out_ref(&t, "tgz"));
+    c.arg("--buildpack").arg(&tgz).arg("--buildpacks-dir").arg(&bps).args(["--isolation", "host"]);
+    let (_, stderr) = build(&mut c);
+    assert_has(&stderr, "---> runtime build", "the composite's runtime ran");
+    // Without --buildpacks-dir, what the .tgz names cannot be found: the message says where it looked.
+    let mut c = t.imgforge();
+    c.arg("build").arg(&app).arg("--base").arg(t.busybox_copy()).arg("-t").arg(out_ref(&t, "x"));
+    c.arg("--buildpack").arg(&tgz).args(["--isolation", "host"]);
+    let out = run(&mut c);
+    assert_eq!(out.status.code(), Some(1), "{}", report(&c, &out));
+    assert_has(
+        &stderr_str(&out),
+        "names buildpack imgforge-test/runtime@1.0.0, which is not in --buildpacks-dir nor next to",
+        "message",
+    );
+}
+
+#[test]
 fn a_failed_build_leaves_the_kept_cache_as_it_was() {
     let t = TestDir::new();
     let (bps, app) = (buildpacks(&t), sample_app(&t));
