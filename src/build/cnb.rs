@@ -101,7 +101,9 @@ pub(super) fn cnb_layers(
     for bp in &plan.buildpacks {
         let d = Descriptor::load(&bp.dir).map_err(|e| cnb_err(&format!("Failed to read buildpack {}", bp.name), e))?;
         if let Some(parent) = bp.source.parent() {
-            index.add_dir(parent).map_err(|e| cnb_err(&format!("Failed to read {}", parent.display()), e))?;
+            for e in index.add_dir_lenient(parent) {
+                reporter.report(Event::Warning(format!("a buildpack next to {} cannot be used: {e}", bp.name)));
+            }
         }
         top.push(index.add(d));
     }

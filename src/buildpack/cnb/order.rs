@@ -41,6 +41,25 @@ impl Index {
         Ok(())
     }
 
+    /// [`Index::add_dir`], but a buildpack whose `buildpack.toml` cannot be used is left
+    /// out; the errors are returned (for buildpacks that merely sit next to the one named).
+    pub fn add_dir_lenient(&mut self, dir: &Path) -> Vec<CnbError> {
+        let dirs = match buildpack_dirs(dir) {
+            Ok(d) => d,
+            Err(e) => return vec![e],
+        };
+        let mut skipped = Vec::new();
+        for p in dirs {
+            match Descriptor::load(&p) {
+                Ok(d) => {
+                    self.add(d);
+                }
+                Err(e) => skipped.push(e),
+            }
+        }
+        skipped
+    }
+
     pub fn add(&mut self, d: Descriptor) -> Arc<Descriptor> {
         let list = self.by_id.entry(d.info.id.clone()).or_default();
         if let Some(same) = list.iter().find(|x| x.info.version == d.info.version) {
@@ -296,6 +315,18 @@ mod tests {
         let mut index = Index::default();
         index.add_dir(dir.path()).unwrap();
         index.find(&GroupEntry { id: "acme/node".into(), ..Default::default() }, "t").unwrap();
+        // A broken neighbour: an error for add_dir, skipped (and returned) by add_dir_lenient.
+        fs::create_dir_all(dir.path().join("old")).unwrap();
+        fs::write(
+            dir.path().join("old").join(DESCRIPTOR),
+            "api = \"0.4\"\n[buildpack]\nid = \"old\"\nversion = \"1\"\n",
+        )
+        .unwrap();
+        assert!(Index::default().add_dir(dir.path()).unwrap_err().to_string().contains("0.4"));
+        let mut lenient = Index::default();
+        let skipped = lenient.add_dir_lenient(dir.path());
+        assert_eq!(skipped.len(), 1);
+        lenient.find(&GroupEntry { id: "acme/node".into(), ..Default::default() }, "t").unwrap();
         index.find(&GroupEntry { id: "acme/py".into(), version: "2.0".into(), optional: false }, "t").unwrap();
     }
 }
