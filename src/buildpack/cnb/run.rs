@@ -472,11 +472,13 @@ fn build(ctx: &Ctx<'_>, group: &[Member], mut entries: Vec<Entry>, layers_root: 
     Ok(built)
 }
 
-/// Puts back what the previous build kept for buildpack `id`: every layer's `<layer>.toml`
-/// (metadata only), cache layers' contents, `store.toml`.
+/// Puts back what the previous build kept for buildpack `id`: launch and cache layers'
+/// `<layer>.toml` (metadata only), cache layers' contents, `store.toml`.
 fn restore(ctx: &Ctx<'_>, id: &str, dir: &Path) -> Result<(), CnbError> {
     let Some(rec) = ctx.p.previous.buildpacks.get(id) else { return Ok(()) };
-    for (name, l) in &rec.layers {
+    // Launch layers come back as metadata (their contents are in the image), cache layers
+    // with their contents; build-only layers are not kept.
+    for (name, l) in rec.layers.iter().filter(|(_, l)| l.launch || l.cache) {
         let toml_path = dir.join(format!("{name}.toml"));
         let metadata: toml::Table = toml::from_str(&l.metadata).unwrap_or_default();
         let text = if metadata.is_empty() {
@@ -714,7 +716,9 @@ cat "$1/deps/count" > "$1/seen-count" 2>/dev/null || echo none > "$1/seen-count"
 cat "$1/store.toml" > "$1/seen-store" 2>/dev/null || true
 mkdir -p "$1/deps"; echo 1 >> "$1/deps/count"
 printf '[types]\ncache = true\n[metadata]\nk = "v"\n' > "$1/deps.toml"
-printf '[metadata]\nruns = 1\n' > "$1/store.toml""#,
+printf '[metadata]\nruns = 1\n' > "$1/store.toml"
+test -f "$1/tmp.toml" && echo restored > "$1/seen-tmp" || echo absent > "$1/seen-tmp"
+mkdir -p "$1/tmp"; printf '[types]\nbuild = true\n[metadata]\nx = 1\n' > "$1/tmp.toml""#,
         );
         let previous = Record::default();
         let out = run(&[vec![(bp.clone(), false)]], &Index::default(), &platform(&f, &[], &previous, None)).unwrap();
@@ -735,5 +739,6 @@ printf '[metadata]\nruns = 1\n' > "$1/store.toml""#,
         assert_eq!(fs::read_to_string(d.join("seen-count")).unwrap(), "1\n");
         assert_eq!(fs::read_to_string(d.join("seen-toml")).unwrap().trim(), "[metadata]\nk = \"v\"");
         assert!(fs::read_to_string(d.join("seen-store")).unwrap().contains("runs = 1"));
+        assert_eq!(fs::read_to_string(d.join("seen-tmp")).unwrap(), "absent\n", "build-only layers are not kept");
     }
 }
