@@ -26,5 +26,5 @@ pub use extract::{
 };
 pub use normalize::{Normalize, Owner, TarWriter, DEFAULT_EPOCH};
 pub use reader::{decompress, Entry, EntryData, EntryType, LayerReader, Limits, ReadError};
-pub use tree::{scan_tree, EntryKind, Skipped, Tree, TreeEntry};
+pub use tree::{scan_and_write, scan_tree, EntryKind, Skipped, Tree, TreeEntry};
 pub use writer::{write_tree_layer, LayerDigests, LayerWriter};

@@ -93,22 +93,8 @@ pub fn scan_tree(root: &Path, include: Include<'_>) -> io::Result<Tree> {
     entries.sort_unstable_by(|a, b| a.0.rel.as_os_str().as_bytes().cmp(b.0.rel.as_os_str().as_bytes()));
     skipped.sort_unstable_by(|a, b| a.rel.as_os_str().as_bytes().cmp(b.rel.as_os_str().as_bytes()));
 
-    // Hard links: the first path (canonical order) of a (dev, ino) carries the data.
-    let mut first: HashMap<(u64, u64), PathBuf> = HashMap::new();
-    let entries = entries
-        .into_iter()
-        .map(|(mut e, nlink)| {
-            if nlink > 1 && e.kind == EntryKind::File {
-                match first.get(&(e.dev, e.ino)) {
-                    Some(p) => e.kind = EntryKind::HardLink(p.clone()),
-                    None => {
-                        first.insert((e.dev, e.ino), e.rel.clone());
-                    }
-                }
-            }
-            e
-        })
-        .collect();
+    let mut links = FirstLinks::default();
+    let entries = entries.into_iter().map(|(e, nlink)| links.resolve(e, nlink)).collect();
     Ok(Tree { root: root.to_path_buf(), entries, skipped })
 }
 
@@ -245,6 +231,155 @@ fn scan_dir(root: &Path, dir_rel: &Path, include: Include<'_>, part: &mut ScanPa
     Ok(subdirs)
 }
 
+/// Hard links: the first path (in canonical order) of a (dev, ino) carries the data; later
+/// paths become links to it. Entries must be given in canonical order.
+#[derive(Default)]
+struct FirstLinks(HashMap<(u64, u64), PathBuf>);
+
+impl FirstLinks {
+    fn resolve(&mut self, mut e: TreeEntry, nlink: u64) -> TreeEntry {
+        if nlink > 1 && e.kind == EntryKind::File {
+            match self.0.get(&(e.dev, e.ino)) {
+                Some(p) => e.kind = EntryKind::HardLink(p.clone()),
+                None => {
+                    self.0.insert((e.dev, e.ino), e.rel.clone());
+                }
+            }
+        }
+        e
+    }
+}
+
+/// Scans `root` as [`scan_tree`] does and writes its layer at the same time: a scan thread
+/// reads directories in canonical order (each directory when its turn comes) and the
+/// caller's thread writes each entry as soon as it arrives, so the compressor starts long
+/// before the scan ends. Same bytes as `scan_tree` followed by [`Tree::write_to_hashing`].
+pub fn scan_and_write<W: Write>(
+    root: &Path,
+    include: Include<'_>,
+    tar: &mut TarWriter<W>,
+    prefix: &[u8],
+    owner: Owner,
+    on_file: &mut dyn FnMut(usize, ContentHash),
+) -> io::Result<Tree> {
+    let md = fs::metadata(root).map_err(|e| annotate(e, "failed to stat", root))?;
+    if !md.is_dir() {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("{} is not a directory", root.display())));
+    }
+    write_prefix(tar, prefix, owner)?;
+    let mut tree = Tree { root: root.to_path_buf(), entries: Vec::new(), skipped: Vec::new() };
+    let (tx, rx) = std::sync::mpsc::sync_channel::<(TreeEntry, u64)>(STREAM_AHEAD);
+    std::thread::scope(|s| {
+        let scan = s.spawn(move || {
+            let mut skipped = Vec::new();
+            walk_ordered(root, Path::new(""), include, &mut skipped, &mut |e| {
+                // The writer hung up (it failed): its error is the one to report.
+                tx.send(e).map_err(|_| io::Error::other("layer writer stopped"))
+            })?;
+            Ok::<_, io::Error>(skipped)
+        });
+        let mut links = FirstLinks::default();
+        let written: io::Result<()> = rx.iter().try_for_each(|(e, nlink)| {
+            let e = links.resolve(e, nlink);
+            let i = tree.entries.len();
+            if let Some(h) = write_entry(tar, &tree.root, prefix, owner, &e)? {
+                on_file(i, h);
+            }
+            tree.entries.push(e);
+            Ok(())
+        });
+        drop(rx);
+        let scanned = scan.join().unwrap_or_else(|_| Err(io::Error::other("directory scan panicked")));
+        written?;
+        tree.skipped = scanned?;
+        Ok(tree)
+    })
+}
+
+/// How many scanned entries may wait for the writer.
+const STREAM_AHEAD: usize = 4096;
+
+/// Emits the entries under `dir_rel` in canonical order. Within one directory, an entry
+/// sorts by its name and a subdirectory's contents by its name followed by '/': that is
+/// where all of them fall among the siblings in the byte order of full paths (`a`, `a.txt`,
+/// `a/b`, `a0`).
+fn walk_ordered(
+    root: &Path,
+    dir_rel: &Path,
+    include: Include<'_>,
+    skipped: &mut Vec<Skipped>,
+    emit: &mut dyn FnMut((TreeEntry, u64)) -> io::Result<()>,
+) -> io::Result<()> {
+    let mut part = (Vec::new(), Vec::new());
+    let subdirs = scan_dir(root, dir_rel, include, &mut part)?;
+    let (entries, mut skips) = part;
+    skips.sort_unstable_by(|a, b| a.rel.as_os_str().as_bytes().cmp(b.rel.as_os_str().as_bytes()));
+    skipped.append(&mut skips);
+    enum Item {
+        Entry((TreeEntry, u64)),
+        Contents(PathBuf),
+    }
+    let name = |rel: &Path| rel.file_name().map(|n| n.as_bytes().to_vec()).unwrap_or_default();
+    let mut items: Vec<(Vec<u8>, Item)> = Vec::with_capacity(entries.len() + subdirs.len());
+    for e in entries {
+        items.push((name(&e.0.rel), Item::Entry(e)));
+    }
+    for d in subdirs {
+        let mut key = name(&d);
+        key.push(b'/');
+        items.push((key, Item::Contents(d)));
+    }
+    items.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    for (_, item) in items {
+        match item {
+            Item::Entry(e) => emit(e)?,
+            Item::Contents(d) => walk_ordered(root, &d, include, skipped, emit)?,
+        }
+    }
+    Ok(())
+}
+
+/// The parents of `prefix` (root-owned, 0755), then `prefix` itself (owned by `owner`, 0755).
+fn write_prefix<W: Write>(tar: &mut TarWriter<W>, prefix: &[u8], owner: Owner) -> io::Result<()> {
+    if !prefix.is_empty() {
+        validate_rel_path(prefix)?;
+        for (i, &b) in prefix.iter().enumerate() {
+            if b == b'/' {
+                tar.dir(&prefix[..i], 0o755, Owner::ROOT)?;
+            }
+        }
+        tar.dir(prefix, 0o755, owner)?;
+    }
+    Ok(())
+}
+
+/// Writes one entry of the tree at `root`; returns a regular file's content hash.
+fn write_entry<W: Write>(
+    tar: &mut TarWriter<W>,
+    root: &Path,
+    prefix: &[u8],
+    owner: Owner,
+    e: &TreeEntry,
+) -> io::Result<Option<ContentHash>> {
+    let path = join_prefix(prefix, e.rel.as_os_str());
+    let owner = e.owner.unwrap_or(owner);
+    match &e.kind {
+        EntryKind::Dir => tar.dir(&path, e.mode, owner)?,
+        EntryKind::Symlink(t) => tar.symlink(&path, t, owner)?,
+        EntryKind::HardLink(first) => {
+            let target = join_prefix(prefix, first.as_os_str());
+            tar.hardlink_with_mode(&path, &target, e.mode, owner)?
+        }
+        EntryKind::File => {
+            let abs = root.join(&e.rel);
+            let mut f = ContentReader::new(open_checked(&abs, e)?);
+            tar.file(&path, e.mode, owner, e.size, &mut f)?;
+            return Ok(Some(f.finish().1));
+        }
+    }
+    Ok(None)
+}
+
 trait IntoVecBytes {
     fn into_vec_bytes(self) -> Vec<u8>;
 }
@@ -293,7 +428,7 @@ impl Tree {
         self.write_to_hashing(tar, prefix, owner, &mut |_, _| {})
     }
 
-    /// [`Tree::write_to`], also handing back the sha256 of each regular file's content as it
+    /// [`Tree::write_to`], also handing back the content hash of each regular file as it
     /// is streamed (entry index, hash): a caller that needs content hashes reads each file once.
     pub fn write_to_hashing<W: Write>(
         &self,
@@ -302,31 +437,10 @@ impl Tree {
         owner: Owner,
         on_file: &mut dyn FnMut(usize, ContentHash),
     ) -> io::Result<()> {
-        if !prefix.is_empty() {
-            validate_rel_path(prefix)?;
-            for (i, &b) in prefix.iter().enumerate() {
-                if b == b'/' {
-                    tar.dir(&prefix[..i], 0o755, Owner::ROOT)?;
-                }
-            }
-            tar.dir(prefix, 0o755, owner)?;
-        }
+        write_prefix(tar, prefix, owner)?;
         for (i, e) in self.entries.iter().enumerate() {
-            let path = join_prefix(prefix, e.rel.as_os_str());
-            let owner = e.owner.unwrap_or(owner);
-            match &e.kind {
-                EntryKind::Dir => tar.dir(&path, e.mode, owner)?,
-                EntryKind::Symlink(t) => tar.symlink(&path, t, owner)?,
-                EntryKind::HardLink(first) => {
-                    let target = join_prefix(prefix, first.as_os_str());
-                    tar.hardlink_with_mode(&path, &target, e.mode, owner)?
-                }
-                EntryKind::File => {
-                    let abs = self.root.join(&e.rel);
-                    let mut f = ContentReader::new(open_checked(&abs, e)?);
-                    tar.file(&path, e.mode, owner, e.size, &mut f)?;
-                    on_file(i, f.finish().1);
-                }
+            if let Some(h) = write_entry(tar, &self.root, prefix, owner, e)? {
+                on_file(i, h);
             }
         }
         Ok(())
@@ -357,6 +471,80 @@ mod tests {
         t.write_to(&mut plain, b"p", Owner::ROOT).unwrap();
         assert_eq!(with_hashes, plain.finish().unwrap(), "hashing must not change the tar");
         assert_eq!(seen, vec![("a".into(), ContentHash::of(b"alpha")), ("d/b".into(), ContentHash::of(b"beta"))]);
+    }
+
+    /// Names around '/' (0x2f) in byte order, hard links, a pruned directory, specials.
+    fn tricky_tree(r: &Path) {
+        for d in ["a/b/c", "a-b", "a.d/x", "a0", "z/y", "skip/me", "A"] {
+            fs::create_dir_all(r.join(d)).unwrap();
+        }
+        for f in [
+            "a/b/c/f",
+            "a/b.txt",
+            "a!",
+            "a.txt",
+            "a/b0",
+            "a-b/f",
+            "a.d/x/g",
+            "a0/h",
+            "z/y/i",
+            "skip/me/j",
+            "A/k",
+            "\u{1}",
+        ] {
+            fs::write(r.join(f), f.as_bytes()).unwrap();
+        }
+        fs::hard_link(r.join("z/y/i"), r.join("a/link")).unwrap();
+        fs::hard_link(r.join("z/y/i"), r.join("a0/link")).unwrap();
+        symlink("a/b", r.join("a/b/c/up")).unwrap();
+        let _sock = std::os::unix::net::UnixListener::bind(r.join("a/sock")).unwrap();
+        std::mem::forget(_sock);
+    }
+
+    #[test]
+    fn scan_and_write_gives_the_same_tree_bytes_and_hashes_as_scan_then_write() {
+        let d = tempfile::tempdir().unwrap();
+        let r = d.path();
+        tricky_tree(r);
+        let include = |p: &Path, _: bool| p != Path::new("skip");
+        let t = scan_tree(r, &include).unwrap();
+        let mut a_hashes = Vec::new();
+        let mut a = TarWriter::new(Vec::new(), crate::Normalize::default());
+        t.write_to_hashing(&mut a, b"w/app", Owner { uid: 5, gid: 6 }, &mut |i, h| a_hashes.push((i, h))).unwrap();
+        let mut b_hashes = Vec::new();
+        let mut b = TarWriter::new(Vec::new(), crate::Normalize::default());
+        let s =
+            scan_and_write(r, &include, &mut b, b"w/app", Owner { uid: 5, gid: 6 }, &mut |i, h| b_hashes.push((i, h)))
+                .unwrap();
+        assert_eq!(rels(&s), rels(&t));
+        assert_eq!(s.entries, t.entries);
+        assert_eq!(s.skipped, t.skipped);
+        assert_eq!(a_hashes, b_hashes);
+        assert_eq!(a.finish().unwrap(), b.finish().unwrap());
+        assert!(rels(&t).iter().any(|p| p == "a/link"), "{:?}", rels(&t));
+        assert!(!rels(&t).iter().any(|p| p.starts_with("skip")));
+    }
+
+    #[test]
+    fn scan_and_write_reports_a_missing_root_and_a_failing_writer() {
+        let d = tempfile::tempdir().unwrap();
+        let mut tar = TarWriter::new(Vec::new(), crate::Normalize::default());
+        assert!(scan_and_write(&d.path().join("missing"), &|_, _| true, &mut tar, b"", Owner::ROOT, &mut |_, _| {})
+            .is_err());
+        // A sink that fails: its error is the one reported, and the scan thread stops.
+        tricky_tree(d.path());
+        struct Full;
+        impl Write for Full {
+            fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+                Err(io::Error::other("disk full"))
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut tar = TarWriter::new(Full, crate::Normalize::default());
+        let e = scan_and_write(d.path(), &|_, _| true, &mut tar, b"", Owner::ROOT, &mut |_, _| {}).unwrap_err();
+        assert!(e.to_string().contains("disk full"), "{e}");
     }
 
     #[test]

@@ -7,7 +7,8 @@ use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use imgforge_layers::{
-    scan_tree, CompressOptions, Digest, LayerDigests, LayerWriter, Normalize, Owner, TarWriter, Tree, DEFAULT_EPOCH,
+    scan_and_write, scan_tree, CompressOptions, ContentHash, Digest, LayerDigests, LayerWriter, Normalize, Owner,
+    TarWriter, Tree, DEFAULT_EPOCH,
 };
 
 use crate::buildpack;
@@ -188,14 +189,7 @@ pub fn build(opts: &BuildOptions, reporter: &dyn Reporter) -> Result<BuildResult
 
     // 2. The app, and its layers (with or without buildpacks).
     reporter.report(Event::Step("Reading the app"));
-    let tree = stage_app(app_dir)?;
-    for s in &tree.skipped {
-        reporter.report(Event::Warning(format!(
-            "skipped {} {} (only files, directories and links go into layers)",
-            s.what,
-            s.rel.display()
-        )));
-    }
+    let filter = AppFilter::load(app_dir)?;
     let git = git::read(app_dir);
     let ctx = LayerCtx {
         store: &store,
@@ -210,6 +204,8 @@ pub fn build(opts: &BuildOptions, reporter: &dyn Reporter) -> Result<BuildResult
     let mut app_stat = StatCache::load(&store, app_dir)?;
     let mut background = Background(None);
     let produced = if uses_buildpacks {
+        let tree = filter.scan(app_dir)?;
+        report_skipped(reporter, &tree);
         let app_key = ctx.key(&tree, &mut app_stat)?;
         let stack = opts
             .stack
@@ -272,12 +268,18 @@ pub fn build(opts: &BuildOptions, reporter: &dyn Reporter) -> Result<BuildResult
         p
     } else {
         let app = if app_stat.is_cold() {
-            // First build from this path: nothing to reuse is likely, so write the layer and
-            // derive its key from the hashes taken while streaming (each file read once).
-            let (app, job) = ctx.write_then_key("app", tree, app_stat)?;
+            // First build from this path: nothing to reuse is likely, so scan and write the
+            // layer in one go and derive its key from the hashes taken while streaming (each
+            // file read once).
+            let (app, job) = ctx.write_then_key("app", app_stat, |tar, on_file| {
+                let include = |rel: &Path, is_dir| filter.includes(rel, is_dir);
+                scan_and_write(app_dir, &include, tar, &ctx.prefix, ctx.owner, on_file)
+            })?;
             background = job;
             app
         } else {
+            let tree = filter.scan(app_dir)?;
+            report_skipped(reporter, &tree);
             let key = ctx.key(&tree, &mut app_stat)?;
             let app = ctx.cached_layer("app", &tree, &key)?;
             let _ = app_stat.save();
@@ -496,20 +498,33 @@ impl LayerCtx<'_> {
     fn write_then_key(
         &self,
         name: &str,
-        tree: Tree,
         mut stat: StatCache,
+        fill: impl FnOnce(&mut LayerTar<'_>, &mut dyn FnMut(usize, ContentHash)) -> io::Result<Tree>,
     ) -> Result<(LayerDigests, Background), BuildError> {
-        let mut hashes = vec![None; tree.entries.len()];
-        let owner = self.owner;
+        let mut hashes = Vec::new();
+        let mut tree = None;
         let written =
             write_layer(self.store, self.compress, self.rules, name, Some("first build here"), self.reporter, |tar| {
-                tree.write_to_hashing(tar, &self.prefix, owner, &mut |i, h| hashes[i] = Some(h))
+                tree = Some(fill(tar, &mut |i, h| {
+                    if hashes.len() <= i {
+                        hashes.resize(i + 1, None);
+                    }
+                    hashes[i] = Some(h);
+                })?);
+                Ok(())
             })?;
+        let tree = tree.expect("write_layer ran fill");
+        report_skipped(self.reporter, &tree);
+        let owner = self.owner;
         let (cache, prefix, rules, compress) = (self.cache.clone(), self.prefix.clone(), self.rules, self.compress);
         let (scope, digests) = (format!("{}:{name}", self.scope), written.clone());
         let job = std::thread::spawn(move || {
             let key = tree_key_with(&tree, &prefix, owner, &rules, &compress, &mut |i, e| {
-                let h = hashes[i].ok_or_else(|| io::Error::other(format!("{} was not read", e.rel.display())))?;
+                let h = hashes
+                    .get(i)
+                    .copied()
+                    .flatten()
+                    .ok_or_else(|| io::Error::other(format!("{} was not read", e.rel.display())))?;
                 stat.remember(&tree.root.join(&e.rel), e, h);
                 Ok(h)
             });
@@ -908,19 +923,42 @@ fn validate_workdir(w: &str) -> Result<String, BuildError> {
 }
 
 /// Scans the app directory, honouring `.imgforgeignore` (gitignore syntax) and never taking `.git`.
-pub fn stage_app(app_dir: &Path) -> Result<Tree, BuildError> {
-    let mut builder = ignore::gitignore::GitignoreBuilder::new(app_dir);
-    let ignore_file = app_dir.join(IGNORE_FILE);
-    if ignore_file.is_file() {
-        if let Some(e) = builder.add(&ignore_file) {
-            return Err(BuildError::Invalid(format!("{}: {e}", ignore_file.display())));
+/// Which of the app's files go into the image: `.imgforgeignore` (gitignore syntax) is
+/// honoured and `.git` is never taken.
+pub struct AppFilter(ignore::gitignore::Gitignore);
+
+impl AppFilter {
+    pub fn load(app_dir: &Path) -> Result<AppFilter, BuildError> {
+        let mut builder = ignore::gitignore::GitignoreBuilder::new(app_dir);
+        let ignore_file = app_dir.join(IGNORE_FILE);
+        if ignore_file.is_file() {
+            if let Some(e) = builder.add(&ignore_file) {
+                return Err(BuildError::Invalid(format!("{}: {e}", ignore_file.display())));
+            }
         }
+        let matcher = builder.build().map_err(|e| BuildError::Invalid(format!("{}: {e}", ignore_file.display())))?;
+        Ok(AppFilter(matcher))
     }
-    let matcher = builder.build().map_err(|e| BuildError::Invalid(format!("{}: {e}", ignore_file.display())))?;
-    scan_tree(app_dir, &|rel: &Path, is_dir: bool| {
-        !rel.iter().any(|c| c == ALWAYS_SKIPPED) && !matcher.matched(rel, is_dir).is_ignore()
-    })
-    .map_err(io_err(format!("Failed to read the app directory {}", app_dir.display())))
+
+    pub fn includes(&self, rel: &Path, is_dir: bool) -> bool {
+        !rel.iter().any(|c| c == ALWAYS_SKIPPED) && !self.0.matched(rel, is_dir).is_ignore()
+    }
+
+    /// Scans the app directory.
+    pub fn scan(&self, app_dir: &Path) -> Result<Tree, BuildError> {
+        scan_tree(app_dir, &|rel: &Path, is_dir: bool| self.includes(rel, is_dir))
+            .map_err(io_err(format!("Failed to read the app directory {}", app_dir.display())))
+    }
+}
+
+fn report_skipped(reporter: &dyn Reporter, tree: &Tree) {
+    for s in &tree.skipped {
+        reporter.report(Event::Warning(format!(
+            "skipped {} {} (only files, directories and links go into layers)",
+            s.what,
+            s.rel.display()
+        )));
+    }
 }
 
 fn read_procfile(app_dir: &Path) -> Result<BTreeMap<String, String>, BuildError> {
@@ -975,7 +1013,7 @@ fn write_layer(
     name: &str,
     why: Option<&str>,
     reporter: &dyn Reporter,
-    fill: impl FnOnce(&mut TarWriter<Progress<'_, LayerWriter<BufWriter<File>>>>) -> io::Result<()>,
+    fill: impl FnOnce(&mut LayerTar<'_>) -> io::Result<()>,
 ) -> Result<LayerDigests, BuildError> {
     let pending = store.pending()?;
     let file = pending.try_clone_file().map_err(io_err("Failed to open a temp file in the cache"))?;
@@ -991,6 +1029,9 @@ fn write_layer(
     reporter.report(Event::LayerDone { name, digests: &digests, reused: false, why });
     Ok(digests)
 }
+
+/// The tar writer a layer is written through.
+type LayerTar<'a> = TarWriter<Progress<'a, LayerWriter<BufWriter<File>>>>;
 
 const PROGRESS_STEP: u64 = 8 << 20;
 

@@ -27,7 +27,8 @@ const BUCKET: &str = "layers-v1";
 pub struct LayerKey {
     pub key: String,
     pub settings: String,
-    /// (path, hash of the entry's kind, mode, size, content or link target), in canonical order.
+    /// (path, first 16 hex digits of the hash of the entry's kind, mode, size, content or link
+    /// target), in canonical order: for explaining misses.
     pub items: Vec<(String, String)>,
 }
 
@@ -97,7 +98,8 @@ pub fn tree_key_with(
         key.update((path.len() as u64).to_le_bytes());
         key.update(path);
         key.update(item.0);
-        items.push((String::from_utf8_lossy(path).into_owned(), item.hex()));
+        // 64 bits of the item hash are plenty to tell what changed; the key uses all of it.
+        items.push((String::from_utf8_lossy(path).into_owned(), item.hex()[..16].to_string()));
     }
     Ok(LayerKey { key: Sha256Hash(key.finalize().into()).hex(), settings, items })
 }

@@ -28,12 +28,20 @@ const HASH_THREADS: usize = 4;
 const MIN_FILES_PER_THREAD: usize = 64;
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+/// One letter per field: the file holds one entry per file of the tree, and a first build
+/// writes it while its destinations are written.
 struct StatEntry {
+    #[serde(rename = "d")]
     dev: u64,
+    #[serde(rename = "i")]
     ino: u64,
+    #[serde(rename = "s")]
     size: u64,
+    #[serde(rename = "m")]
     mtime_ns: i128,
+    #[serde(rename = "c")]
     ctime_ns: i128,
+    #[serde(rename = "h")]
     hash: String,
 }
 
