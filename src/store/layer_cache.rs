@@ -147,13 +147,12 @@ impl LayerCache {
     }
 
     fn scope_file(&self, scope: &str) -> PathBuf {
-        self.dir.join("scopes").join(format!("{}.json", Sha256Hash::of(scope.as_bytes()).hex()))
+        self.dir.join("scopes").join(format!("{}.bin", Sha256Hash::of(scope.as_bytes()).hex()))
     }
 
     /// Why `key` differs from the last key recorded for `scope`: the first changed setting or path.
     pub fn explain_miss(&self, scope: &str, key: &LayerKey) -> String {
-        let Some(prev) =
-            fs::read(self.scope_file(scope)).ok().and_then(|b| serde_json::from_slice::<LayerKey>(&b).ok())
+        let Some(prev) = fs::read(self.scope_file(scope)).ok().and_then(|b| postcard::from_bytes::<LayerKey>(&b).ok())
         else {
             return "first build".into();
         };
@@ -181,7 +180,8 @@ impl LayerCache {
     }
 
     pub fn record(&self, scope: &str, key: &LayerKey) -> std::io::Result<()> {
-        write_hint(&self.scope_file(scope), &serde_json::to_vec(key).expect("json"))
+        // postcard: one item per file of the layer, written while a first build finishes.
+        write_hint(&self.scope_file(scope), &postcard::to_stdvec(key).map_err(std::io::Error::other)?)
     }
 }
 

@@ -20,47 +20,41 @@ use serde::{Deserialize, Serialize};
 
 use super::{write_hint, BlobStore, StoreError};
 
-/// v2: BLAKE3 content hashes.
-const BUCKET: &str = "stat-v2";
+/// v3: BLAKE3 content hashes, postcard (compact, and any path bytes: JSON needs UTF-8).
+const BUCKET: &str = "stat-v3";
 const RACY_NS: i128 = 2_000_000_000;
 const HASH_THREADS: usize = 4;
 /// Below this many files per thread, starting threads costs more than it saves.
 const MIN_FILES_PER_THREAD: usize = 64;
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-/// One letter per field: the file holds one entry per file of the tree, and a first build
-/// writes it while its destinations are written.
 struct StatEntry {
-    #[serde(rename = "d")]
     dev: u64,
-    #[serde(rename = "i")]
     ino: u64,
-    #[serde(rename = "s")]
     size: u64,
-    #[serde(rename = "m")]
     mtime_ns: i128,
-    #[serde(rename = "c")]
     ctime_ns: i128,
-    #[serde(rename = "h")]
-    hash: String,
+    hash: [u8; 32],
 }
 
 impl StatEntry {
     fn of(e: &TreeEntry, hash: ContentHash) -> StatEntry {
-        StatEntry { dev: e.dev, ino: e.ino, size: e.size, mtime_ns: e.mtime_ns, ctime_ns: e.ctime_ns, hash: hash.hex() }
+        StatEntry { dev: e.dev, ino: e.ino, size: e.size, mtime_ns: e.mtime_ns, ctime_ns: e.ctime_ns, hash: hash.0 }
     }
 
     /// The remembered hash, if `e`'s stat is exactly the one it was remembered with.
     fn hash_if_unchanged(&self, e: &TreeEntry) -> Option<ContentHash> {
         let same = (self.dev, self.ino, self.size, self.mtime_ns, self.ctime_ns)
             == (e.dev, e.ino, e.size, e.mtime_ns, e.ctime_ns);
-        same.then(|| ContentHash::from_hex(&self.hash).ok()).flatten()
+        same.then_some(ContentHash(self.hash))
     }
 }
 
 /// One stat cache per tree root (the app dir, a build dir, …).
 pub struct StatCache {
     file: Option<PathBuf>,
+    /// The root as the caller names it: paths under it are stored relative to it.
+    root: PathBuf,
     entries: HashMap<PathBuf, StatEntry>,
     seen: HashMap<PathBuf, StatEntry>,
     now_ns: i128,
@@ -71,12 +65,16 @@ pub struct StatCache {
 
 impl StatCache {
     pub fn load(store: &BlobStore, root: &Path) -> Result<StatCache, StoreError> {
-        let root = root.canonicalize().unwrap_or_else(|_| root.to_path_buf());
-        let name = Sha256Hash::of(root.as_os_str().as_bytes()).hex();
-        let file = store.bucket(BUCKET)?.join(format!("{name}.json"));
-        let entries = fs::read(&file).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
+        let canonical = root.canonicalize().unwrap_or_else(|_| root.to_path_buf());
+        let name = Sha256Hash::of(canonical.as_os_str().as_bytes()).hex();
+        let file = store.bucket(BUCKET)?.join(format!("{name}.bin"));
+        // Unreadable or from another version: start empty (costs a re-read, nothing more).
+        let stored: Vec<(Vec<u8>, StatEntry)> =
+            fs::read(&file).ok().and_then(|b| postcard::from_bytes(&b).ok()).unwrap_or_default();
+        let entries = stored.into_iter().map(|(p, e)| (root.join(std::ffi::OsStr::from_bytes(&p)), e)).collect();
         Ok(StatCache {
             file: Some(file),
+            root: root.to_path_buf(),
             entries,
             seen: HashMap::new(),
             now_ns: now_ns(),
@@ -89,6 +87,7 @@ impl StatCache {
     pub fn ephemeral() -> StatCache {
         StatCache {
             file: None,
+            root: PathBuf::new(),
             entries: HashMap::new(),
             seen: HashMap::new(),
             now_ns: now_ns(),
@@ -196,7 +195,14 @@ impl StatCache {
     /// Writes what this run saw (entries for files that are gone are dropped).
     pub fn save(&self) -> io::Result<()> {
         match &self.file {
-            Some(f) => write_hint(f, &serde_json::to_vec(&self.seen).expect("json")),
+            Some(f) => {
+                let stored: Vec<(&[u8], &StatEntry)> = self
+                    .seen
+                    .iter()
+                    .map(|(p, e)| (p.strip_prefix(&self.root).unwrap_or(p).as_os_str().as_bytes(), e))
+                    .collect();
+                write_hint(f, &postcard::to_stdvec(&stored).map_err(io::Error::other)?)
+            }
             None => Ok(()),
         }
     }
@@ -227,4 +233,34 @@ fn hash_file(path: &Path, size: u64, buf: &mut Vec<u8>) -> io::Result<ContentHas
         return Err(io::Error::other(format!("file changed while it was being read: {}", path.display())));
     }
     Ok(h.finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::ffi::OsStrExt;
+
+    #[test]
+    fn any_file_name_is_remembered_and_the_root_may_be_named_another_way() {
+        let d = tempfile::tempdir().unwrap();
+        let name = std::ffi::OsStr::from_bytes(b"not-utf8-\xff\xfe");
+        fs::create_dir(d.path().join("sub")).unwrap();
+        fs::write(d.path().join("sub").join(name), "x").unwrap();
+        let store_dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(store_dir.path()).unwrap();
+
+        let tree = imgforge_layers::scan_tree(d.path(), &|_, _| true).unwrap();
+        let mut stat = StatCache::load(&store, d.path()).unwrap().without_racy_window();
+        let hashes = stat.content_hashes(&tree).unwrap();
+        assert_eq!(hashes[1], Some(ContentHash::of(b"x")));
+        assert_eq!(stat.hashed_files, 1);
+        stat.save().unwrap();
+
+        // The same directory through another spelling of its path: same cache, nothing re-read.
+        let other = d.path().join("sub").join("..");
+        let tree = imgforge_layers::scan_tree(&other, &|_, _| true).unwrap();
+        let mut again = StatCache::load(&store, &other).unwrap().without_racy_window();
+        assert_eq!(again.content_hashes(&tree).unwrap()[1], Some(ContentHash::of(b"x")));
+        assert_eq!(again.hashed_files, 0);
+    }
 }
