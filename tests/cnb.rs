@@ -373,6 +373,8 @@ fn the_build_image_sandbox_runs_cnb_buildpacks_with_layers_at_slash_layers() {
     let image = out_ref(&t, "v1");
     // bin/build was pid 1 of the sandbox's pid namespace; its layer paths hold in the image.
     assert_eq!(podman_run_ok(&image, &["cat", "/workspace/build-pid.txt"]), "pid-1\n");
+    // CNB_TARGET_DISTRO_* from the Debian base's os-release.
+    assert_eq!(podman_run_ok(&image, &["cat", "/workspace/target-distro.txt"]), "debian 12\n");
     assert_eq!(
         podman_run_ok(&image, &[]).trim(),
         "greet web from /layers/imgforge-test_runtime/runtime: RUNTIME_HOME=/layers/imgforge-test_runtime/runtime WEB_ONLY=web-only PROFILE_RAN=yes GREETING=unset"

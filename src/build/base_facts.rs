@@ -18,10 +18,32 @@ pub struct BaseFacts {
     pub has_shell: bool,
     pub passwd: Option<String>,
     pub group: Option<String>,
+    /// `/etc/os-release` (or `/usr/lib/os-release`, its fallback in os-release(5)).
+    #[serde(default)]
+    pub os_release: Option<String>,
+}
+
+impl BaseFacts {
+    /// The distribution's `ID` and `VERSION_ID` from os-release (empty when not given).
+    pub fn distro(&self) -> Option<(String, String)> {
+        let text = self.os_release.as_deref()?;
+        let field = |key: &str| {
+            text.lines()
+                .filter_map(|l| l.trim().strip_prefix(key)?.strip_prefix('='))
+                .next_back()
+                .map(|v| v.trim().trim_matches(|c| c == '"' || c == '\'').to_string())
+                .unwrap_or_default()
+        };
+        let id = field("ID");
+        (!id.is_empty()).then(|| (id, field("VERSION_ID")))
+    }
 }
 
 const MAX_ACCOUNT_FILE: u64 = 1 << 20;
-const CACHE_BUCKET: &str = "base-facts-v1";
+/// v2: with os-release.
+const CACHE_BUCKET: &str = "base-facts-v2";
+const MAX_OS_RELEASE: u64 = 64 << 10;
+const OS_RELEASE: [&[u8]; 2] = [b"etc/os-release", b"usr/lib/os-release"];
 
 #[derive(Clone, Debug)]
 enum Node {
@@ -39,6 +61,7 @@ pub fn base_facts(source: &Source, base: &BaseImage, store: &BlobStore) -> Resul
     let mut nodes: HashMap<Vec<u8>, Node> = HashMap::new();
     let mut passwd = None;
     let mut group = None;
+    let mut os_release: [Option<String>; 2] = [None, None];
     for (i, layer) in base.layers.iter().enumerate() {
         let what = format!("{}: layer {} ({})", base.reference, i + 1, layer.descriptor.digest);
         let compression = Compression::from_media_type(&layer.descriptor.media_type)
@@ -80,6 +103,13 @@ pub fn base_facts(source: &Source, base: &BaseImage, store: &BlobStore) -> Resul
                     group = Some(text)
                 }
             }
+            if e.kind == EntryType::File && e.size <= MAX_OS_RELEASE {
+                if let Some(i) = OS_RELEASE.iter().position(|p| *p == e.path.as_slice()) {
+                    let mut text = String::new();
+                    // Not UTF-8: no distro to tell, which is not an error.
+                    os_release[i] = reader.data().read_to_string(&mut text).ok().map(|_| text);
+                }
+            }
             added.push((e.path, node));
         }
         nodes.extend(added);
@@ -89,6 +119,11 @@ pub fn base_facts(source: &Source, base: &BaseImage, store: &BlobStore) -> Resul
         has_shell: matches!(resolve(&nodes, b"bin/sh"), Some(Node::File)),
         passwd: passwd.filter(|_| exists(b"etc/passwd")),
         group: group.filter(|_| exists(b"etc/group")),
+        // /etc/os-release is usually a symlink to ../usr/lib/os-release: then the latter.
+        os_release: OS_RELEASE
+            .iter()
+            .zip(os_release)
+            .find_map(|(p, text)| text.filter(|_| matches!(nodes.get(*p), Some(Node::File)))),
     };
     let _ = write_hint(&cache, &serde_json::to_vec(&facts).expect("json"));
     Ok(facts)
@@ -191,6 +226,7 @@ mod tests {
             has_shell: true,
             passwd: Some("root:x:0:0::/root:/bin/sh\napp:x:1000:1001::/home/app:/bin/sh\n".into()),
             group: Some("root:x:0:\nstaff:x:50:\n".into()),
+            os_release: None,
         };
         assert_eq!(resolve_user("", &facts).unwrap(), Owner { uid: 0, gid: 0 });
         assert_eq!(resolve_user("app", &facts).unwrap(), Owner { uid: 1000, gid: 1001 });
@@ -199,5 +235,17 @@ mod tests {
         assert_eq!(resolve_user("app:staff", &facts).unwrap(), Owner { uid: 1000, gid: 50 });
         assert_eq!(resolve_user("7:8", &facts).unwrap(), Owner { uid: 7, gid: 8 });
         assert!(resolve_user("nobody", &facts).unwrap_err().contains("--chown"));
+    }
+
+    #[test]
+    fn distro_comes_from_os_release() {
+        let facts = |text: &str| BaseFacts { os_release: Some(text.into()), ..Default::default() };
+        let debian =
+            "PRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\nNAME=\"Debian GNU/Linux\"\nVERSION_ID=\"12\"\nID=debian\n";
+        assert_eq!(facts(debian).distro(), Some(("debian".into(), "12".into())));
+        assert_eq!(facts("ID='alpine'\nVERSION_ID=3.20.1\n").distro(), Some(("alpine".into(), "3.20.1".into())));
+        assert_eq!(facts("ID=arch\n").distro(), Some(("arch".into(), String::new())));
+        assert_eq!(facts("NAME=x\n").distro(), None);
+        assert_eq!(BaseFacts::default().distro(), None);
     }
 }

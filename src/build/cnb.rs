@@ -89,6 +89,7 @@ pub(super) fn cnb_layers(
     workdir: &str,
     (source, base, platform): (&Source, &BaseImage, &crate::image::manifest::Platform),
     git: &super::git::GitInfo,
+    distro: Option<(String, String)>,
 ) -> Result<Produced, BuildError> {
     let store = ctx.store;
     let reporter = ctx.reporter;
@@ -151,6 +152,7 @@ pub(super) fn cnb_layers(
         cache: (!opts.clear_cache).then_some(cache.as_path()),
         os: &platform.os,
         arch: &platform.architecture,
+        distro: distro.as_ref().map(|(n, v)| (n.as_str(), v.as_str())),
         reporter,
         sandbox: sandbox.as_ref(),
     };

@@ -247,6 +247,7 @@ pub fn build(opts: &BuildOptions, reporter: &dyn Reporter) -> Result<BuildResult
                 &workdir,
                 (&source, &base, &platform),
                 &git,
+                facts.get()?.distro(),
             )?
         } else {
             buildpack_layers(

@@ -79,10 +79,16 @@ pub struct Target {
 }
 
 impl Target {
-    /// Whether this target admits an image for `os`/`arch` (empty or `*` matches anything).
-    pub fn matches(&self, os: &str, arch: &str) -> bool {
+    /// Whether this target admits an image for `os`/`arch` with this distribution (`ID`,
+    /// `VERSION_ID` of its os-release; `None` when the image has none). Empty or `*` matches
+    /// anything; a target that names distros admits only those (a version, when given, too).
+    pub fn matches(&self, os: &str, arch: &str, distro: Option<(&str, &str)>) -> bool {
         let ok = |want: &str, have: &str| want.is_empty() || want == "*" || want == have;
-        ok(&self.os, os) && ok(&self.arch, arch)
+        let distro_ok = self.distros.is_empty()
+            || distro.is_some_and(|(name, version)| {
+                self.distros.iter().any(|d| ok(&d.name, name) && ok(&d.version, version))
+            });
+        ok(&self.os, os) && ok(&self.arch, arch) && distro_ok
     }
 }
 
@@ -244,8 +250,15 @@ version = "12"
         assert_eq!(d.info.id, "acme/node");
         assert!(d.info.clear_env);
         assert_eq!(d.targets[0].distros[0].name, "debian");
-        assert!(d.targets[0].matches("linux", "amd64"));
-        assert!(!d.targets[0].matches("linux", "arm64"));
+        assert!(d.targets[0].matches("linux", "amd64", Some(("debian", "12"))));
+        assert!(!d.targets[0].matches("linux", "arm64", Some(("debian", "12"))));
+        assert!(!d.targets[0].matches("linux", "amd64", Some(("debian", "11"))), "another version");
+        assert!(!d.targets[0].matches("linux", "amd64", Some(("ubuntu", "12"))), "another distro");
+        assert!(!d.targets[0].matches("linux", "amd64", None), "an image without os-release");
+        let any_debian =
+            Target { distros: vec![Distro { name: "debian".into(), version: String::new() }], ..Default::default() };
+        assert!(any_debian.matches("linux", "arm64", Some(("debian", "13"))));
+        assert!(Target::default().matches("linux", "amd64", None), "no distros named: any image");
         assert!(!d.is_composite());
         assert_eq!(escape_id(&d.info.id), "acme_node");
     }

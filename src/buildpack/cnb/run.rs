@@ -143,6 +143,8 @@ pub struct Platform<'a> {
     pub cache: Option<&'a Path>,
     pub os: &'a str,
     pub arch: &'a str,
+    /// The base image's distribution (os-release `ID`, `VERSION_ID`), if it says.
+    pub distro: Option<(&'a str, &'a str)>,
     pub reporter: &'a dyn Reporter,
     /// Run in this build-image sandbox (which binds the layers at `/layers`, the app at
     /// `workdir`, the work dir and every buildpack), else on the host in [`Mounts`].
@@ -316,6 +318,10 @@ impl Ctx<'_> {
         env.vars.insert("CNB_BUILDPACK_DIR".into(), self.inside(&bp.dir));
         env.vars.insert("CNB_TARGET_OS".into(), self.p.os.into());
         env.vars.insert("CNB_TARGET_ARCH".into(), self.p.arch.into());
+        if let Some((name, version)) = self.p.distro {
+            env.vars.insert("CNB_TARGET_DISTRO_NAME".into(), name.into());
+            env.vars.insert("CNB_TARGET_DISTRO_VERSION".into(), version.into());
+        }
         env
     }
 
@@ -370,8 +376,12 @@ impl Ctx<'_> {
 }
 
 fn detect_one(ctx: &Ctx<'_>, bp: &Descriptor) -> Result<Answer, CnbError> {
-    if !bp.targets.is_empty() && !bp.targets.iter().any(|t| t.matches(ctx.p.os, ctx.p.arch)) {
-        let why = format!("its [[targets]] do not include {}/{}", ctx.p.os, ctx.p.arch);
+    if !bp.targets.is_empty() && !bp.targets.iter().any(|t| t.matches(ctx.p.os, ctx.p.arch, ctx.p.distro)) {
+        let distro = match ctx.p.distro {
+            Some((name, version)) => format!(" ({name} {version})"),
+            None => " (no os-release)".into(),
+        };
+        let why = format!("its [[targets]] do not include {}/{}{distro}", ctx.p.os, ctx.p.arch);
         ctx.p.reporter.report(Event::Detail(format!("{}: {why}", bp.key())));
         return Ok(Answer::Fail(why));
     }
@@ -615,6 +625,7 @@ mod tests {
             cache,
             os: "linux",
             arch: "amd64",
+            distro: Some(("debian", "12")),
             reporter: &Silent,
             sandbox: None,
         }
@@ -698,7 +709,23 @@ printf '[[processes]]\ntype = "web"\ncommand = ["node"]\ndefault = true\n' > "$1
         .unwrap();
         let arm = Arc::new(Descriptor::load(&arm.dir).unwrap());
         let e = run(&[vec![(arm, false)]], &Index::default(), &p).unwrap_err().to_string();
-        assert!(e.contains("acme/arm@1 did not pass detect (its [[targets]] do not include linux/amd64)"), "{e}");
+        assert!(
+            e.contains("acme/arm@1 did not pass detect (its [[targets]] do not include linux/amd64 (debian 12))"),
+            "{e}"
+        );
+        // A distro the base is not.
+        let alpine = buildpack(&f.bps, "acme/alpine", "echo ran > /dev/null", "true");
+        fs::write(
+            alpine.dir.join("buildpack.toml"),
+            "api = \"0.12\"\n[buildpack]\nid = \"acme/alpine\"\nversion = \"1\"\n[[targets]]\nos = \"linux\"\n[[targets.distros]]\nname = \"alpine\"\n",
+        )
+        .unwrap();
+        let alpine = Arc::new(Descriptor::load(&alpine.dir).unwrap());
+        let e = run(&[vec![(alpine, false)]], &Index::default(), &p).unwrap_err().to_string();
+        assert!(
+            e.contains("acme/alpine@1 did not pass detect (its [[targets]] do not include linux/amd64 (debian 12))"),
+            "{e}"
+        );
         let bad = buildpack(&f.bps, "acme/bad", "exit 3", "true");
         let e = run(&[vec![(bad, false)]], &Index::default(), &p).unwrap_err().to_string();
         assert!(e.contains("acme/bad@1: bin/detect failed with exit code 3"), "{e}");
