@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -251,9 +251,10 @@ impl FirstLinks {
 }
 
 /// Scans `root` as [`scan_tree`] does and writes its layer at the same time: a scan thread
-/// reads directories in canonical order (each directory when its turn comes) and the
-/// caller's thread writes each entry as soon as it arrives, so the compressor starts long
-/// before the scan ends. Same bytes as `scan_tree` followed by [`Tree::write_to_hashing`].
+/// reads directories in canonical order (each directory when its turn comes), and reads and
+/// hashes small files too; the caller's thread writes each entry as soon as it arrives, so
+/// the compressor starts long before the scan ends, and the writing thread (the busiest)
+/// does little but copy bytes. Same bytes as `scan_tree` followed by [`Tree::write_to_hashing`].
 pub fn scan_and_write<W: Write>(
     root: &Path,
     include: Include<'_>,
@@ -268,21 +269,33 @@ pub fn scan_and_write<W: Write>(
     }
     write_prefix(tar, prefix, owner)?;
     let mut tree = Tree { root: root.to_path_buf(), entries: Vec::new(), skipped: Vec::new() };
-    let (tx, rx) = std::sync::mpsc::sync_channel::<(TreeEntry, u64)>(STREAM_AHEAD);
+    let (tx, rx) = std::sync::mpsc::sync_channel::<(TreeEntry, Option<Preloaded>)>(STREAM_AHEAD);
     std::thread::scope(|s| {
         let scan = s.spawn(move || {
             let mut skipped = Vec::new();
-            walk_ordered(root, Path::new(""), include, &mut skipped, &mut |e| {
+            let mut links = FirstLinks::default();
+            walk_ordered(root, Path::new(""), include, &mut skipped, &mut |(e, nlink)| {
+                let e = links.resolve(e, nlink);
+                let data = match e.kind {
+                    EntryKind::File if e.size <= PRELOAD_MAX => Some(preload(root, &e)?),
+                    _ => None,
+                };
                 // The writer hung up (it failed): its error is the one to report.
-                tx.send(e).map_err(|_| io::Error::other("layer writer stopped"))
+                tx.send((e, data)).map_err(|_| io::Error::other("layer writer stopped"))
             })?;
             Ok::<_, io::Error>(skipped)
         });
-        let mut links = FirstLinks::default();
-        let written: io::Result<()> = rx.iter().try_for_each(|(e, nlink)| {
-            let e = links.resolve(e, nlink);
+        let written: io::Result<()> = rx.iter().try_for_each(|(e, data)| {
             let i = tree.entries.len();
-            if let Some(h) = write_entry(tar, &tree.root, prefix, owner, &e)? {
+            let hash = match data {
+                Some((bytes, hash)) => {
+                    let path = join_prefix(prefix, e.rel.as_os_str());
+                    tar.file(&path, e.mode, e.owner.unwrap_or(owner), e.size, &mut bytes.as_slice())?;
+                    Some(hash)
+                }
+                None => write_entry(tar, &tree.root, prefix, owner, &e)?,
+            };
+            if let Some(h) = hash {
                 on_file(i, h);
             }
             tree.entries.push(e);
@@ -296,8 +309,26 @@ pub fn scan_and_write<W: Write>(
     })
 }
 
-/// How many scanned entries may wait for the writer.
-const STREAM_AHEAD: usize = 4096;
+/// How many scanned entries may wait for the writer, and the largest file the scan thread
+/// reads ahead: at most 16 MiB of file data waits.
+const STREAM_AHEAD: usize = 1024;
+const PRELOAD_MAX: u64 = 16 << 10;
+
+/// A small file's bytes and content hash, read by the scan thread.
+type Preloaded = (Vec<u8>, ContentHash);
+
+/// Reads the regular file `e` (checked as [`open_checked`] does); it must still have its
+/// scanned size.
+fn preload(root: &Path, e: &TreeEntry) -> io::Result<Preloaded> {
+    let abs = root.join(&e.rel);
+    let mut data = Vec::with_capacity(e.size as usize);
+    open_checked(&abs, e)?.take(e.size + 1).read_to_end(&mut data)?;
+    if data.len() as u64 != e.size {
+        return Err(io::Error::other(format!("file changed while it was being read: {}", abs.display())));
+    }
+    let hash = ContentHash::of(&data);
+    Ok((data, hash))
+}
 
 /// Emits the entries under `dir_rel` in canonical order. Within one directory, an entry
 /// sorts by its name and a subdirectory's contents by its name followed by '/': that is
