@@ -271,6 +271,8 @@ fn a_composite_named_with_buildpack_as_a_directory_or_tgz_finds_its_buildpacks()
     c.arg("--buildpack").arg(&tgz).arg("--buildpacks-dir").arg(&bps).args(["--isolation", "host"]);
     let (_, stderr) = build(&mut c);
     assert_has(&stderr, "---> runtime build", "the composite's runtime ran");
+    // A CNB buildpack, even as an archive, keeps the app at /workspace (Heroku's go to /app).
+    assert_eq!(podman_run_ok(&out_ref(&t, "tgz"), &["pwd"]), "/workspace\n");
     // Without --buildpacks-dir, what the .tgz names cannot be found: the message says where it looked.
     let mut c = t.imgforge();
     c.arg("build").arg(&app).arg("--base").arg(t.busybox_copy()).arg("-t").arg(out_ref(&t, "x"));

@@ -148,16 +148,29 @@ pub fn build(opts: &BuildOptions, reporter: &dyn Reporter) -> Result<BuildResult
         || opts.buildpacks_dir.is_some()
         || app_dir.join(".buildpacks").is_file()
         || app_dir.join("project.toml").is_file();
-    // Cloud Native Buildpacks keep the app at /workspace; Heroku's at /app.
-    let cnb_hint = opts.buildpacks.iter().any(|p| p.join(buildpack::cnb::descriptor::DESCRIPTOR).is_file())
-        || (opts.buildpacks.is_empty() && opts.buildpacks_dir.as_deref().is_some_and(dir_has_cnb));
-    let workdir = validate_workdir(opts.workdir.as_deref().unwrap_or(if uses_buildpacks && !cnb_hint {
-        "/app"
-    } else {
-        "/workspace"
-    }))?;
+    if let Some(w) = &opts.workdir {
+        validate_workdir(w)?;
+    }
     let store = BlobStore::open(&opts.cache_dir)?;
     let _lock = store.lock(false)?;
+    // The buildpacks first (found, and copied somewhere writable): their kind decides where
+    // the app goes. Cloud Native Buildpacks keep it at /workspace, Heroku's at /app.
+    let buildpacks = if uses_buildpacks {
+        let work = tempfile::Builder::new()
+            .prefix("build-")
+            .tempdir_in(store.tmp_dir())
+            .map_err(io_err("Failed to make a build directory in the cache"))?;
+        let plan = buildpack::plan(&opts.buildpacks, app_dir, opts.buildpacks_dir.as_deref(), work.path())
+            .map_err(|e| BuildError::Buildpack { what: "Failed to find the buildpacks".into(), source: e })?;
+        let is_cnb = cnb::is_cnb(&plan)?;
+        Some((work, plan, is_cnb))
+    } else {
+        None
+    };
+    let workdir = validate_workdir(opts.workdir.as_deref().unwrap_or(match &buildpacks {
+        Some((_, _, false)) => "/app",
+        _ => "/workspace",
+    }))?;
     let epoch = opts.source_date_epoch.unwrap_or(DEFAULT_EPOCH);
     let rules = Normalize { mtime: epoch, keep_special_bits: opts.keep_special_bits, keep_capabilities: false };
 
@@ -203,7 +216,7 @@ pub fn build(opts: &BuildOptions, reporter: &dyn Reporter) -> Result<BuildResult
     };
     let mut app_stat = StatCache::load(&store, app_dir)?;
     let mut background = Background(None);
-    let produced = if uses_buildpacks {
+    let produced = if let Some((work, plan, is_cnb)) = buildpacks {
         let tree = filter.scan(app_dir)?;
         report_skipped(reporter, &tree);
         let app_key = ctx.key(&tree, &mut app_stat)?;
@@ -212,13 +225,6 @@ pub fn build(opts: &BuildOptions, reporter: &dyn Reporter) -> Result<BuildResult
             .clone()
             .or_else(|| base.config.as_ref().and_then(|c| c.label(STACK_LABEL)))
             .unwrap_or_else(|| DEFAULT_STACK.to_string());
-        let work = tempfile::Builder::new()
-            .prefix("build-")
-            .tempdir_in(store.tmp_dir())
-            .map_err(io_err("Failed to make a build directory in the cache"))?;
-        let plan = buildpack::plan(&opts.buildpacks, app_dir, opts.buildpacks_dir.as_deref(), work.path())
-            .map_err(|e| BuildError::Buildpack { what: "Failed to find the buildpacks".into(), source: e })?;
-        let is_cnb = cnb::is_cnb(&plan)?;
         let build_cache = BuildCache::open(&store)?;
         let build_key = build_cache.key(opts, &store, &app_key, &plan, &base, &stack, &git, &workdir, is_cnb)?;
         if !opts.clear_cache {
@@ -906,12 +912,6 @@ fn all_layers(base: &BaseImage, new: &[(LayerDigests, String)]) -> Vec<BaseLayer
 }
 
 /// Whether a directory holds a Cloud Native Buildpack (a subdirectory with buildpack.toml).
-fn dir_has_cnb(dir: &Path) -> bool {
-    fs::read_dir(dir).is_ok_and(|d| {
-        d.filter_map(Result::ok).any(|e| e.path().join(buildpack::cnb::descriptor::DESCRIPTOR).is_file())
-    })
-}
-
 fn validate_workdir(w: &str) -> Result<String, BuildError> {
     let ok =
         w.starts_with('/') && !w.split('/').any(|c| c == ".." || c == ".") && !w.contains("//") && !w.contains('\0');
