@@ -10,7 +10,7 @@ use imgforge_layers::Digest;
 use crate::image::manifest::{media, Descriptor, Platform};
 use crate::image::reference::{DockerName, ImageRef};
 use crate::report::{Event, Reporter};
-use crate::transport::{self, BaseLayer, Blobs, NewImage, Source, TransportError, TransportOptions};
+use crate::transport::{self, Blobs, NewImage, Source, TransportError, TransportOptions};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CopyError {
@@ -82,17 +82,7 @@ pub fn copy(
             (m.clone(), parsed.media_type.clone(), base.layers.clone())
         }
         None => {
-            let layers: Vec<BaseLayer> = base
-                .layers
-                .iter()
-                .map(|l| {
-                    let mut d = l.descriptor.clone();
-                    if let Some(mt) = transport::oci_layer_media_type(&d.media_type) {
-                        d.media_type = mt.to_string();
-                    }
-                    BaseLayer { descriptor: d, diff_id: l.diff_id }
-                })
-                .collect();
+            let layers = base.oci_layers();
             let m = serde_json::json!({
                 "schemaVersion": 2,
                 "mediaType": media::OCI_MANIFEST,

@@ -624,19 +624,7 @@ impl Extractor<'_> {
                 check(unsafe { libc::symlinkat(t.as_ptr(), parent.as_raw_fd(), c.as_ptr()) })
                     .map_err(self.io(e, "create the symlink"))?;
                 self.set_times_at(e, parent, &c)?;
-                if self.opts.chown {
-                    // SAFETY: valid dirfd and name.
-                    check(unsafe {
-                        libc::fchownat(
-                            parent.as_raw_fd(),
-                            c.as_ptr(),
-                            e.uid as libc::uid_t,
-                            e.gid as libc::gid_t,
-                            libc::AT_SYMLINK_NOFOLLOW,
-                        )
-                    })
-                    .map_err(self.io(e, "chown the symlink"))?;
-                }
+                self.chown_at(e, parent, &c, "chown the symlink")?;
                 self.stats.symlinks += 1;
             }
             EntryType::HardLink => {
@@ -701,19 +689,7 @@ impl Extractor<'_> {
                 libc::mknodat(parent.as_raw_fd(), c.as_ptr(), devtype | self.file_mode(e.mode) as libc::mode_t, 0)
             })
             .map_err(self.io(e, "create the special file"))?;
-            if self.opts.chown {
-                // SAFETY: valid dirfd and name.
-                check(unsafe {
-                    libc::fchownat(
-                        parent.as_raw_fd(),
-                        c.as_ptr(),
-                        e.uid as libc::uid_t,
-                        e.gid as libc::gid_t,
-                        libc::AT_SYMLINK_NOFOLLOW,
-                    )
-                })
-                .map_err(self.io(e, "chown the special file"))?;
-            }
+            self.chown_at(e, parent, c, "chown the special file")?;
             self.stats.files += 1;
             return Ok(());
         }
@@ -766,6 +742,25 @@ impl Extractor<'_> {
             check(unsafe { libc::fchown(f.as_raw_fd(), e.uid as libc::uid_t, e.gid as libc::gid_t) })
                 .map_err(self.io(e, "chown"))?;
         }
+        Ok(())
+    }
+
+    /// Gives `name` in `dir` (never followed) the entry's owner, when asked to.
+    fn chown_at(&self, e: &Entry, dir: BorrowedFd<'_>, name: &CStr, what: &str) -> Result<(), ExtractError> {
+        if !self.opts.chown {
+            return Ok(());
+        }
+        // SAFETY: valid dirfd and name.
+        check(unsafe {
+            libc::fchownat(
+                dir.as_raw_fd(),
+                name.as_ptr(),
+                e.uid as libc::uid_t,
+                e.gid as libc::gid_t,
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        })
+        .map_err(self.io(e, what))?;
         Ok(())
     }
 

@@ -893,17 +893,7 @@ fn source_key(store: &BlobStore, path: &Path) -> Result<String, BuildError> {
 
 /// Base layers (media types in OCI spelling, bytes untouched) followed by the new ones.
 fn all_layers(base: &BaseImage, new: &[(LayerDigests, String)]) -> Vec<BaseLayer> {
-    let mut out: Vec<BaseLayer> = base
-        .layers
-        .iter()
-        .map(|l| {
-            let mut d = l.descriptor.clone();
-            if let Some(mt) = transport::oci_layer_media_type(&d.media_type) {
-                d.media_type = mt.to_string();
-            }
-            BaseLayer { descriptor: d, diff_id: l.diff_id }
-        })
-        .collect();
+    let mut out = base.oci_layers();
     out.extend(new.iter().map(|(l, _)| BaseLayer {
         descriptor: Descriptor::new(l.compression.media_type(), l.digest, l.size),
         diff_id: l.diff_id,

@@ -90,6 +90,21 @@ pub struct BaseImage {
 }
 
 impl BaseImage {
+    /// The layers with their media types in OCI spelling (bytes untouched), for an OCI
+    /// manifest that lists them.
+    pub fn oci_layers(&self) -> Vec<BaseLayer> {
+        self.layers
+            .iter()
+            .map(|l| {
+                let mut d = l.descriptor.clone();
+                if let Some(mt) = oci_layer_media_type(&d.media_type) {
+                    d.media_type = mt.to_string();
+                }
+                BaseLayer { descriptor: d, diff_id: l.diff_id }
+            })
+            .collect()
+    }
+
     pub fn scratch() -> BaseImage {
         BaseImage {
             reference: "scratch".into(),
