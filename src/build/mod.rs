@@ -18,7 +18,7 @@ use crate::report::{Event, Reporter};
 use crate::sandbox::{Isolation, Network};
 use crate::store::layer_cache::{tree_key, tree_key_with, LayerCache, LayerKey};
 use crate::store::stat_cache::StatCache;
-use crate::store::{trash, BlobStore, StoreError};
+use crate::store::{trash, BlobStore, StoreError, WritebackFile};
 use crate::transport::{self, BaseImage, BaseLayer, Blobs, NewImage, Source, TransportError};
 
 pub mod base_facts;
@@ -1008,7 +1008,7 @@ fn write_layer(
 ) -> Result<LayerDigests, BuildError> {
     let pending = store.pending()?;
     let file = pending.try_clone_file().map_err(io_err("Failed to open a temp file in the cache"))?;
-    let writer = LayerWriter::new(BufWriter::with_capacity(1 << 20, file), compress)
+    let writer = LayerWriter::new(BufWriter::with_capacity(1 << 20, WritebackFile::new(file)), compress)
         .map_err(io_err("Failed to start the compressor"))?;
     let mut tar = TarWriter::new(Progress { inner: writer, name, reporter, bytes: 0, next: PROGRESS_STEP }, rules);
     let what = format!("Failed to write the {name} layer");
@@ -1022,7 +1022,7 @@ fn write_layer(
 }
 
 /// The tar writer a layer is written through.
-type LayerTar<'a> = TarWriter<Progress<'a, LayerWriter<BufWriter<File>>>>;
+type LayerTar<'a> = TarWriter<Progress<'a, LayerWriter<BufWriter<WritebackFile>>>>;
 
 const PROGRESS_STEP: u64 = 8 << 20;
 
