@@ -7,6 +7,7 @@ pub mod buildpack;
 pub mod copy;
 pub mod image;
 pub mod inspect;
+pub mod parallel;
 pub mod report;
 pub mod sandbox;
 pub mod store;

@@ -287,15 +287,7 @@ pub fn scan_and_write<W: Write>(
         });
         let written: io::Result<()> = rx.iter().try_for_each(|(e, data)| {
             let i = tree.entries.len();
-            let hash = match data {
-                Some((bytes, hash)) => {
-                    let path = join_prefix(prefix, e.rel.as_os_str());
-                    tar.file(&path, e.mode, e.owner.unwrap_or(owner), e.size, &mut bytes.as_slice())?;
-                    Some(hash)
-                }
-                None => write_entry(tar, &tree.root, prefix, owner, &e)?,
-            };
-            if let Some(h) = hash {
+            if let Some(h) = write_entry(tar, &tree.root, prefix, owner, &e, data)? {
                 on_file(i, h);
             }
             tree.entries.push(e);
@@ -384,13 +376,15 @@ fn write_prefix<W: Write>(tar: &mut TarWriter<W>, prefix: &[u8], owner: Owner) -
     Ok(())
 }
 
-/// Writes one entry of the tree at `root`; returns a regular file's content hash.
+/// Writes one entry of the tree at `root`; returns a regular file's content hash. A file
+/// the scan thread already read comes with its bytes and hash.
 fn write_entry<W: Write>(
     tar: &mut TarWriter<W>,
     root: &Path,
     prefix: &[u8],
     owner: Owner,
     e: &TreeEntry,
+    preloaded: Option<Preloaded>,
 ) -> io::Result<Option<ContentHash>> {
     let path = join_prefix(prefix, e.rel.as_os_str());
     let owner = e.owner.unwrap_or(owner);
@@ -402,6 +396,10 @@ fn write_entry<W: Write>(
             tar.hardlink_with_mode(&path, &target, e.mode, owner)?
         }
         EntryKind::File => {
+            if let Some((bytes, hash)) = preloaded {
+                tar.file(&path, e.mode, owner, e.size, &mut bytes.as_slice())?;
+                return Ok(Some(hash));
+            }
             let abs = root.join(&e.rel);
             let mut f = ContentReader::new(open_checked(&abs, e)?);
             tar.file(&path, e.mode, owner, e.size, &mut f)?;
@@ -470,7 +468,7 @@ impl Tree {
     ) -> io::Result<()> {
         write_prefix(tar, prefix, owner)?;
         for (i, e) in self.entries.iter().enumerate() {
-            if let Some(h) = write_entry(tar, &self.root, prefix, owner, e)? {
+            if let Some(h) = write_entry(tar, &self.root, prefix, owner, e, None)? {
                 on_file(i, h);
             }
         }

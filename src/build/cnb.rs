@@ -358,15 +358,11 @@ pub(super) fn cnb_layers(
     Ok(Produced {
         layers,
         processes,
-        release_env: Vec::new(),
-        heroku: false,
-        outcome: None,
-        build_key: None,
-        _work: None,
         launch_env,
         labels,
         default_process: default,
         cnb: Some(Pending { outcome, record, work: cnb_work, dest: state }),
+        ..Default::default()
     })
 }
 

@@ -108,6 +108,7 @@ const DEFAULT_STACK: &str = "heroku-24";
 const STACK_LABEL: &str = "io.buildpacks.stack.id";
 
 /// What the layer-producing step hands to the rest of the pipeline.
+#[derive(Default)]
 struct Produced {
     layers: Vec<(LayerDigests, String)>,
     processes: BTreeMap<String, String>,
@@ -295,15 +296,7 @@ pub fn build(opts: &BuildOptions, reporter: &dyn Reporter) -> Result<BuildResult
         Produced {
             layers: vec![(app, format!("imgforge build: app at {workdir}"))],
             processes: read_procfile(app_dir)?,
-            release_env: Vec::new(),
-            heroku: false,
-            outcome: None,
-            build_key: None,
-            _work: None,
-            launch_env: BTreeMap::new(),
-            labels: BTreeMap::new(),
-            default_process: None,
-            cnb: None,
+            ..Default::default()
         }
     };
     let Produced {
@@ -619,19 +612,7 @@ fn buildpack_layers(
     let mut processes = outcome.default_process_types.clone();
     processes.extend(read_procfile(&build_dir)?);
     let release_env = outcome.config_vars.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    Ok(Produced {
-        layers,
-        processes,
-        release_env,
-        heroku: true,
-        outcome: Some(outcome),
-        build_key: None,
-        _work: None,
-        launch_env: BTreeMap::new(),
-        labels: BTreeMap::new(),
-        default_process: None,
-        cnb: None,
-    })
+    Ok(Produced { layers, processes, release_env, heroku: true, outcome: Some(outcome), ..Default::default() })
 }
 
 /// Owners a buildpack set inside the sandbox become the owners in the layer; what belongs

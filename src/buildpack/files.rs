@@ -6,7 +6,6 @@ use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{symlink, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use walkdir::WalkDir;
 
@@ -76,37 +75,23 @@ pub(crate) fn copy_tree(src: &Path, dst: &Path, add_mode: u32, links: Links) -> 
 }
 
 const COPY_THREADS: usize = 4;
-const MIN_FILES_PER_THREAD: usize = 64;
 
 /// Copies regular files (source, destination, source's metadata), a few at once: for many
 /// small files the open, copy and metadata calls dominate, not the bytes.
 fn copy_files(files: &[(PathBuf, PathBuf, Metadata)], add_mode: u32) -> Result<(), BuildpackError> {
-    let next = AtomicUsize::new(0);
-    let failed = AtomicBool::new(false);
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, COPY_THREADS);
-    let threads = threads.min(files.len().div_ceil(MIN_FILES_PER_THREAD)).max(1);
-    let results: Vec<Result<(), BuildpackError>> = std::thread::scope(|s| {
-        let workers: Vec<_> = (0..threads)
-            .map(|_| {
-                s.spawn(|| {
-                    while !failed.load(Ordering::Relaxed) {
-                        let Some((from, to, meta)) = files.get(next.fetch_add(1, Ordering::Relaxed)) else { break };
-                        if let Err(e) = copy_file(from, to, meta, add_mode) {
-                            failed.store(true, Ordering::Relaxed);
-                            let what = format!("Failed to copy {} to {}", from.display(), to.display());
-                            return Err(BuildpackError::Io { what, source: e });
-                        }
-                    }
-                    Ok(())
-                })
-            })
-            .collect();
-        workers
-            .into_iter()
-            .map(|w| w.join().unwrap_or_else(|_| Err(BuildpackError::Invalid("copy panicked".into()))))
-            .collect()
-    });
-    results.into_iter().collect()
+    crate::parallel::try_map(
+        files,
+        COPY_THREADS,
+        || (),
+        |_, (from, to, meta)| {
+            copy_file(from, to, meta, add_mode).map_err(io_err(format!(
+                "Failed to copy {} to {}",
+                from.display(),
+                to.display()
+            )))
+        },
+    )?;
+    Ok(())
 }
 
 /// Copies one regular file (never following a symlink swapped in since the walk), with its

@@ -13,8 +13,6 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-
 use imgforge_layers::{ContentHash, ContentHasher, EntryKind, Sha256Hash, Tree, TreeEntry};
 use serde::{Deserialize, Serialize};
 
@@ -24,8 +22,6 @@ use super::{write_hint, BlobStore, StoreError};
 const BUCKET: &str = "stat-v3";
 const RACY_NS: i128 = 2_000_000_000;
 const HASH_THREADS: usize = 4;
-/// Below this many files per thread, starting threads costs more than it saves.
-const MIN_FILES_PER_THREAD: usize = 64;
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 struct StatEntry {
@@ -123,34 +119,13 @@ impl StatCache {
                 None => misses.push((i, abs)),
             }
         }
-        let next = AtomicUsize::new(0);
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, HASH_THREADS);
-        let threads = threads.min(misses.len().div_ceil(MIN_FILES_PER_THREAD)).max(1);
-        let hashed: Vec<io::Result<Vec<(usize, ContentHash)>>> = std::thread::scope(|s| {
-            let workers: Vec<_> = (0..threads)
-                .map(|_| {
-                    s.spawn(|| {
-                        let mut out = Vec::new();
-                        let mut buf = Vec::new();
-                        loop {
-                            let k = next.fetch_add(1, Ordering::Relaxed);
-                            let Some((i, abs)) = misses.get(k) else { return Ok(out) };
-                            out.push((*i, hash_file(abs, tree.entries[*i].size, &mut buf)?));
-                        }
-                    })
-                })
-                .collect();
-            workers
-                .into_iter()
-                .map(|w| w.join().unwrap_or_else(|_| Err(io::Error::other("hashing panicked"))))
-                .collect()
-        });
-        for part in hashed {
-            for (i, h) in part? {
-                hashes[i] = Some(h);
-                self.hashed_files += 1;
-                self.remember(&tree.root.join(&tree.entries[i].rel), &tree.entries[i], h);
-            }
+        let hashed = crate::parallel::try_map(&misses, HASH_THREADS, Vec::new, |buf, (i, abs)| {
+            hash_file(abs, tree.entries[*i].size, buf)
+        })?;
+        for ((i, abs), h) in misses.iter().zip(hashed) {
+            hashes[*i] = Some(h);
+            self.hashed_files += 1;
+            self.remember(abs, &tree.entries[*i], h);
         }
         Ok(hashes)
     }

@@ -13,7 +13,7 @@
 //! refused: absolute paths a buildpack records under `/layers` would not be valid in the
 //! image.
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::fs;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
@@ -139,31 +139,22 @@ impl Mounts {
                 libc::MS_NOSUID | libc::MS_NODEV,
                 c"mode=0755".as_ptr().cast(),
             ))?;
+            let bind = |src: &CStr, dst: &CStr| {
+                libc::mount(src.as_ptr(), dst.as_ptr(), none, libc::MS_BIND | libc::MS_REC, std::ptr::null())
+            };
             for t in &self.top {
                 // A host entry that cannot be bound (an odd filesystem) is left empty.
                 match t {
                     Top::Dir(src, dst) => {
                         if libc::mkdir(dst.as_ptr(), 0o755) == 0 {
-                            libc::mount(
-                                src.as_ptr(),
-                                dst.as_ptr(),
-                                none,
-                                libc::MS_BIND | libc::MS_REC,
-                                std::ptr::null(),
-                            );
+                            bind(src, dst);
                         }
                     }
                     Top::File(src, dst) => {
                         let fd = libc::open(dst.as_ptr(), libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC, 0o644);
                         if fd >= 0 {
                             libc::close(fd);
-                            libc::mount(
-                                src.as_ptr(),
-                                dst.as_ptr(),
-                                none,
-                                libc::MS_BIND | libc::MS_REC,
-                                std::ptr::null(),
-                            );
+                            bind(src, dst);
                         }
                     }
                     Top::Link(target, dst) => {
@@ -177,7 +168,7 @@ impl Mounts {
                 }
             }
             for (src, dst) in &self.binds {
-                check(libc::mount(src.as_ptr(), dst.as_ptr(), none, libc::MS_BIND | libc::MS_REC, std::ptr::null()))?;
+                check(bind(src, dst))?;
             }
             check(libc::chdir(self.root.as_ptr()))?;
             check(libc::chroot(c".".as_ptr()))?;
