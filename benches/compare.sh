@@ -496,8 +496,33 @@ buildah_diff_ids() { # JSON
 print(" ".join(d.split(":")[1][:12] for d in json.load(open(sys.argv[1]))["OCIv1"]["rootfs"]["diff_ids"]))' "$1"
 }
 
+# One run of imgforge in a rebuild case, with KEY_cold, KEY_noop and KEY_one measured: a cold
+# build (fresh OUT and CACHE), a no-op rebuild (checked to give the cold build's manifest and
+# to leave it at OUT:app) and a rebuild after one app file changed (with run number RUN).
+# $res/KEY.before and KEY.after list the layers; sets `changed` to what the change changed.
+imgforge_rebuilds() { # KEY RUN APP OUT CACHE CMD...
+  local key=$1 i=$2 app=$3 out=$4 cache=$5 cold
+  shift 5
+  make_rebuild_app "$app" v0
+  fresh "$out" "$cache"
+  measure "${key}_cold" "$@"
+  cold=$(tr -d '\n' <"$res/${key}_cold.stdout")
+  layout_layers "$out" app >"$res/$key.before"
+  sync
+  measure "${key}_noop" "$@"
+  [ "$(tr -d '\n' <"$res/${key}_noop.stdout")" = "$cold" ] ||
+    die "imgforge's no-op rebuild ($key) made $(cat "$res/${key}_noop.stdout"), its cold build $cold"
+  [ "sha256:$(check_layout "$out" app | sha256sum | cut -d' ' -f1)" = "$cold" ] ||
+    die "after the no-op rebuild ($key), $out:app is not the cold build's manifest $cold"
+  make_rebuild_app "$app" "v$i"
+  sync
+  measure "${key}_one" "$@"
+  layout_layers "$out" app >"$res/$key.after"
+  changed=$(changed_layers "$res/$key.before" "$res/$key.after")
+}
+
 case_rebuild_vs_buildah() {
-  local rb=${REBUILD_DIR:-$run/rebuild} bp ctx app out cache i changed bad=0 id if_cold kept \
+  local rb=${REBUILD_DIR:-$run/rebuild} bp ctx app out cache i changed bad=0 id kept \
     nm_blob nm_size base_ref=localhost/imgforge-bench-base:bookworm
   command -v buildah >/dev/null || die "buildah is not installed (Debian package buildah)"
   umask 022
@@ -539,23 +564,7 @@ case_rebuild_vs_buildah() {
     -t localhost/imgforge-bench-app:latest -f "$ctx/Containerfile" "$ctx")
 
   for i in $(seq "$RUNS"); do
-    # imgforge: cold (fresh cache and output), no-op, one file changed (same cache and output).
-    make_rebuild_app "$app" v0
-    fresh "$out" "$cache"
-    measure rb_if_cold "${ifb[@]}"
-    if_cold=$(tr -d '\n' <"$res/rb_if_cold.stdout")
-    layout_layers "$out" app >"$res/layers.before"
-    sync
-    measure rb_if_noop "${ifb[@]}"
-    [ "$(tr -d '\n' <"$res/rb_if_noop.stdout")" = "$if_cold" ] ||
-      die "imgforge's no-op rebuild made $(cat "$res/rb_if_noop.stdout"), its cold build $if_cold"
-    [ "sha256:$(check_layout "$out" app | sha256sum | cut -d' ' -f1)" = "$if_cold" ] ||
-      die "after the no-op rebuild, $out:app is not the cold build's manifest $if_cold"
-    make_rebuild_app "$app" "v$i"
-    sync
-    measure rb_if_one "${ifb[@]}"
-    layout_layers "$out" app >"$res/layers.after"
-    changed=$(changed_layers "$res/layers.before" "$res/layers.after")
+    imgforge_rebuilds rb_if "$i" "$app" "$out" "$cache" "${ifb[@]}"
     # The floor under any Heroku-classic rebuild: the contract reruns bin/compile, so time
     # the buildpack's own compile for this change alone, on copies (untimed) of the changed
     # app and of the cache imgforge kept.
@@ -599,12 +608,12 @@ case_rebuild_vs_buildah() {
   # The last run's images: imgforge's layers before and after the one-file change, its
   # node_modules layer holding every file of the tree; buildah's diff_ids.
   note "imgforge layers, cold build (v0) -> after the one-file change (v$RUNS):"
-  paste -d' ' "$res/layers.before" "$res/layers.after" | while read -r n1 d1 s1 _ d2 s2; do
+  paste -d' ' "$res/rb_if.before" "$res/rb_if.after" | while read -r n1 d1 s1 _ d2 s2; do
     note "$(printf '  %-22s %s %9s -> %s %9s  %s' "$n1" "${d1:7:12}" "$s1" "${d2:7:12}" "$s2" \
       "$([ "$d1" = "$d2" ] && echo same || echo CHANGED)")"
   done
-  read -r _ nm_blob nm_size < <(grep '^runtime:node_modules ' "$res/layers.after") ||
-    die "imgforge's image has no runtime:node_modules layer (it has: $(cut -d' ' -f1 "$res/layers.after" | tr '\n' ' '))"
+  read -r _ nm_blob nm_size < <(grep '^runtime:node_modules ' "$res/rb_if.after") ||
+    die "imgforge's image has no runtime:node_modules layer (it has: $(cut -d' ' -f1 "$res/rb_if.after" | tr '\n' ' '))"
   check_layer_files "$out/blobs/${nm_blob/://}" gzip "$TREE_REGULAR" "imgforge node_modules layer"
   note "buildah diff_ids, cold build -> after the one-file change: $(buildah_diff_ids "$res/bh.before.json") -> $(buildah_diff_ids "$res/bh.after.json")"
 
@@ -690,7 +699,7 @@ case_push_vs_skopeo() {
 # nothing changed (the whole-build cache), one app file changed (the buildpack writes only
 # deps.toml: the deps layer comes from the previous image). Only the app layer may change.
 case_cnb_rebuild() {
-  local rb=$run/cnb-rebuild bp app out cache i changed bad=0 if_cold
+  local rb=$run/cnb-rebuild bp app out cache i changed bad=0
   umask 022
   fresh "$rb"
   mkdir -p "$rb"
@@ -702,20 +711,7 @@ case_cnb_rebuild() {
   local ifb=("$IMGFORGE" build "$app" --base "oci:$BASE:bookworm" -b "$bp" -t "oci:$out:app"
     --isolation host --cache-dir "$cache" -q)
   for i in $(seq "$RUNS"); do
-    make_rebuild_app "$app" v0
-    fresh "$out" "$cache"
-    measure cnb_cold "${ifb[@]}"
-    if_cold=$(tr -d '\n' <"$res/cnb_cold.stdout")
-    layout_layers "$out" app >"$res/cnb.before"
-    sync
-    measure cnb_noop "${ifb[@]}"
-    [ "$(tr -d '\n' <"$res/cnb_noop.stdout")" = "$if_cold" ] ||
-      die "imgforge's CNB no-op rebuild made $(cat "$res/cnb_noop.stdout"), its cold build $if_cold"
-    make_rebuild_app "$app" "v$i"
-    sync
-    measure cnb_one "${ifb[@]}"
-    layout_layers "$out" app >"$res/cnb.after"
-    changed=$(changed_layers "$res/cnb.before" "$res/cnb.after")
+    imgforge_rebuilds cnb "$i" "$app" "$out" "$cache" "${ifb[@]}"
     if [ "$changed" != "app_at_/workspace" ]; then
       bad=1
       note "run $i: the CNB one-file rebuild changed these layers: $changed (expected: app_at_/workspace only)"

@@ -567,13 +567,7 @@ impl Extractor<'_> {
         if e.kind == EntryType::Dir {
             if let Some(st) = &existing {
                 if is_dir(st) {
-                    let d = openat(parent, name, libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW, 0)
-                        .map_err(self.io(e, "open the existing directory"))?;
-                    // SAFETY: valid fd.
-                    check(unsafe { libc::fchmod(d.as_raw_fd(), self.dir_mode(e.mode)) })
-                        .map_err(self.io(e, "chmod the directory"))?;
-                    self.chown_fd(e, d.as_fd())?;
-                    self.stats.dirs += 1;
+                    self.finish_dir(e, parent, name, "open the existing directory")?;
                     self.this_layer.insert(key);
                     return Ok(());
                 }
@@ -608,14 +602,7 @@ impl Extractor<'_> {
             }
             EntryType::Dir => {
                 mkdir_at(parent, name, self.dir_mode(e.mode)).map_err(self.io(e, "create the directory"))?;
-                let d = openat(parent, name, libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW, 0)
-                    .map_err(self.io(e, "open the new directory"))?;
-                // mkdirat applies the umask: set the mode exactly.
-                // SAFETY: valid fd.
-                check(unsafe { libc::fchmod(d.as_raw_fd(), self.dir_mode(e.mode)) })
-                    .map_err(self.io(e, "chmod the directory"))?;
-                self.chown_fd(e, d.as_fd())?;
-                self.stats.dirs += 1;
+                self.finish_dir(e, parent, name, "open the new directory")?;
             }
             EntryType::Symlink => {
                 let target = e.link.as_deref().unwrap_or_default();
@@ -723,6 +710,19 @@ impl Extractor<'_> {
             out.write_all(&buf[..n]).map_err(self.io(e, "write the file"))?;
             total += n as u64;
         }
+    }
+
+    /// Gives the directory `name` in `parent` (just made, or merged into) `e`'s mode exactly
+    /// (mkdirat applies the umask) and owner.
+    fn finish_dir(&mut self, e: &Entry, parent: BorrowedFd<'_>, name: &[u8], open: &str) -> Result<(), ExtractError> {
+        let d =
+            openat(parent, name, libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW, 0).map_err(self.io(e, open))?;
+        // SAFETY: valid fd.
+        check(unsafe { libc::fchmod(d.as_raw_fd(), self.dir_mode(e.mode)) })
+            .map_err(self.io(e, "chmod the directory"))?;
+        self.chown_fd(e, d.as_fd())?;
+        self.stats.dirs += 1;
+        Ok(())
     }
 
     fn finish_file(&self, e: &Entry, f: BorrowedFd<'_>) -> Result<(), ExtractError> {

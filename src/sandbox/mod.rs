@@ -20,7 +20,7 @@
 //! * Every mount point is created inside the new root and must be a real directory (not a
 //!   symlink planted by the build image), so a bind can never land outside it.
 
-use std::ffi::{CString, OsString};
+use std::ffi::{CStr, CString, OsString};
 use std::fs;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -623,6 +623,12 @@ fn ok(r: libc::c_int, st: RawFd, step: &'static str) -> io::Result<()> {
     }
 }
 
+/// mount(2) of a new tmpfs at `target`. Async-signal-safe: a raw system call, no allocation.
+fn mount_tmpfs(target: &CStr, flags: libc::c_ulong, options: &CStr) -> libc::c_int {
+    // SAFETY: all three strings are NUL-terminated and outlive the call.
+    unsafe { libc::mount(c"tmpfs".as_ptr(), target.as_ptr(), c"tmpfs".as_ptr(), flags, options.as_ptr().cast()) }
+}
+
 /// In the forked child, before exec. Only async-signal-safe calls.
 fn enter(p: &Plan, pid_w: RawFd, go_r: RawFd, st: RawFd) -> io::Result<()> {
     // SAFETY (whole function): raw system calls on valid, NUL-terminated strings owned by
@@ -716,17 +722,7 @@ fn enter(p: &Plan, pid_w: RawFd, go_r: RawFd, st: RawFd) -> io::Result<()> {
             st,
             "mount /proc",
         )?;
-        ok(
-            libc::mount(
-                c"tmpfs".as_ptr(),
-                p.dev.as_ptr(),
-                c"tmpfs".as_ptr(),
-                libc::MS_NOSUID | libc::MS_NOEXEC,
-                c"mode=755".as_ptr().cast(),
-            ),
-            st,
-            "mount /dev",
-        )?;
+        ok(mount_tmpfs(&p.dev, libc::MS_NOSUID | libc::MS_NOEXEC, c"mode=755"), st, "mount /dev")?;
         for (host, inside) in &p.devices {
             let fd = libc::open(inside.as_ptr(), libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC, 0o666);
             if fd < 0 {
@@ -743,22 +739,8 @@ fn enter(p: &Plan, pid_w: RawFd, go_r: RawFd, st: RawFd) -> io::Result<()> {
             ok(libc::symlink(target.as_ptr(), link.as_ptr()), st, "link in /dev")?;
         }
         ok(libc::mkdir(p.dev_shm.as_ptr(), 0o1777), st, "create /dev/shm")?;
-        ok(
-            libc::mount(c"tmpfs".as_ptr(), p.dev_shm.as_ptr(), c"tmpfs".as_ptr(), nodev, c"mode=1777".as_ptr().cast()),
-            st,
-            "mount /dev/shm",
-        )?;
-        ok(
-            libc::mount(
-                c"tmpfs".as_ptr(),
-                p.tmp.as_ptr(),
-                c"tmpfs".as_ptr(),
-                libc::MS_NOSUID | libc::MS_NODEV,
-                c"mode=1777".as_ptr().cast(),
-            ),
-            st,
-            "mount /tmp",
-        )?;
+        ok(mount_tmpfs(&p.dev_shm, nodev, c"mode=1777"), st, "mount /dev/shm")?;
+        ok(mount_tmpfs(&p.tmp, libc::MS_NOSUID | libc::MS_NODEV, c"mode=1777"), st, "mount /tmp")?;
         for (host, inside) in &p.binds {
             ok(
                 libc::mount(host.as_ptr(), inside.as_ptr(), none, libc::MS_BIND | libc::MS_REC, std::ptr::null()),
