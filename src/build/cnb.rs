@@ -28,7 +28,7 @@ use crate::buildpack::cnb::run::{self, Outcome, Platform, Record, CACHE_DIR, LAY
 use crate::buildpack::cnb::CnbError;
 use crate::buildpack::{self, Selection};
 use crate::report::Event;
-use crate::sandbox::Bind;
+use crate::sandbox::{Bind, Runner};
 use crate::store::layer_cache::{digests_from_json, digests_json};
 use crate::store::stat_cache::StatCache;
 use crate::store::BlobStore;
@@ -136,13 +136,26 @@ pub(super) fn cnb_layers(
     // `sandbox_for`). On the host, `run` makes its own namespace.
     let layers_root = cnb_work.join("layers");
     fs::create_dir_all(&layers_root).map_err(io_err(format!("Failed to create {}", layers_root.display())))?;
-    let mut binds = vec![Bind { host: layers_root, inside: run::LAYERS.into() }];
+    let mut binds = vec![Bind { host: layers_root.clone(), inside: run::LAYERS.into() }];
     for d in index.all() {
         let inside = format!("/cnb/buildpacks/{}/{}", escape_id(&d.info.id), d.info.version.replace('/', "_"));
         binds.push(Bind { host: d.dir.clone(), inside });
     }
-    let sandbox =
-        super::sandbox_for(opts, store, plan, work, &app, workdir, (source, base, platform), reporter, binds)?;
+    let runner =
+        match super::sandbox_for(opts, store, plan, work, &app, workdir, (source, base, platform), reporter, binds)? {
+            Some(sb) => Runner::image(sb),
+            // On the host too, the layers and the app must be at their image paths.
+            None => {
+                let root = cnb_work.join("root");
+                fs::create_dir_all(&root).map_err(io_err(format!("Failed to create {}", root.display())))?;
+                let binds = [
+                    Bind { host: layers_root.clone(), inside: LAYERS.into() },
+                    Bind { host: app.clone(), inside: workdir.into() },
+                ];
+                Runner::host_tree(&root, &binds)
+                    .map_err(|e| cnb_err("Buildpack build failed", CnbError::Sandbox(Box::new(e))))?
+            }
+        };
     let p = Platform {
         app: &app,
         workdir,
@@ -154,14 +167,12 @@ pub(super) fn cnb_layers(
         arch: &platform.architecture,
         distro: distro.as_ref().map(|(n, v)| (n.as_str(), v.as_str())),
         reporter,
-        sandbox: sandbox.as_ref(),
+        runner: &runner,
     };
     let outcome = run::run(&groups, &index, &p);
-    if let Some(sb) = &sandbox {
-        // Files the buildpacks chowned to other uids: readable and removable by us.
-        if let Err(e) = sb.make_host_accessible(work) {
-            reporter.report(Event::Warning(format!("Failed to make the build directory readable: {e}")));
-        }
+    // Files the buildpacks chowned to other uids: readable and removable by us.
+    if let Err(e) = runner.make_host_accessible(work) {
+        reporter.report(Event::Warning(format!("Failed to make the build directory readable: {e}")));
     }
     let outcome = outcome.map_err(|e| cnb_err("Buildpack build failed", e))?;
     let mut record = run::record(&outcome);
@@ -216,7 +227,7 @@ pub(super) fn cnb_layers(
                     (reused, dir)
                 } else {
                     let prefix = format!("layers/{esc}/{}", l.name);
-                    let digests = layer_from_dir(ctx, &name, &l.dir, &prefix, sandbox.as_ref())?;
+                    let digests = layer_from_dir(ctx, &name, &l.dir, &prefix, Some(&runner))?;
                     (digests, l.dir.clone())
                 };
                 if let Some(r) = record.buildpacks.get_mut(id).and_then(|r| r.layers.get_mut(&l.name)) {
@@ -262,7 +273,7 @@ pub(super) fn cnb_layers(
         outcome.built.iter().flat_map(|b| b.output.launch.slices.iter().map(|s| s.paths.clone())).collect();
     let mut built =
         scan_tree(&app, &|_, _| true).map_err(io_err(format!("Failed to read the built app in {}", app.display())))?;
-    super::map_owners(&mut built, sandbox.as_ref());
+    super::map_owners(&mut built, &runner);
     let parts = split::slices(&built, &globs).map_err(BuildError::Invalid)?;
     let mut app_shas = Vec::new();
     for part in parts {
@@ -393,10 +404,12 @@ fn layer_from_dir(
     name: &str,
     dir: &Path,
     prefix: &str,
-    sandbox: Option<&crate::sandbox::Sandbox>,
+    runner: Option<&Runner>,
 ) -> Result<LayerDigests, BuildError> {
     let mut tree = scan_tree(dir, &|_, _| true).map_err(io_err(format!("Failed to read {}", dir.display())))?;
-    super::map_owners(&mut tree, sandbox);
+    if let Some(runner) = runner {
+        super::map_owners(&mut tree, runner);
+    }
     let sub = LayerCtx {
         store: ctx.store,
         cache: ctx.cache.clone(),

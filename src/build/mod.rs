@@ -42,7 +42,7 @@ pub enum BuildError {
     #[error("{what}")]
     Io { what: String, source: io::Error },
     #[error("{what}")]
-    Buildpack { what: String, source: buildpack::BuildpackError },
+    Buildpack { what: String, source: buildpack::HerokuError },
     #[error("{what}")]
     Cnb { what: String, source: buildpack::cnb::CnbError },
     #[error("{0}")]
@@ -575,30 +575,20 @@ fn buildpack_layers(
     let env = buildpack::HerokuEnv { config_vars: opts.env.clone(), stack: stack.to_string(), source_version };
     let cache_root = store.bucket("buildpack-cache-v1")?;
     let workdir = opts.workdir.clone().unwrap_or_else(|| "/app".to_string());
-    let sandbox = sandbox_for(opts, store, plan, work, &build_dir, &workdir, base, ctx.reporter, Vec::new())?;
-    let outcome = buildpack::run(
-        plan,
-        &build_dir,
-        work,
-        &cache_root,
-        &ctx.scope,
-        &env,
-        opts.clear_cache,
-        ctx.reporter,
-        sandbox.as_ref(),
-    );
-    if let Some(sb) = &sandbox {
-        // Files the buildpacks chowned to other uids: readable and removable by us.
-        if let Err(e) = sb.make_host_accessible(work) {
-            ctx.reporter.report(Event::Warning(format!("Failed to make the build directory readable: {e}")));
-        }
+    let runner = sandbox_for(opts, store, plan, work, &build_dir, &workdir, base, ctx.reporter, Vec::new())?
+        .map_or_else(crate::sandbox::Runner::host, crate::sandbox::Runner::image);
+    let outcome =
+        buildpack::run(plan, &build_dir, work, &cache_root, &ctx.scope, &env, opts.clear_cache, ctx.reporter, &runner);
+    // Files the buildpacks chowned to other uids: readable and removable by us.
+    if let Err(e) = runner.make_host_accessible(work) {
+        ctx.reporter.report(Event::Warning(format!("Failed to make the build directory readable: {e}")));
     }
     let outcome = outcome.map_err(|e| BuildError::Buildpack { what: "Buildpack build failed".into(), source: e })?;
 
     ctx.reporter.report(Event::Detail("Splitting the built app into layers".into()));
     let mut built = imgforge_layers::scan_tree(&build_dir, &|_, _| true)
         .map_err(io_err(format!("Failed to read the built app in {}", build_dir.display())))?;
-    map_owners(&mut built, sandbox.as_ref());
+    map_owners(&mut built, &runner);
     let built_key = ctx.key(&built, &mut build_stat)?;
     let original: HashMap<PathBuf, String> =
         tree.entries.iter().map(|e| e.rel.clone()).zip(app_key.items.iter().map(|i| i.1.clone())).collect();
@@ -617,10 +607,10 @@ fn buildpack_layers(
 
 /// Owners a buildpack set inside the sandbox become the owners in the layer; what belongs
 /// to root inside (the invoking user outside) gets the app owner, as on the host.
-fn map_owners(tree: &mut Tree, sandbox: Option<&crate::sandbox::Sandbox>) {
-    let Some(sb) = sandbox else { return };
+fn map_owners(tree: &mut Tree, runner: &crate::sandbox::Runner) {
+    let Some(ids) = runner.ids() else { return };
     for e in &mut tree.entries {
-        if let (Some(uid), Some(gid)) = (sb.ids.inside_uid(e.host_uid), sb.ids.inside_gid(e.host_gid)) {
+        if let (Some(uid), Some(gid)) = (ids.inside_uid(e.host_uid), ids.inside_gid(e.host_gid)) {
             if (uid, gid) != (0, 0) {
                 e.owner = Some(Owner { uid, gid });
             }

@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 
 use imgforge_layers::{decompress, Compression, EntryType, LayerReader, Limits};
 
-use super::{io_err, BuildpackError};
+use super::{io_err, HerokuError};
 
 /// Symlink hops followed when checking where a link leads (the kernel's limit is 40).
 const MAX_HOPS: usize = 40;
@@ -37,8 +37,8 @@ pub(crate) fn is_archive_name(path: &Path) -> bool {
 }
 
 /// Extracts `archive` into `root`, which must not exist yet.
-pub(crate) fn extract(archive: &Path, root: &Path) -> Result<(), BuildpackError> {
-    let bad = |why: String| BuildpackError::UnsafeArchive { path: archive.to_path_buf(), why };
+pub(crate) fn extract(archive: &Path, root: &Path) -> Result<(), HerokuError> {
+    let bad = |why: String| HerokuError::UnsafeArchive { path: archive.to_path_buf(), why };
     let file = File::open(archive).map_err(io_err(format!("Failed to open {}", archive.display())))?;
     let mut buffered = BufReader::new(file);
     let magic = buffered.fill_buf().map_err(io_err(format!("Failed to read {}", archive.display())))?;
@@ -94,7 +94,7 @@ pub(crate) fn extract(archive: &Path, root: &Path) -> Result<(), BuildpackError>
                     .open(&path)
                     .map_err(|e| match e.kind() {
                         io::ErrorKind::AlreadyExists => bad(format!("entry {name:?}: a file over an existing path")),
-                        _ => BuildpackError::Io { what: format!("Failed to create {}", path.display()), source: e },
+                        _ => HerokuError::Io { what: format!("Failed to create {}", path.display()), source: e },
                     })?;
                 io::copy(&mut reader.data(), &mut out)
                     .map_err(|e| bad(format!("entry {name:?}: Failed to read its data: {e}")))?;
@@ -163,7 +163,7 @@ fn make_parents(root: &Path, rel: &[OsString]) -> Result<PathBuf, String> {
     Ok(p)
 }
 
-fn set_mode(path: &Path, mode: u32) -> Result<(), BuildpackError> {
+fn set_mode(path: &Path, mode: u32) -> Result<(), HerokuError> {
     fs::set_permissions(path, fs::Permissions::from_mode(mode))
         .map_err(io_err(format!("Failed to set the mode of {}", path.display())))
 }
@@ -205,7 +205,7 @@ fn check_link(links: &HashMap<Vec<OsString>, Vec<u8>>, link: &[OsString], target
 
 /// The buildpack inside an extracted archive: the root when it has `bin/`, else the one
 /// top-level directory that has (GitHub-style `name-version/bin/...` tarballs).
-pub(crate) fn buildpack_root(root: &Path, archive: &Path) -> Result<PathBuf, BuildpackError> {
+pub(crate) fn buildpack_root(root: &Path, archive: &Path) -> Result<PathBuf, HerokuError> {
     // A buildpack has a bin/; a composite Cloud Native Buildpack has only its buildpack.toml.
     let is_root = |d: &Path| d.join("bin").is_dir() || d.join(super::cnb::descriptor::DESCRIPTOR).is_file();
     if is_root(root) {
@@ -222,11 +222,11 @@ pub(crate) fn buildpack_root(root: &Path, archive: &Path) -> Result<PathBuf, Bui
     }
     match with_bin.len() {
         1 => Ok(with_bin.remove(0)),
-        0 => Err(BuildpackError::Invalid(format!(
+        0 => Err(HerokuError::Invalid(format!(
             "buildpack archive {}: no bin/ directory (or buildpack.toml) at its top or in a top-level directory",
             archive.display()
         ))),
-        _ => Err(BuildpackError::Invalid(format!(
+        _ => Err(HerokuError::Invalid(format!(
             "buildpack archive {}: several top-level directories have a bin/ or buildpack.toml ({}); which one is the buildpack?",
             archive.display(),
             with_bin.iter().filter_map(|p| p.file_name()).map(|n| n.to_string_lossy()).collect::<Vec<_>>().join(", ")
@@ -298,7 +298,7 @@ mod tests {
         }
     }
 
-    fn try_extract(tgz: Vec<u8>) -> (tempfile::TempDir, Result<(), BuildpackError>) {
+    fn try_extract(tgz: Vec<u8>) -> (tempfile::TempDir, Result<(), HerokuError>) {
         let t = tempfile::tempdir().unwrap();
         let archive = t.path().join("bp.tgz");
         fs::write(&archive, tgz).unwrap();
@@ -309,7 +309,7 @@ mod tests {
     fn rejected(tgz: Vec<u8>, want: &str) {
         let (t, r) = try_extract(tgz);
         match r {
-            Err(BuildpackError::UnsafeArchive { why, .. }) => assert!(why.contains(want), "{why}"),
+            Err(HerokuError::UnsafeArchive { why, .. }) => assert!(why.contains(want), "{why}"),
             other => panic!("expected UnsafeArchive({want}), got {other:?}"),
         }
         // Nothing was written outside the extraction root.
@@ -413,6 +413,6 @@ mod tests {
         let mut tgz = TarBuilder::new().file("f", 0o644, &[7; 3000]).gzip();
         tgz.truncate(tgz.len() / 2);
         let (_t, r) = try_extract(tgz);
-        assert!(matches!(r, Err(BuildpackError::UnsafeArchive { .. })), "{r:?}");
+        assert!(matches!(r, Err(HerokuError::UnsafeArchive { .. })), "{r:?}");
     }
 }

@@ -1,7 +1,7 @@
 //! The Heroku buildpack API: detect, the app's pre-compile hook, compile, the post-compile
-//! hook, release. Scripts run on the host as the invoking user, or, given a
-//! [`Sandbox`], inside it (on the build image, as root there; paths are translated to
-//! where the sandbox binds them, and compile runs through the image's `/bin/sh`).
+//! hook, release. Scripts run through the build's [`Runner`]: on the host as the invoking
+//! user, or in the build-image sandbox (as root there; paths are translated to where the
+//! sandbox binds them, and compile runs through the image's `/bin/sh`).
 //!
 //! Every script runs with a cleared environment plus `PATH` (fixed), `HOME` (the parent
 //! of the build directory, as on Heroku), `LANG=C.UTF-8`, `STACK` and `SOURCE_VERSION`
@@ -11,38 +11,28 @@
 //! in ENV_DIR, never in its environment. Children get SIGKILL when imgforge dies.
 
 use std::collections::BTreeMap;
-use std::ffi::{CString, OsStr, OsString};
+use std::ffi::{OsStr, OsString};
 use std::fs::{self, OpenOptions};
-use std::io::{self, Read, Write};
-use std::os::fd::AsRawFd;
-use std::os::unix::ffi::OsStrExt;
+use std::io::{self, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
-use std::sync::{Mutex, OnceLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::process::ExitStatus;
+use std::sync::Mutex;
 
 use sha2::{Digest as _, Sha256};
 
-use super::files::{copy_tree, remove_tree, Links};
 use super::release::{self, Release};
-use super::{io_err, valid_var_name, Buildpack, BuildpackError, DetectAnswer, Plan, Selection};
+use super::{io_err, valid_var_name, Buildpack, DetectAnswer, HerokuError, Plan, Selection};
+use crate::fsutil::{copy_tree, remove_tree, Links};
 use crate::report::{Event, Reporter};
-use crate::sandbox::{Sandbox, SandboxGuard};
-use crate::store::trash;
-
-/// The `PATH` every script gets (Heroku's, minus its own tool directories).
-pub const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+use crate::sandbox::process::{describe, Stream};
+use crate::sandbox::runner::PATH;
+use crate::sandbox::{Cmd, Runner};
+use crate::store::swap::{install, unique_suffix};
 /// The name app hooks' output is reported under.
 pub const APP_HOOK: &str = "app hook";
-/// Longest output line passed on whole; longer ones are cut into pieces of this size.
-const MAX_LINE: usize = 64 * 1024;
 /// Most bytes of `bin/release` output read as YAML.
 const MAX_RELEASE: usize = 1 << 20;
-/// How long to keep reading output after a script exited. A process it left running in the
-/// background may hold the pipe open forever; its later output is not shown.
-const DRAIN_GRACE: Duration = Duration::from_secs(2);
 
 /// [`WRAPPER`] for POSIX sh (the sandbox runs the build image's `/bin/sh`, which may not be
 /// bash).
@@ -106,7 +96,7 @@ impl Outcome {
     /// Moves each buildpack's new CACHE_DIR into place (replacing the previous one, which is
     /// deleted). Call only after the whole build succeeded: until then the previous caches
     /// are untouched.
-    pub fn commit_caches(self, trash: &Path) -> Result<(), BuildpackError> {
+    pub fn commit_caches(self, trash: &Path) -> Result<(), HerokuError> {
         for c in &self.caches {
             commit_cache(c, trash)?;
         }
@@ -123,18 +113,12 @@ fn cache_name(app_key: &str, buildpack_key: &str) -> String {
     hex::encode(h.finalize())
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Stream {
-    Out,
-    Err,
-}
-
 struct Ctx<'a> {
     build_dir: PathBuf,
     /// The shell that runs compile and the hooks (a path inside the sandbox there).
     bash: PathBuf,
     wrapper: &'static str,
-    sandbox: Option<&'a Sandbox>,
+    runner: &'a Runner,
     env: Vec<(&'static str, OsString)>,
     reporter: &'a dyn Reporter,
 }
@@ -159,17 +143,15 @@ pub fn run(
     env: &HerokuEnv,
     clear_cache: bool,
     reporter: &dyn Reporter,
-    sandbox: Option<&Sandbox>,
-) -> Result<Outcome, BuildpackError> {
+    runner: &Runner,
+) -> Result<Outcome, HerokuError> {
     let canonical = |p: &Path| fs::canonicalize(p).map_err(io_err(format!("Failed to resolve {}", p.display())));
     let build_dir = canonical(build_dir)?;
     let work = canonical(work)?;
     fs::create_dir_all(cache_root).map_err(io_err(format!("Failed to create {}", cache_root.display())))?;
     let cache_root = canonical(cache_root)?;
-    let home = match sandbox.and_then(|s| s.inside(&build_dir)) {
-        Some(inside) => inside.parent().unwrap_or(Path::new("/")).as_os_str().to_os_string(),
-        None => build_dir.parent().unwrap_or(&build_dir).as_os_str().to_os_string(),
-    };
+    let inside = runner.inside(&build_dir);
+    let home = inside.parent().unwrap_or(&inside).as_os_str().to_os_string();
     let mut child_env = vec![
         ("PATH", OsString::from(PATH)),
         ("HOME", home),
@@ -179,11 +161,11 @@ pub fn run(
     if let Some(v) = &env.source_version {
         child_env.push(("SOURCE_VERSION", OsString::from(v)));
     }
-    let (bash, wrapper) = match sandbox {
-        Some(_) => (PathBuf::from("/bin/sh"), POSIX_WRAPPER),
-        None => (find_bash()?, WRAPPER),
-    };
-    let ctx = Ctx { build_dir, bash, wrapper, sandbox, env: child_env, reporter };
+    let shell = runner
+        .shell()
+        .ok_or_else(|| HerokuError::Invalid(format!("bash is needed to run Heroku buildpacks; it is not in {PATH}")))?;
+    let wrapper = if shell.bash { WRAPPER } else { POSIX_WRAPPER };
+    let ctx = Ctx { build_dir, bash: shell.path, wrapper, runner, env: child_env, reporter };
     let env_dir = write_env_dir(&work, &env.config_vars)?;
 
     let selected = detect(plan, &ctx)?;
@@ -223,54 +205,39 @@ pub fn run(
     Ok(outcome)
 }
 
-fn failed(who: &str, script: &str, status: ExitStatus) -> BuildpackError {
-    BuildpackError::Failed { who: who.to_string(), script: script.to_string(), status: describe(status) }
-}
-
-pub(crate) fn describe(status: ExitStatus) -> String {
-    match (status.code(), status.signal()) {
-        (Some(c), _) => format!("exit code {c}"),
-        (None, Some(s)) => format!("signal {s}"),
-        (None, None) => format!("status {status}"),
-    }
-}
-
-pub(crate) fn find_bash() -> Result<PathBuf, BuildpackError> {
-    PATH.split(':')
-        .map(|d| Path::new(d).join("bash"))
-        .find(|p| fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
-        .ok_or_else(|| BuildpackError::Invalid(format!("bash is needed to run Heroku buildpacks; it is not in {PATH}")))
+fn failed(who: &str, script: &str, status: ExitStatus) -> HerokuError {
+    HerokuError::Failed { who: who.to_string(), script: script.to_string(), status: describe(status) }
 }
 
 /// `bin/<name>` of a buildpack: `Ok(None)` when absent; an error when present but not an
 /// executable file.
-fn script(bp: &Buildpack, name: &str) -> Result<Option<PathBuf>, BuildpackError> {
+fn script(bp: &Buildpack, name: &str) -> Result<Option<PathBuf>, HerokuError> {
     let path = bp.dir.join("bin").join(name);
-    let err = |why: &str| BuildpackError::Script { buildpack: bp.name.clone(), path: path.clone(), why: why.into() };
+    let err = |why: &str| HerokuError::Script { buildpack: bp.name.clone(), path: path.clone(), why: why.into() };
     match fs::metadata(&path) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(BuildpackError::Io { what: format!("Failed to read {}", path.display()), source: e }),
+        Err(e) => Err(HerokuError::Io { what: format!("Failed to read {}", path.display()), source: e }),
         Ok(m) if !m.is_file() => Err(err("is not a file")),
         Ok(m) if m.permissions().mode() & 0o111 == 0 => Err(err("is not executable (chmod +x it)")),
         Ok(_) => Ok(Some(path)),
     }
 }
 
-fn required_script(bp: &Buildpack, name: &str) -> Result<PathBuf, BuildpackError> {
-    script(bp, name)?.ok_or_else(|| BuildpackError::Script {
+fn required_script(bp: &Buildpack, name: &str) -> Result<PathBuf, HerokuError> {
+    script(bp, name)?.ok_or_else(|| HerokuError::Script {
         buildpack: bp.name.clone(),
         path: bp.dir.join("bin").join(name),
         why: "is missing".into(),
     })
 }
 
-fn write_env_dir(work: &Path, vars: &[(String, String)]) -> Result<PathBuf, BuildpackError> {
+fn write_env_dir(work: &Path, vars: &[(String, String)]) -> Result<PathBuf, HerokuError> {
     let dir = work.join("env");
     remove_tree(&dir)?;
     fs::create_dir(&dir).map_err(io_err(format!("Failed to create {}", dir.display())))?;
     for (name, value) in vars {
         if !valid_var_name(name) {
-            return Err(BuildpackError::Invalid(format!(
+            return Err(HerokuError::Invalid(format!(
                 "config var {name:?}: a name is a letter or '_' followed by letters, digits and '_'"
             )));
         }
@@ -288,9 +255,9 @@ fn write_env_dir(work: &Path, vars: &[(String, String)]) -> Result<PathBuf, Buil
 }
 
 /// Runs detect; returns the buildpacks to compile with their framework names.
-fn detect<'p>(plan: &'p Plan, ctx: &Ctx<'_>) -> Result<Vec<(&'p Buildpack, String)>, BuildpackError> {
+fn detect<'p>(plan: &'p Plan, ctx: &Ctx<'_>) -> Result<Vec<(&'p Buildpack, String)>, HerokuError> {
     if plan.buildpacks.is_empty() {
-        return Err(BuildpackError::Invalid("no buildpacks to run".into()));
+        return Err(HerokuError::Invalid("no buildpacks to run".into()));
     }
     let mut selected = Vec::new();
     let mut answers = Vec::new();
@@ -299,21 +266,21 @@ fn detect<'p>(plan: &'p Plan, ctx: &Ctx<'_>) -> Result<Vec<(&'p Buildpack, Strin
         match (applies, plan.selection) {
             (true, Selection::FirstThatDetects) => return Ok(vec![(bp, answer.first_line)]),
             (true, Selection::All) => selected.push((bp, answer.first_line)),
-            (false, Selection::All) => return Err(BuildpackError::NotDetected { answer }),
+            (false, Selection::All) => return Err(HerokuError::NotDetected { answer }),
             (false, Selection::FirstThatDetects) => answers.push(answer),
         }
     }
     match plan.selection {
         Selection::All => Ok(selected),
-        Selection::FirstThatDetects => Err(BuildpackError::NoneDetected { answers }),
+        Selection::FirstThatDetects => Err(HerokuError::NoneDetected { answers }),
     }
 }
 
-fn detect_one(bp: &Buildpack, ctx: &Ctx<'_>) -> Result<(bool, DetectAnswer), BuildpackError> {
+fn detect_one(bp: &Buildpack, ctx: &Ctx<'_>) -> Result<(bool, DetectAnswer), HerokuError> {
     let path = required_script(bp, "detect")?;
     // First line of stdout, first non-empty line of stderr.
     let firsts: Mutex<(Option<String>, Option<String>)> = Mutex::new((None, None));
-    let (mut cmd, mut guard) = ctx.command(&path)?;
+    let mut cmd = ctx.command(&path);
     cmd.arg(ctx.p(&ctx.build_dir));
     let on_line = |stream: Stream, line: &str| {
         let mut f = firsts.lock().unwrap_or_else(|p| p.into_inner());
@@ -325,7 +292,7 @@ fn detect_one(bp: &Buildpack, ctx: &Ctx<'_>) -> Result<(bool, DetectAnswer), Bui
         drop(f);
         ctx.reporter.report(Event::Detail(format!("{} bin/detect: {line}", bp.name)));
     };
-    let (status, _) = run_lines(&mut cmd, &on_line).map_err(|e| start_error(bp, &path, e, guard.as_mut()))?;
+    let status = ctx.run(&cmd, &on_line, &format!("buildpack {}", bp.name), &path)?.status;
     let (out, err) = firsts.into_inner().unwrap_or_else(|p| p.into_inner());
     let applies = status.success();
     let framework = out.clone().unwrap_or_default();
@@ -343,20 +310,9 @@ fn detect_one(bp: &Buildpack, ctx: &Ctx<'_>) -> Result<(bool, DetectAnswer), Bui
     Ok((applies, answer))
 }
 
-/// A script that could not be started. (One without a `#!` line is run by /bin/sh, as
-/// execvp does.)
-fn start_error(bp: &Buildpack, path: &Path, e: io::Error, guard: Option<&mut SandboxGuard>) -> BuildpackError {
-    let sandbox = guard.map(|g| g.finish()).unwrap_or_default();
-    BuildpackError::Script {
-        buildpack: bp.name.clone(),
-        path: path.to_path_buf(),
-        why: format!("cannot run: {e}{sandbox}"),
-    }
-}
-
 /// The app's hook for `stage` ("pre" or "post"): `bin/<stage>_compile`, else
 /// `bin/<stage>-compile`.
-fn run_hook(ctx: &Ctx<'_>, stage: &str, exports: &[PathBuf]) -> Result<(), BuildpackError> {
+fn run_hook(ctx: &Ctx<'_>, stage: &str, exports: &[PathBuf]) -> Result<(), HerokuError> {
     let under = format!("bin/{stage}_compile");
     let dash = format!("bin/{stage}-compile");
     let hook = match (ctx.build_dir.join(&under).is_file(), ctx.build_dir.join(&dash).is_file()) {
@@ -383,10 +339,10 @@ fn run_hook(ctx: &Ctx<'_>, stage: &str, exports: &[PathBuf]) -> Result<(), Build
     Ok(())
 }
 
-fn release_of(ctx: &Ctx<'_>, bp: &Buildpack) -> Result<Option<Release>, BuildpackError> {
+fn release_of(ctx: &Ctx<'_>, bp: &Buildpack) -> Result<Option<Release>, HerokuError> {
     let Some(path) = script(bp, "release")? else { return Ok(None) };
     let out: Mutex<(String, bool)> = Mutex::new((String::new(), false));
-    let (mut cmd, mut guard) = ctx.command(&path)?;
+    let mut cmd = ctx.command(&path);
     cmd.arg(ctx.p(&ctx.build_dir));
     let on_line = |stream: Stream, line: &str| match stream {
         Stream::Out => {
@@ -400,53 +356,45 @@ fn release_of(ctx: &Ctx<'_>, bp: &Buildpack) -> Result<Option<Release>, Buildpac
         }
         Stream::Err => ctx.reporter.report(Event::BuildpackOutput { buildpack: &bp.name, line }),
     };
-    let (status, _) = run_lines(&mut cmd, &on_line).map_err(|e| start_error(bp, &path, e, guard.as_mut()))?;
+    let status = ctx.run(&cmd, &on_line, &format!("buildpack {}", bp.name), &path)?.status;
     if !status.success() {
         return Err(failed(&format!("buildpack {}", bp.name), "bin/release", status));
     }
     let (text, too_big) = out.into_inner().unwrap_or_else(|p| p.into_inner());
     if too_big {
-        return Err(BuildpackError::Release { buildpack: bp.name.clone(), why: format!("over {MAX_RELEASE} bytes") });
+        return Err(HerokuError::Release { buildpack: bp.name.clone(), why: format!("over {MAX_RELEASE} bytes") });
     }
-    release::parse(&text).map(Some).map_err(|why| BuildpackError::Release { buildpack: bp.name.clone(), why })
+    release::parse(&text).map(Some).map_err(|why| HerokuError::Release { buildpack: bp.name.clone(), why })
 }
 
 impl Ctx<'_> {
     /// A host path as the script sees it (inside the sandbox, when there is one).
     fn p(&self, host: &Path) -> OsString {
-        match self.sandbox.and_then(|s| s.inside(host)) {
-            Some(inside) => inside.into_os_string(),
-            None => host.as_os_str().to_os_string(),
-        }
+        self.runner.inside(host).into_os_string()
     }
 
-    /// A command for `program` (a host path, or a path inside the sandbox), and the
-    /// sandbox's guard to keep until it ran.
-    fn command(&self, program: &Path) -> Result<(Command, Option<SandboxGuard>), BuildpackError> {
-        let (mut cmd, guard) = match self.sandbox {
-            Some(sb) => {
-                let cwd = self.p(&self.build_dir);
-                let (cmd, guard) = sb
-                    .command(Path::new(&self.p(program)), &cwd.to_string_lossy())
-                    .map_err(|e| BuildpackError::Invalid(format!("Failed to prepare the sandbox: {e}")))?;
-                (cmd, Some(guard))
-            }
-            None => {
-                let mut cmd = Command::new(program);
-                cmd.current_dir(&self.build_dir);
-                (cmd, None)
-            }
-        };
-        cmd.env_clear()
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        if guard.is_none() {
-            // (The sandbox sets this up itself, and passes it on to the command.)
-            die_with_parent(&mut cmd);
-        }
-        Ok((cmd, guard))
+    /// A command for `program` (a host path, or a path inside), in the build directory, with
+    /// the scripts' environment.
+    fn command(&self, program: &Path) -> Cmd {
+        let mut cmd = Cmd::new(self.p(program));
+        cmd.cwd(self.p(&self.build_dir)).envs(self.env.iter().map(|(k, v)| (*k, v)));
+        cmd
+    }
+
+    /// Runs `cmd`; `who` and `path` name it when it cannot be started. (A script without a
+    /// `#!` line is run by /bin/sh, as execvp does.)
+    fn run(
+        &self,
+        cmd: &Cmd,
+        on_line: &(dyn Fn(Stream, &str) + Sync),
+        who: &str,
+        path: &Path,
+    ) -> Result<crate::sandbox::Exit, HerokuError> {
+        self.runner.run(cmd, on_line).map_err(|source| HerokuError::Start {
+            who: who.to_string(),
+            path: path.to_path_buf(),
+            source: Box::new(source),
+        })
     }
 
     /// Runs `argv` through bash after sourcing `exports`, reporting its output under `who`.
@@ -456,145 +404,19 @@ impl Ctx<'_> {
         script: &str,
         exports: &[PathBuf],
         argv: &[&OsStr],
-    ) -> Result<ExitStatus, BuildpackError> {
-        let (mut cmd, mut guard) = self.command(&self.bash)?;
+    ) -> Result<ExitStatus, HerokuError> {
+        let mut cmd = self.command(&self.bash);
         let exports: Vec<OsString> = exports.iter().map(|e| self.p(e)).collect();
         cmd.arg("-c").arg(self.wrapper).arg("imgforge").arg(exports.len().to_string()).args(&exports).args(argv);
         let on_line = |_: Stream, line: &str| self.reporter.report(Event::BuildpackOutput { buildpack: who, line });
-        let (status, abandoned) = run_lines(&mut cmd, &on_line).map_err(|e| {
-            let sandbox = guard.as_mut().map(|g| g.finish()).unwrap_or_default();
-            BuildpackError::Io {
-                what: format!("{who}: Failed to run {script} (with {}){sandbox}", self.bash.display()),
-                source: e,
-            }
-        })?;
+        let exit = self.run(&cmd, &on_line, who, &self.bash)?;
+        let (status, abandoned) = (exit.status, exit.abandoned);
         if abandoned {
             self.reporter.report(Event::Warning(format!(
                 "{who}: a process that {script} left running still holds its output open; its further output is not shown"
             )));
         }
         Ok(status)
-    }
-}
-
-/// The child gets SIGKILL when the thread that started it (which waits for it) dies.
-pub(crate) fn die_with_parent(cmd: &mut Command) {
-    #[cfg(target_os = "linux")]
-    {
-        let parent = std::process::id() as libc::pid_t;
-        // SAFETY: the closure runs between fork and exec and only makes async-signal-safe
-        // calls (prctl, getppid); it allocates nothing (io::Error from a raw errno is not
-        // boxed).
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                // imgforge died before prctl took effect: nobody would kill us.
-                if libc::getppid() != parent {
-                    return Err(io::Error::from_raw_os_error(libc::ESRCH));
-                }
-                Ok(())
-            });
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = cmd;
-}
-
-/// Runs `cmd` (stdout and stderr piped), handing each output line to `on_line` as it
-/// comes, from two reader threads. Returns the exit status and whether output was
-/// abandoned because something the process left running kept the pipes open.
-pub(crate) fn run_lines(cmd: &mut Command, on_line: &(dyn Fn(Stream, &str) + Sync)) -> io::Result<(ExitStatus, bool)> {
-    let mut child = cmd.spawn()?;
-    let stdout = child.stdout.take();
-    let stderr = child.stderr.take();
-    let exited: OnceLock<Instant> = OnceLock::new();
-    std::thread::scope(|s| {
-        let out = stdout.map(|r| spawn_pump(s, r, Stream::Out, &exited, on_line)).transpose();
-        let err = stderr.map(|r| spawn_pump(s, r, Stream::Err, &exited, on_line)).transpose();
-        if out.is_err() || err.is_err() {
-            let _ = child.kill();
-        }
-        let status = child.wait();
-        let _ = exited.set(Instant::now());
-        let mut abandoned = false;
-        for h in [out?, err?].into_iter().flatten() {
-            match h.join() {
-                Ok(r) => abandoned |= r?,
-                Err(panic) => std::panic::resume_unwind(panic),
-            }
-        }
-        Ok((status?, abandoned))
-    })
-}
-
-fn spawn_pump<'scope, R: Read + AsRawFd + Send + 'scope>(
-    s: &'scope std::thread::Scope<'scope, '_>,
-    r: R,
-    stream: Stream,
-    exited: &'scope OnceLock<Instant>,
-    on_line: &'scope (dyn Fn(Stream, &str) + Sync),
-) -> io::Result<std::thread::ScopedJoinHandle<'scope, io::Result<bool>>> {
-    let name = if stream == Stream::Out { "buildpack-stdout" } else { "buildpack-stderr" };
-    std::thread::Builder::new().name(name.into()).spawn_scoped(s, move || pump(r, stream, exited, on_line))
-}
-
-/// Reads `r` line by line until EOF, or until `DRAIN_GRACE` after the process exited
-/// (returns true then).
-fn pump<R: Read + AsRawFd>(
-    mut r: R,
-    stream: Stream,
-    exited: &OnceLock<Instant>,
-    on_line: &(dyn Fn(Stream, &str) + Sync),
-) -> io::Result<bool> {
-    let mut buf = vec![0u8; 16 * 1024];
-    let mut line: Vec<u8> = Vec::new();
-    let emit = |line: &mut Vec<u8>| {
-        let text = line.strip_suffix(b"\r").unwrap_or(line);
-        on_line(stream, &String::from_utf8_lossy(text));
-        line.clear();
-    };
-    loop {
-        if exited.get().is_some_and(|t| t.elapsed() > DRAIN_GRACE) {
-            if !line.is_empty() {
-                emit(&mut line);
-            }
-            return Ok(true);
-        }
-        let mut pfd = libc::pollfd { fd: r.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-        // SAFETY: `pfd` is one valid pollfd and the count is 1.
-        let ready = unsafe { libc::poll(&mut pfd, 1, 100) };
-        if ready < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
-        if ready == 0 {
-            continue;
-        }
-        let n = match r.read(&mut buf) {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        if n == 0 {
-            if !line.is_empty() {
-                emit(&mut line);
-            }
-            return Ok(false);
-        }
-        for piece in buf[..n].split_inclusive(|&b| b == b'\n') {
-            line.extend_from_slice(piece);
-            if line.last() == Some(&b'\n') {
-                line.pop();
-                emit(&mut line);
-            } else if line.len() >= MAX_LINE {
-                emit(&mut line);
-            }
-        }
     }
 }
 
@@ -607,7 +429,7 @@ fn prepare_cache(
     app_key: &str,
     bp: &Buildpack,
     clear: bool,
-) -> Result<PendingCache, BuildpackError> {
+) -> Result<PendingCache, HerokuError> {
     let name = cache_name(app_key, &bp.key);
     let dest = cache_root.join(&name);
     sweep_leftovers(cache_root, &name);
@@ -645,12 +467,7 @@ fn sweep_leftovers(cache_root: &Path, name: &str) {
     }
 }
 
-fn unique_suffix() -> String {
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-    format!("{}-{nanos}", std::process::id())
-}
-
-fn commit_cache(c: &PendingCache, trash: &Path) -> Result<(), BuildpackError> {
+fn commit_cache(c: &PendingCache, trash: &Path) -> Result<(), HerokuError> {
     let what = || format!("Failed to save the cache of buildpack {} to {}", c.buildpack, c.dest.display());
     match install(&c.fresh, &c.dest, trash) {
         Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
@@ -658,84 +475,10 @@ fn commit_cache(c: &PendingCache, trash: &Path) -> Result<(), BuildpackError> {
             let name = c.dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
             let staged = c.dest.with_file_name(format!("{name}.new-{}", unique_suffix()));
             copy_tree(&c.fresh, &staged, 0, Links::Verbatim)?;
-            install(&staged, &c.dest, trash).map_err(|e| BuildpackError::Io { what: what(), source: e })?;
-            remove_tree(&c.fresh)
+            install(&staged, &c.dest, trash).map_err(|e| HerokuError::Io { what: what(), source: e })?;
+            Ok(remove_tree(&c.fresh)?)
         }
-        r => r.map_err(|e| BuildpackError::Io { what: what(), source: e }),
-    }
-}
-
-/// Puts the directory `src` at `dest`, replacing what is there, which goes to `trash`. `dest`
-/// is never missing while an old one exists, unless the filesystem cannot swap atomically.
-pub(crate) fn install(src: &Path, dest: &Path, trash: &Path) -> io::Result<()> {
-    let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let mut last = None;
-    for _ in 0..5 {
-        if fs::symlink_metadata(dest).is_ok() {
-            match exchange(src, dest) {
-                Ok(()) => {
-                    // `src` now holds the old cache.
-                    let _ = trash::discard(trash, src);
-                    return Ok(());
-                }
-                // Removed meanwhile by another build's commit: plain rename below.
-                Err(e) if e.kind() == io::ErrorKind::NotFound && src.exists() => {}
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS | libc::ENOTSUP)) => {
-                    // No RENAME_EXCHANGE here: move the old one away first.
-                    let old = dest.with_file_name(format!("{name}.old-{}", unique_suffix()));
-                    match fs::rename(dest, &old) {
-                        Ok(()) => {}
-                        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                        Err(e) => return Err(e),
-                    }
-                    let r = fs::rename(src, dest);
-                    if r.is_err() {
-                        let _ = fs::rename(&old, dest);
-                    }
-                    let _ = trash::discard(trash, &old);
-                    return r;
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        match fs::rename(src, dest) {
-            Ok(()) => return Ok(()),
-            // Another build committed meanwhile: swap with theirs.
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTEMPTY | libc::EEXIST)) => last = Some(e),
-            Err(e) => return Err(e),
-        }
-    }
-    Err(last.unwrap_or_else(|| io::Error::other("the cache kept changing while it was saved")))
-}
-
-/// Atomically swaps two paths (renameat2 with RENAME_EXCHANGE).
-fn exchange(a: &Path, b: &Path) -> io::Result<()> {
-    #[cfg(target_os = "linux")]
-    {
-        let a = CString::new(a.as_os_str().as_bytes())?;
-        let b = CString::new(b.as_os_str().as_bytes())?;
-        // SAFETY: both are valid NUL-terminated paths that outlive the call; renameat2
-        // takes (olddirfd, oldpath, newdirfd, newpath, flags).
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_renameat2,
-                libc::AT_FDCWD,
-                a.as_ptr(),
-                libc::AT_FDCWD,
-                b.as_ptr(),
-                libc::RENAME_EXCHANGE,
-            )
-        };
-        if r == 0 {
-            Ok(())
-        } else {
-            Err(io::Error::last_os_error())
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    {
-        let _ = (a, b);
-        Err(io::Error::from_raw_os_error(libc::ENOSYS))
+        r => r.map_err(|e| HerokuError::Io { what: what(), source: e }),
     }
 }
 
@@ -744,6 +487,8 @@ mod tests {
     use super::*;
     use crate::buildpack::plan;
     use crate::buildpack::test_support::{make_tgz, unit_bp, Collect};
+    use std::os::unix::ffi::OsStrExt;
+    use std::time::{Duration, Instant};
 
     /// A temp dir with `app/` (the build dir), `work/` and `cache/`.
     struct Fixture {
@@ -778,12 +523,12 @@ mod tests {
             p
         }
 
-        fn run(&self, plan: &Plan, r: &Collect) -> Result<Outcome, BuildpackError> {
+        fn run(&self, plan: &Plan, r: &Collect) -> Result<Outcome, HerokuError> {
             self.run_with(plan, r, &env(), false)
         }
 
-        fn run_with(&self, plan: &Plan, r: &Collect, env: &HerokuEnv, clear: bool) -> Result<Outcome, BuildpackError> {
-            run(plan, &self.app(), &self.work(), &self.cache(), "app-1", env, clear, r, None)
+        fn run_with(&self, plan: &Plan, r: &Collect, env: &HerokuEnv, clear: bool) -> Result<Outcome, HerokuError> {
+            run(plan, &self.app(), &self.work(), &self.cache(), "app-1", env, clear, r, &Runner::host())
         }
 
         fn read(&self, name: &str) -> String {
@@ -833,7 +578,7 @@ mod tests {
         let r = Collect::default();
         let e = f.run(&f.plan(&["nope", "beta"], Selection::FirstThatDetects), &r).unwrap_err();
         match &e {
-            BuildpackError::NoneDetected { answers } => {
+            HerokuError::NoneDetected { answers } => {
                 let got: Vec<_> =
                     answers.iter().map(|a| (a.buildpack.as_str(), a.status.as_str(), a.first_line.as_str())).collect();
                 assert_eq!(got, [("nope", "exit code 1", "not for me"), ("beta", "exit code 1", "no beta.marker")]);
@@ -853,7 +598,7 @@ mod tests {
         let f = Fixture::new();
         let r = Collect::default();
         let e = f.run(&f.plan(&["alpha", "nope"], Selection::All), &r).unwrap_err();
-        assert!(matches!(&e, BuildpackError::NotDetected { answer } if answer.buildpack == "nope"), "{e:?}");
+        assert!(matches!(&e, HerokuError::NotDetected { answer } if answer.buildpack == "nope"), "{e:?}");
         assert_eq!(
             e.to_string(),
             "buildpack nope does not apply to this app (nope: bin/detect ended with exit code 1, printing \"not for me\")"
@@ -932,7 +677,7 @@ mod tests {
 
         // Another app has its own cache.
         f.rebuild();
-        run(&plan(&f), &f.app(), &f.work(), &f.cache(), "app-2", &env(), false, &r, None)
+        run(&plan(&f), &f.app(), &f.work(), &f.cache(), "app-2", &env(), false, &r, &Runner::host())
             .unwrap()
             .commit_caches(&f.work().join("trash"))
             .unwrap();

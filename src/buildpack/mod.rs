@@ -1,4 +1,5 @@
-//! Buildpacks, run on the host as the invoking user (no root, no sandbox yet).
+//! Buildpacks, run through the build's [`Runner`](crate::sandbox::Runner): on the host or in
+//! the build-image sandbox.
 //!
 //! Two APIs (see shared/docs/buildpack-contracts.md): Cloud Native Buildpacks in [`cnb`]
 //! (a buildpack with `buildpack.toml`), and Heroku classic here:
@@ -16,7 +17,6 @@ use std::path::PathBuf;
 
 mod archive;
 pub mod cnb;
-mod files;
 mod heroku;
 mod plan;
 mod release;
@@ -74,10 +74,17 @@ impl fmt::Display for DetectAnswer {
     }
 }
 
+/// What went wrong running Heroku buildpacks.
 #[derive(Debug, thiserror::Error)]
-pub enum BuildpackError {
+pub enum HerokuError {
     #[error("{what}")]
     Io { what: String, source: io::Error },
+    #[error(transparent)]
+    Fs(#[from] crate::fsutil::FsError),
+    /// A script (or the app's hook) could not be started: `who` is `buildpack NAME` or `app
+    /// hook`.
+    #[error("{who}: {} cannot be run", path.display())]
+    Start { who: String, path: PathBuf, source: Box<crate::sandbox::RunError> },
     #[error("{0}")]
     Invalid(String),
     #[error("buildpack archive {}: {why}", path.display())]
@@ -98,9 +105,9 @@ fn list_answers(answers: &[DetectAnswer]) -> String {
     answers.iter().map(|a| format!("\n  {a}")).collect()
 }
 
-pub(crate) fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> BuildpackError {
+pub(crate) fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> HerokuError {
     let what = what.into();
-    move |source| BuildpackError::Io { what, source }
+    move |source| HerokuError::Io { what, source }
 }
 
 /// Environment variable names as a shell accepts them: `[A-Za-z_][A-Za-z0-9_]*`.
@@ -112,8 +119,3 @@ pub(crate) fn valid_var_name(name: &str) -> bool {
 
 #[cfg(test)]
 pub(crate) mod test_support;
-
-/// Copies an unpacked rootfs (files, directories and symlinks; hard links become copies).
-pub(crate) fn copy_rootfs(src: &std::path::Path, dst: &std::path::Path) -> io::Result<()> {
-    files::copy_tree(src, dst, 0, files::Links::Verbatim).map(|_| ()).map_err(|e| io::Error::other(e.to_string()))
-}

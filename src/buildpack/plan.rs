@@ -26,8 +26,8 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest as _, Sha256};
 
 use super::archive::{self, is_archive_name};
-use super::files::{copy_tree, remove_tree, Links};
-use super::{io_err, Buildpack, BuildpackError, Plan, Selection};
+use super::{io_err, Buildpack, HerokuError, Plan, Selection};
+use crate::fsutil::{copy_tree, remove_tree, Links};
 
 pub const DOT_BUILDPACKS: &str = ".buildpacks";
 pub const PROJECT_TOML: &str = "project.toml";
@@ -55,7 +55,7 @@ pub fn plan(
     app_dir: &Path,
     buildpacks_dir: Option<&Path>,
     work: &Path,
-) -> Result<Plan, BuildpackError> {
+) -> Result<Plan, HerokuError> {
     let (wanted, selection) = if !explicit.is_empty() {
         let w = explicit
             .iter()
@@ -69,7 +69,7 @@ pub fn plan(
     } else if let Some(dir) = buildpacks_dir {
         (list_dir(dir)?, Selection::FirstThatDetects)
     } else {
-        return Err(BuildpackError::Invalid("no buildpacks: pass --buildpack or --buildpacks-dir".into()));
+        return Err(HerokuError::Invalid("no buildpacks: pass --buildpack or --buildpacks-dir".into()));
     };
     let root = work.join("buildpacks");
     remove_tree(&root)?;
@@ -78,14 +78,14 @@ pub fn plan(
     Ok(Plan { buildpacks, selection })
 }
 
-fn materialize(w: &Wanted, root: &Path, n: usize) -> Result<Buildpack, BuildpackError> {
+fn materialize(w: &Wanted, root: &Path, n: usize) -> Result<Buildpack, HerokuError> {
     let source = fs::canonicalize(&w.path).map_err(|e| {
         let hint = if e.kind() == io::ErrorKind::NotFound && registry_like(&w.spec) {
             " (registry names such as heroku/nodejs need the network: only local buildpacks are supported offline)"
         } else {
             ""
         };
-        BuildpackError::Io {
+        HerokuError::Io {
             what: format!("buildpack {} (from {}) cannot be used{hint}", w.path.display(), w.from),
             source: e,
         }
@@ -108,7 +108,7 @@ fn materialize(w: &Wanted, root: &Path, n: usize) -> Result<Buildpack, Buildpack
         archive::extract(&source, &copy)?;
         archive::buildpack_root(&copy, &source)?
     } else {
-        return Err(BuildpackError::Invalid(format!(
+        return Err(HerokuError::Invalid(format!(
             "buildpack {} (from {}) is neither a directory nor a .tgz/.tar.gz/.tar archive",
             source.display(),
             w.from
@@ -130,10 +130,9 @@ fn registry_like(spec: &str) -> bool {
 }
 
 /// A path or URL from `.buildpacks` or `project.toml`, as a local path.
-fn local_path(spec: &str, app_dir: &Path, from: &str) -> Result<PathBuf, BuildpackError> {
-    let offline = || {
-        BuildpackError::Invalid(format!("{from}: {spec:?}: only local buildpacks are supported offline (give a path)"))
-    };
+fn local_path(spec: &str, app_dir: &Path, from: &str) -> Result<PathBuf, HerokuError> {
+    let offline =
+        || HerokuError::Invalid(format!("{from}: {spec:?}: only local buildpacks are supported offline (give a path)"));
     if let Some(rest) = spec.strip_prefix("file://") {
         return if rest.starts_with('/') { Ok(PathBuf::from(rest)) } else { Err(offline()) };
     }
@@ -148,22 +147,22 @@ fn local_path(spec: &str, app_dir: &Path, from: &str) -> Result<PathBuf, Buildpa
     Ok(app_dir.join(spec))
 }
 
-fn read_small(path: &Path) -> Result<Option<String>, BuildpackError> {
+fn read_small(path: &Path) -> Result<Option<String>, HerokuError> {
     let meta = match fs::metadata(path) {
         Ok(m) => m,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(BuildpackError::Io { what: format!("Failed to read {}", path.display()), source: e }),
+        Err(e) => return Err(HerokuError::Io { what: format!("Failed to read {}", path.display()), source: e }),
     };
     if !meta.is_file() {
-        return Err(BuildpackError::Invalid(format!("{} is not a regular file", path.display())));
+        return Err(HerokuError::Invalid(format!("{} is not a regular file", path.display())));
     }
     if meta.len() > MAX_DESCRIPTOR {
-        return Err(BuildpackError::Invalid(format!("{} is over {MAX_DESCRIPTOR} bytes", path.display())));
+        return Err(HerokuError::Invalid(format!("{} is over {MAX_DESCRIPTOR} bytes", path.display())));
     }
     fs::read_to_string(path).map(Some).map_err(io_err(format!("Failed to read {}", path.display())))
 }
 
-fn read_dot_buildpacks(app_dir: &Path) -> Result<Option<Vec<Wanted>>, BuildpackError> {
+fn read_dot_buildpacks(app_dir: &Path) -> Result<Option<Vec<Wanted>>, HerokuError> {
     let file = app_dir.join(DOT_BUILDPACKS);
     let Some(text) = read_small(&file)? else { return Ok(None) };
     let mut out = Vec::new();
@@ -176,16 +175,16 @@ fn read_dot_buildpacks(app_dir: &Path) -> Result<Option<Vec<Wanted>>, BuildpackE
         out.push(Wanted { path: local_path(line, app_dir, &from)?, from, spec: line.to_string() });
     }
     if out.is_empty() {
-        return Err(BuildpackError::Invalid(format!("{} lists no buildpacks", file.display())));
+        return Err(HerokuError::Invalid(format!("{} lists no buildpacks", file.display())));
     }
     Ok(Some(out))
 }
 
-fn read_project_toml(app_dir: &Path) -> Result<Option<Vec<Wanted>>, BuildpackError> {
+fn read_project_toml(app_dir: &Path) -> Result<Option<Vec<Wanted>>, HerokuError> {
     let file = app_dir.join(PROJECT_TOML);
     let Some(text) = read_small(&file)? else { return Ok(None) };
     let doc: toml::Table =
-        text.parse().map_err(|e| BuildpackError::Invalid(format!("{}: invalid TOML: {e}", file.display())))?;
+        text.parse().map_err(|e| HerokuError::Invalid(format!("{}: invalid TOML: {e}", file.display())))?;
     let tables: [(&str, &[&str]); 3] = [
         ("io.buildpacks.group", &["io", "buildpacks", "group"]),
         ("io.buildpacks.build.buildpacks", &["io", "buildpacks", "build", "buildpacks"]),
@@ -198,7 +197,7 @@ fn read_project_toml(app_dir: &Path) -> Result<Option<Vec<Wanted>>, BuildpackErr
             v = if i == 0 { doc.get(*k) } else { v.and_then(|v| v.get(*k)) };
         }
         let Some(v) = v else { continue };
-        let invalid = |why: &str| BuildpackError::Invalid(format!("{}: [[{name}]]: {why}", file.display()));
+        let invalid = |why: &str| HerokuError::Invalid(format!("{}: [[{name}]]: {why}", file.display()));
         let list = v.as_array().ok_or_else(|| invalid("expected an array of tables"))?;
         if list.is_empty() {
             continue;
@@ -212,7 +211,7 @@ fn read_project_toml(app_dir: &Path) -> Result<Option<Vec<Wanted>>, BuildpackErr
     let mut out = Vec::new();
     for (n, entry) in list.iter().enumerate() {
         let from = format!("{PROJECT_TOML} [[{name}]] #{}", n + 1);
-        let invalid = |why: String| BuildpackError::Invalid(format!("{from}: {why}"));
+        let invalid = |why: String| HerokuError::Invalid(format!("{from}: {why}"));
         let t = entry.as_table().ok_or_else(|| invalid("expected a table".into()))?;
         match (t.get("uri"), t.get("id"), t.get("script")) {
             (Some(uri), _, _) => {
@@ -235,7 +234,7 @@ fn read_project_toml(app_dir: &Path) -> Result<Option<Vec<Wanted>>, BuildpackErr
     Ok(Some(out))
 }
 
-fn list_dir(dir: &Path) -> Result<Vec<Wanted>, BuildpackError> {
+fn list_dir(dir: &Path) -> Result<Vec<Wanted>, HerokuError> {
     let what = || format!("Failed to read the buildpacks directory {}", dir.display());
     let mut names: Vec<OsString> = Vec::new();
     for entry in fs::read_dir(dir).map_err(io_err(what()))? {
@@ -250,7 +249,7 @@ fn list_dir(dir: &Path) -> Result<Vec<Wanted>, BuildpackError> {
         }
     }
     if names.is_empty() {
-        return Err(BuildpackError::Invalid(format!("no buildpacks: {} has no subdirectories", dir.display())));
+        return Err(HerokuError::Invalid(format!("no buildpacks: {} has no subdirectories", dir.display())));
     }
     names.sort();
     let from = format!("the buildpacks directory {}", dir.display());

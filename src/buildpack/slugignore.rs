@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use ignore::gitignore::GitignoreBuilder;
 use walkdir::WalkDir;
 
-use super::files::remove_tree;
-use super::{io_err, BuildpackError};
+use super::{io_err, HerokuError};
+use crate::fsutil::remove_tree;
 
 pub const SLUGIGNORE: &str = ".slugignore";
 
@@ -16,29 +16,29 @@ pub const SLUGIGNORE: &str = ".slugignore";
 /// `build_dir`). Symlinks are matched and removed as links, never followed, so nothing
 /// outside `build_dir` is touched. Returns the removed paths (absolute), in walk order.
 /// No `.slugignore` → nothing removed.
-pub fn apply_slugignore(build_dir: &Path) -> Result<Vec<PathBuf>, BuildpackError> {
+pub fn apply_slugignore(build_dir: &Path) -> Result<Vec<PathBuf>, HerokuError> {
     let file = build_dir.join(SLUGIGNORE);
     let text = match fs::symlink_metadata(&file) {
         Ok(m) if m.is_file() => {
             fs::read_to_string(&file).map_err(io_err(format!("Failed to read {}", file.display())))?
         }
-        Ok(_) => return Err(BuildpackError::Invalid(format!("{} is not a regular file", file.display()))),
+        Ok(_) => return Err(HerokuError::Invalid(format!("{} is not a regular file", file.display()))),
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(BuildpackError::Io { what: format!("Failed to read {}", file.display()), source: e }),
+        Err(e) => return Err(HerokuError::Io { what: format!("Failed to read {}", file.display()), source: e }),
     };
     let mut builder = GitignoreBuilder::new(build_dir);
     for (n, line) in text.lines().enumerate() {
         builder
             .add_line(Some(file.clone()), line)
-            .map_err(|e| BuildpackError::Invalid(format!("{} line {}: {e}", file.display(), n + 1)))?;
+            .map_err(|e| HerokuError::Invalid(format!("{} line {}: {e}", file.display(), n + 1)))?;
     }
-    let matcher = builder.build().map_err(|e| BuildpackError::Invalid(format!("{}: {e}", file.display())))?;
+    let matcher = builder.build().map_err(|e| HerokuError::Invalid(format!("{}: {e}", file.display())))?;
     let mut removed = Vec::new();
     let mut walk = WalkDir::new(build_dir).follow_links(false).sort_by_file_name().min_depth(1).into_iter();
     while let Some(entry) = walk.next() {
         let entry = entry.map_err(|e| {
             let what = format!("Failed to read {}", e.path().unwrap_or(build_dir).display());
-            BuildpackError::Io { what, source: e.into() }
+            HerokuError::Io { what, source: e.into() }
         })?;
         let Ok(rel) = entry.path().strip_prefix(build_dir) else { continue };
         let is_dir = entry.file_type().is_dir();

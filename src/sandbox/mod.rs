@@ -1,7 +1,10 @@
-//! Where buildpack scripts run: on the host, or in a rootless user-namespace sandbox whose
-//! root filesystem is the build image (see docs/sandbox.md).
+//! Where a build's commands run, and how: [`runner::Runner`] is the one entry point, picked
+//! once per build (on the host, in a host-tree namespace ([`host_tree`]), or in the
+//! build-image sandbox below); [`process`] starts a child and streams its output. See
+//! docs/sandbox.md.
 //!
-//! The userns sandbox, for each command:
+//! The build-image sandbox ([`Sandbox`]), a rootless user-namespace sandbox whose root
+//! filesystem is the build image, for each command:
 //! * imgforge forks a child (through `std::process::Command` and `pre_exec`) that
 //!   unshares user, mount, pid, uts and ipc namespaces (and network with `--network
 //!   none`). A helper thread in imgforge maps the invoking user to root inside: with
@@ -30,7 +33,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
+pub mod host_tree;
+pub mod process;
 pub mod rootfs;
+pub mod runner;
+
+pub use runner::{Cmd, Exit, RunError, Runner, Shell};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Isolation {
@@ -57,9 +65,17 @@ pub enum SandboxError {
     Unavailable(String),
     #[error(transparent)]
     Rootfs(#[from] rootfs::RootfsError),
+    #[error(
+        "{paths} must be at fixed paths during the build, which imgforge does on the host in a new user and mount namespace, and that failed here ({why}). \
+         Allow unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1, user.max_user_namespaces > 0, \
+         or a container with CLONE_NEWUSER allowed)"
+    )]
+    HostNamespace { paths: String, why: String },
+    #[error("Failed to copy the build image's rootfs to {}", to.display())]
+    CopyRootfs { to: PathBuf, source: crate::fsutil::FsError },
 }
 
-fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> SandboxError {
+pub(crate) fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> SandboxError {
     let what = what.into();
     move |source| SandboxError::Io { what, source }
 }
@@ -179,6 +195,23 @@ pub struct Bind {
     pub inside: String,
 }
 
+/// The path inside of a host path under one of `binds` (the longest, most specific bind wins).
+pub(crate) fn bound_path(binds: &[Bind], host: &Path) -> Option<PathBuf> {
+    binds
+        .iter()
+        .filter_map(|b| host.strip_prefix(&b.host).ok().map(|rest| (b, rest)))
+        .max_by_key(|(b, _)| b.host.as_os_str().len())
+        .map(
+            |(b, rest)| {
+                if rest.as_os_str().is_empty() {
+                    PathBuf::from(&b.inside)
+                } else {
+                    Path::new(&b.inside).join(rest)
+                }
+            },
+        )
+}
+
 /// The root filesystem of one build's sandbox.
 enum Root {
     Overlay { lower: PathBuf, upper: PathBuf, work: PathBuf },
@@ -223,8 +256,9 @@ impl Sandbox {
         if !(safe(rootfs) && safe(sb._dir.path()) && sb.probe().is_ok()) {
             // No overlay in a user namespace here: a private copy of the rootfs.
             let copy = sb._dir.path().join("copy");
-            crate::buildpack::copy_rootfs(rootfs, &copy)
-                .map_err(io_err(format!("Failed to copy the build image's rootfs to {}", copy.display())))?;
+            // Files, directories and symlinks; hard links become copies.
+            crate::fsutil::copy_tree(rootfs, &copy, 0, crate::fsutil::Links::Verbatim)
+                .map_err(|source| SandboxError::CopyRootfs { to: copy.clone(), source })?;
             sb.root = Root::Copy(copy);
             sb.probe()?;
         }
@@ -285,20 +319,11 @@ impl Sandbox {
 
     /// The path inside the sandbox of a host path under one of the binds.
     pub fn inside(&self, host: &Path) -> Option<PathBuf> {
-        // The longest (most specific) bind wins.
-        self.binds
-            .iter()
-            .filter_map(|b| host.strip_prefix(&b.host).ok().map(|rest| (b, rest)))
-            .max_by_key(|(b, _)| b.host.as_os_str().len())
-            .map(
-                |(b, rest)| {
-                    if rest.as_os_str().is_empty() {
-                        PathBuf::from(&b.inside)
-                    } else {
-                        Path::new(&b.inside).join(rest)
-                    }
-                },
-            )
+        bound_path(&self.binds, host)
+    }
+
+    pub fn binds(&self) -> &[Bind] {
+        &self.binds
     }
 
     /// A command that runs `program` (a path inside) in the sandbox, in directory `cwd`
@@ -452,7 +477,7 @@ fn owner_rwx_dirs(dir: &Path) {
     }
 }
 
-fn nul(p: &Path) -> SandboxError {
+pub(crate) fn nul(p: &Path) -> SandboxError {
     SandboxError::Unavailable(format!("{} contains a NUL byte", p.display()))
 }
 

@@ -17,6 +17,7 @@ use tempfile::NamedTempFile;
 
 pub mod layer_cache;
 pub mod stat_cache;
+pub mod swap;
 pub mod trash;
 mod verify;
 pub use verify::VerifiedReader;

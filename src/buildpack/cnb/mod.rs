@@ -10,8 +10,6 @@
 //!   `bin`/`lib` layer directories;
 //! * [`layers`]: what a build leaves in its layers directory (`<layer>.toml`,
 //!   `launch.toml`, `build.toml`, `store.toml`, SBOM files);
-//! * [`sandbox`]: the user and mount namespace that puts the layers at `/layers` for
-//!   `--isolation host`;
 //! * [`run`]: detect and build, and the state kept between builds.
 //!
 //! Turning the result into an image is `crate::build::cnb`'s work.
@@ -25,7 +23,6 @@ pub mod layers;
 pub mod order;
 pub mod plan;
 pub mod run;
-pub mod sandbox;
 
 pub use descriptor::{escape_id, Api, Descriptor};
 
@@ -45,6 +42,12 @@ pub enum CnbError {
     NoGroup { tried: Vec<String> },
     #[error("{who}: {script} failed with {status}")]
     Failed { who: String, script: String, status: String },
+    #[error(transparent)]
+    Fs(#[from] crate::fsutil::FsError),
+    #[error("{who}: {} cannot be run", path.display())]
+    Start { who: String, path: PathBuf, source: Box<crate::sandbox::RunError> },
+    #[error("Cloud Native Buildpacks need their layers at /layers and the app at its image path; build in the sandbox, or with Heroku-classic buildpacks")]
+    Sandbox(#[source] Box<crate::sandbox::SandboxError>),
 }
 
 pub(crate) fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> CnbError {

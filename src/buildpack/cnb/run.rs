@@ -1,5 +1,5 @@
-//! Detect and build: the lifecycle's detector and builder. Scripts run in the build-image
-//! sandbox when the platform gives one, else on the host inside [`Mounts`]; either way the
+//! Detect and build: the lifecycle's detector and builder. Scripts run through the build's
+//! [`Runner`] (the build-image sandbox, or the host-tree namespace on the host); either way the
 //! layers are at `/layers` and the app at its image path, and every path a script is given
 //! is the path it has there.
 //!
@@ -18,10 +18,8 @@
 //! the whole build succeeded.
 
 use std::collections::{BTreeMap, HashMap};
-use std::ffi::OsString;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
@@ -31,12 +29,13 @@ use super::env::{changes_for_layer, Change, Env, Phase};
 use super::layers::{read_output, Output, StoreToml, STORE_TOML};
 use super::order::{expand, Index, Member};
 use super::plan::{buildpack_plan, remove_met, resolve, DetectPlan, Entry, Passed, Unmet};
-use super::sandbox::{probe, Mounts};
 use super::{io_err, CnbError};
-use crate::buildpack::files::{copy_tree, Links};
-use crate::buildpack::heroku::{describe, die_with_parent, install, run_lines, Stream, PATH};
+use crate::fsutil::{copy_tree, Links};
 use crate::report::{Event, Reporter};
-use crate::sandbox::{Sandbox, SandboxGuard};
+use crate::sandbox::process::{describe, Stream};
+use crate::sandbox::runner::PATH;
+use crate::sandbox::{Cmd, Exit, Runner};
+use crate::store::swap::install;
 
 /// Where layers are, during the build and in the image.
 pub const LAYERS: &str = "/layers";
@@ -146,9 +145,8 @@ pub struct Platform<'a> {
     /// The base image's distribution (os-release `ID`, `VERSION_ID`), if it says.
     pub distro: Option<(&'a str, &'a str)>,
     pub reporter: &'a dyn Reporter,
-    /// Run in this build-image sandbox (which binds the layers at `/layers`, the app at
-    /// `workdir`, the work dir and every buildpack), else on the host in [`Mounts`].
-    pub sandbox: Option<&'a Sandbox>,
+    /// Where scripts run: it puts the layers at `/layers` and the app at `workdir`.
+    pub runner: &'a Runner,
 }
 
 /// One buildpack that built.
@@ -167,15 +165,8 @@ pub struct Outcome {
     pub layers_root: PathBuf,
 }
 
-/// Where scripts run.
-enum Runner<'a> {
-    Host(Arc<Mounts>),
-    Sandbox(&'a Sandbox),
-}
-
 struct Ctx<'a> {
     p: &'a Platform<'a>,
-    runner: Runner<'a>,
     platform_dir: PathBuf,
     home: PathBuf,
 }
@@ -185,21 +176,12 @@ struct Ctx<'a> {
 pub fn run(top: &[Vec<(Arc<Descriptor>, bool)>], index: &Index, p: &Platform<'_>) -> Result<Outcome, CnbError> {
     let work = p.work;
     let layers_root = work.join("layers");
-    let root = work.join("root");
     let home = work.join("home");
-    for d in [&layers_root, &root, &home] {
+    for d in [&layers_root, &home] {
         fs::create_dir_all(d).map_err(io_err(format!("Failed to create {}", d.display())))?;
     }
-    let runner = match p.sandbox {
-        Some(sb) => Runner::Sandbox(sb),
-        None => {
-            let mounts = Arc::new(Mounts::new(&root, &[(&layers_root, LAYERS), (p.app, p.workdir)], p.workdir)?);
-            probe(&mounts)?;
-            Runner::Host(mounts)
-        }
-    };
     let platform_dir = write_platform(work, p.env)?;
-    let ctx = Ctx { p, runner, platform_dir, home };
+    let ctx = Ctx { p, platform_dir, home };
 
     let (group, entries) = detect(&ctx, top, index)?;
     let built = build(&ctx, &group, entries, &layers_root)?;
@@ -327,50 +309,29 @@ impl Ctx<'_> {
 
     /// A host path as the scripts see it.
     fn inside(&self, host: &Path) -> String {
-        match &self.runner {
-            Runner::Sandbox(sb) => sb.inside(host).unwrap_or_else(|| host.to_path_buf()).display().to_string(),
-            Runner::Host(_) => host.display().to_string(),
-        }
+        self.p.runner.inside(host).display().to_string()
     }
 
-    /// A command for `program` (a host path), in the app, with `env`; and the sandbox's
-    /// guard to keep until it ran.
-    fn command(&self, program: &Path, env: &Env) -> Result<(Command, Option<SandboxGuard>), CnbError> {
-        let (mut cmd, guard) = match &self.runner {
-            Runner::Sandbox(sb) => {
-                let (cmd, guard) = sb
-                    .command(Path::new(&self.inside(program)), self.p.workdir)
-                    .map_err(|e| CnbError::Invalid(format!("Failed to prepare the sandbox: {e}")))?;
-                (cmd, Some(guard))
-            }
-            Runner::Host(mounts) => {
-                let mut cmd = Command::new(program);
-                die_with_parent(&mut cmd);
-                mounts.apply(&mut cmd);
-                (cmd, None)
-            }
-        };
-        cmd.env_clear()
-            .envs(env.vars.iter().map(|(k, v)| (k, OsString::from(v))))
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped());
-        Ok((cmd, guard))
+    /// A command for `program` (a host path), in the app, with `env`.
+    fn command(&self, program: &Path, env: &Env) -> Cmd {
+        let mut cmd = Cmd::new(self.inside(program));
+        cmd.cwd(self.p.workdir).envs(env.vars.iter());
+        cmd
     }
 
     /// Runs `cmd`, streaming its lines; a failure to start says why (and why the sandbox
     /// could not be entered, when it could not).
     fn run(
         &self,
-        cmd: &mut Command,
-        guard: &mut Option<SandboxGuard>,
+        cmd: &Cmd,
         on_line: &(dyn Fn(Stream, &str) + Sync),
         path: &Path,
         who: &str,
-    ) -> Result<(std::process::ExitStatus, bool), CnbError> {
-        run_lines(cmd, on_line).map_err(|e| {
-            let sandbox = guard.as_mut().map(|g| g.finish()).unwrap_or_default();
-            CnbError::File { path: path.to_path_buf(), why: format!("{who}: cannot run: {e}{sandbox}") }
+    ) -> Result<Exit, CnbError> {
+        self.p.runner.run(cmd, on_line).map_err(|source| CnbError::Start {
+            who: who.to_string(),
+            path: path.to_path_buf(),
+            source: Box::new(source),
         })
     }
 }
@@ -392,7 +353,7 @@ fn detect_one(ctx: &Ctx<'_>, bp: &Descriptor) -> Result<Answer, CnbError> {
     fs::write(&plan_path, "").map_err(io_err(format!("Failed to write {}", plan_path.display())))?;
     let mut env = ctx.env(bp, &[]);
     env.vars.insert("CNB_BUILD_PLAN_PATH".into(), ctx.inside(&plan_path));
-    let (mut cmd, mut guard) = ctx.command(&path, &env)?;
+    let mut cmd = ctx.command(&path, &env);
     cmd.arg(ctx.inside(&ctx.platform_dir)).arg(ctx.inside(&plan_path));
     let key = bp.key();
     let first = Mutex::new(None::<String>);
@@ -404,7 +365,7 @@ fn detect_one(ctx: &Ctx<'_>, bp: &Descriptor) -> Result<Answer, CnbError> {
         drop(f);
         ctx.p.reporter.report(Event::Detail(format!("{key} bin/detect: {line}")));
     };
-    let (status, _) = ctx.run(&mut cmd, &mut guard, &on_line, &path, &key)?;
+    let status = ctx.run(&cmd, &on_line, &path, &key)?.status;
     let answer = match status.code() {
         Some(0) => {
             let plan: DetectPlan = super::read_toml(&plan_path)?.unwrap_or_default();
@@ -456,10 +417,10 @@ fn build(ctx: &Ctx<'_>, group: &[Member], mut entries: Vec<Entry>, layers_root: 
         let mut env = ctx.env(bp, &changes);
         env.vars.insert("CNB_LAYERS_DIR".into(), inside.clone());
         env.vars.insert("CNB_BP_PLAN_PATH".into(), ctx.inside(&plan_path));
-        let (mut cmd, mut guard) = ctx.command(&path, &env)?;
+        let mut cmd = ctx.command(&path, &env);
         cmd.arg(&inside).arg(ctx.inside(&ctx.platform_dir)).arg(ctx.inside(&plan_path));
         let on_line = |_: Stream, line: &str| ctx.p.reporter.report(Event::BuildpackOutput { buildpack: &key, line });
-        let (status, abandoned) = ctx.run(&mut cmd, &mut guard, &on_line, &path, &key)?;
+        let Exit { status, abandoned } = ctx.run(&cmd, &on_line, &path, &key)?;
         if abandoned {
             ctx.p.reporter.report(Event::Warning(format!(
                 "{key}: a process that bin/build left running still holds its output open; its further output is not shown"
@@ -503,8 +464,7 @@ fn restore(ctx: &Ctx<'_>, id: &str, dir: &Path) -> Result<(), CnbError> {
             if let Some(cache) = ctx.p.cache {
                 let kept = cache.join(escape_id(id)).join(name);
                 if kept.is_dir() {
-                    copy_tree(&kept, &dir.join(name), 0, Links::Verbatim)
-                        .map_err(|e| CnbError::Invalid(e.to_string()))?;
+                    copy_tree(&kept, &dir.join(name), 0, Links::Verbatim)?;
                 }
             }
         }
@@ -598,6 +558,7 @@ mod tests {
         app: PathBuf,
         work: PathBuf,
         bps: PathBuf,
+        runner: Runner,
     }
 
     fn fixture() -> Fixture {
@@ -607,7 +568,22 @@ mod tests {
             fs::create_dir_all(d).unwrap();
         }
         fs::write(app.join("package.json"), "{}").unwrap();
-        Fixture { _t: t, app, work, bps }
+        let runner = host_tree(&t, &app, &work);
+        Fixture { _t: t, app, work, bps, runner }
+    }
+
+    /// What the pipeline gives a CNB build on the host: the layers at /layers, the app at
+    /// /workspace.
+    fn host_tree(t: &tempfile::TempDir, app: &Path, work: &Path) -> Runner {
+        use crate::sandbox::Bind;
+        let root = t.path().join("root");
+        fs::create_dir_all(&root).unwrap();
+        fs::create_dir_all(work.join("layers")).unwrap();
+        let binds = [
+            Bind { host: work.join("layers"), inside: LAYERS.into() },
+            Bind { host: app.to_path_buf(), inside: "/workspace".into() },
+        ];
+        Runner::host_tree(&root, &binds).unwrap()
     }
 
     fn platform<'a>(
@@ -627,7 +603,7 @@ mod tests {
             arch: "amd64",
             distro: Some(("debian", "12")),
             reporter: &Silent,
-            sandbox: None,
+            runner: &f.runner,
         }
     }
 
@@ -758,7 +734,9 @@ mkdir -p "$1/tmp"; printf '[types]\nbuild = true\n[metadata]\nx = 1\n' > "$1/tmp
 
         let work2 = f.work.parent().unwrap().join("work2");
         fs::create_dir_all(&work2).unwrap();
-        let f2 = Fixture { _t: tempfile::tempdir().unwrap(), app: f.app.clone(), work: work2, bps: f.bps.clone() };
+        let t2 = tempfile::tempdir().unwrap();
+        let runner = host_tree(&t2, &f.app, &work2);
+        let f2 = Fixture { _t: t2, app: f.app.clone(), work: work2, bps: f.bps.clone(), runner };
         let previous = load_record(&state);
         let cache = state.join(CACHE_DIR);
         let out = run(&[vec![(bp, false)]], &Index::default(), &platform(&f2, &[], &previous, Some(&cache))).unwrap();

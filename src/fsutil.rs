@@ -1,4 +1,5 @@
-//! Copying and removing directory trees without following symlinks.
+//! Copying and removing directory trees without following symlinks: buildpacks' private
+//! copies, kept caches and the sandbox's copy of a build image's rootfs all go through here.
 
 use std::ffi::CString;
 use std::fs::{self, FileTimes, Metadata, OpenOptions};
@@ -9,11 +10,23 @@ use std::path::{Component, Path, PathBuf};
 
 use walkdir::WalkDir;
 
-use super::{io_err, BuildpackError};
 use crate::store::trash;
 
+/// A file system operation that failed: what was being done, on what, and the OS error.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}")]
+pub struct FsError {
+    pub what: String,
+    pub source: io::Error,
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> FsError {
+    let what = what.into();
+    move |source| FsError { what, source }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Links {
+pub enum Links {
     /// Symlinks are copied as they are.
     Verbatim,
     /// A relative symlink whose target climbs out of `src` (`bin/compile ->
@@ -26,7 +39,7 @@ pub(crate) enum Links {
 /// symlinks (as links: never followed), with their permission bits and mtimes; `add_mode` is
 /// or-ed into every file's and directory's mode. Hard links become separate files. Sockets,
 /// fifos and devices are not copied: their paths (relative to `src`) are returned.
-pub(crate) fn copy_tree(src: &Path, dst: &Path, add_mode: u32, links: Links) -> Result<Vec<PathBuf>, BuildpackError> {
+pub fn copy_tree(src: &Path, dst: &Path, add_mode: u32, links: Links) -> Result<Vec<PathBuf>, FsError> {
     let mut skipped = Vec::new();
     // Directories get their final mode (which may forbid writing) once they are filled.
     let mut dirs: Vec<(PathBuf, Metadata)> = Vec::new();
@@ -34,14 +47,13 @@ pub(crate) fn copy_tree(src: &Path, dst: &Path, add_mode: u32, links: Links) -> 
     for entry in WalkDir::new(src).follow_links(false).sort_by_file_name() {
         let entry = entry.map_err(|e| {
             let what = format!("Failed to read {}", e.path().unwrap_or(src).display());
-            BuildpackError::Io { what, source: e.into() }
+            FsError { what, source: e.into() }
         })?;
         let rel = entry.path().strip_prefix(src).unwrap_or(Path::new(""));
         let to = if rel.as_os_str().is_empty() { dst.to_path_buf() } else { dst.join(rel) };
-        let meta = entry.metadata().map_err(|e| BuildpackError::Io {
-            what: format!("Failed to read {}", entry.path().display()),
-            source: e.into(),
-        })?;
+        let meta = entry
+            .metadata()
+            .map_err(|e| FsError { what: format!("Failed to read {}", entry.path().display()), source: e.into() })?;
         let ft = meta.file_type();
         if ft.is_dir() {
             fs::create_dir(&to).map_err(io_err(format!("Failed to create {}", to.display())))?;
@@ -78,7 +90,7 @@ const COPY_THREADS: usize = 4;
 
 /// Copies regular files (source, destination, source's metadata), a few at once: for many
 /// small files the open, copy and metadata calls dominate, not the bytes.
-fn copy_files(files: &[(PathBuf, PathBuf, Metadata)], add_mode: u32) -> Result<(), BuildpackError> {
+fn copy_files(files: &[(PathBuf, PathBuf, Metadata)], add_mode: u32) -> Result<(), FsError> {
     crate::parallel::try_map(
         files,
         COPY_THREADS,
@@ -127,16 +139,18 @@ fn climbs_out(rel: &Path, target: &Path) -> bool {
 }
 
 /// Sets the mtime (and atime) of `path` itself, not of what a symlink points to.
-fn set_mtime(path: &Path, meta: &Metadata) -> Result<(), BuildpackError> {
-    let c = CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| BuildpackError::Invalid(format!("path {} contains a NUL byte", path.display())))?;
+fn set_mtime(path: &Path, meta: &Metadata) -> Result<(), FsError> {
+    let c = CString::new(path.as_os_str().as_bytes()).map_err(|_| FsError {
+        what: format!("path {} contains a NUL byte", path.display()),
+        source: io::ErrorKind::InvalidInput.into(),
+    })?;
     let ts = libc::timespec { tv_sec: meta.mtime() as libc::time_t, tv_nsec: meta.mtime_nsec() as _ };
     let times = [ts, ts];
     // SAFETY: `c` is a valid NUL-terminated string and `times` holds two timespecs, as
     // utimensat requires; neither is retained after the call.
     let r = unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) };
     if r != 0 {
-        return Err(BuildpackError::Io {
+        return Err(FsError {
             what: format!("Failed to set the mtime of {}", path.display()),
             source: io::Error::last_os_error(),
         });
@@ -145,7 +159,7 @@ fn set_mtime(path: &Path, meta: &Metadata) -> Result<(), BuildpackError> {
 }
 
 /// Removes `path` and everything under it ([`trash::remove_all`]); a missing path is fine.
-pub(crate) fn remove_tree(path: &Path) -> Result<(), BuildpackError> {
+pub fn remove_tree(path: &Path) -> Result<(), FsError> {
     trash::remove_all(path).map_err(io_err(format!("Failed to remove {}", path.display())))
 }
 

@@ -1,5 +1,6 @@
-//! Running a buildpack with the layers at `/layers` and the app at its image path, on the
-//! host, as the invoking user.
+//! The host-tree namespace: commands on the host, as the invoking user, that see a few
+//! directories at fixed paths (Cloud Native Buildpacks' layers at `/layers` and the app at its
+//! image path) and the rest of the host's tree as it is.
 //!
 //! The child (between fork and exec) enters a new user namespace, mapping the invoking
 //! uid and gid to themselves (`setgroups` denied), and a new mount namespace. There it
@@ -9,9 +10,8 @@
 //! Nothing is mounted in the host's namespace; everything disappears with the child.
 //! The capabilities the namespace grants are lost at exec for a non-root user.
 //!
-//! Without user namespaces (a kernel or a container that forbids them) CNB builds are
-//! refused: absolute paths a buildpack records under `/layers` would not be valid in the
-//! image.
+//! Without user namespaces (a kernel or a container that forbids them) this cannot be made,
+//! and builds that need it are refused (see [`HostTree::new`]).
 
 use std::ffi::{CStr, CString};
 use std::fs;
@@ -20,8 +20,9 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Component, Path};
 use std::process::Command;
+use std::sync::Arc;
 
-use super::CnbError;
+use super::{Bind, SandboxError};
 
 enum Top {
     Dir(CString, CString),
@@ -30,30 +31,37 @@ enum Top {
 }
 
 /// Where a child's filesystem comes from. Built once per build, applied to each command.
-pub struct Mounts {
+pub struct HostTree {
     root: CString,
     top: Vec<Top>,
     mkdirs: Vec<CString>,
     binds: Vec<(CString, CString)>,
-    cwd: CString,
+    /// The binds, to translate paths.
+    bound: Vec<Bind>,
     uid_map: Vec<u8>,
     gid_map: Vec<u8>,
 }
 
-fn cstr(p: &Path) -> Result<CString, CnbError> {
-    CString::new(p.as_os_str().as_bytes())
-        .map_err(|_| CnbError::Invalid(format!("path {} holds a NUL byte", p.display())))
+fn cstr(p: &Path) -> Result<CString, SandboxError> {
+    CString::new(p.as_os_str().as_bytes()).map_err(|_| super::nul(p))
 }
 
-impl Mounts {
+impl HostTree {
     /// `root`: an empty directory to mount the new root on. `binds`: host directories and
     /// the absolute paths they get inside (`/layers`, `/workspace`); their first component
-    /// hides the host entry of that name. `cwd`: the working directory inside.
-    pub fn new(root: &Path, binds: &[(&Path, &str)], cwd: &str) -> Result<Mounts, CnbError> {
+    /// hides the host entry of that name. Checks that the namespace can be made here, with
+    /// an error that says what to do when it cannot.
+    pub fn new(root: &Path, binds: &[Bind]) -> Result<Arc<HostTree>, SandboxError> {
+        let tree = Arc::new(HostTree::plan(root, binds)?);
+        tree.probe()?;
+        Ok(tree)
+    }
+
+    fn plan(root: &Path, binds: &[Bind]) -> Result<HostTree, SandboxError> {
         let mut hidden = Vec::new();
         let mut mkdirs = Vec::new();
         let mut bind_list = Vec::new();
-        for (host, inside) in binds {
+        for Bind { host, inside } in binds {
             let inside = Path::new(inside);
             let parts: Vec<_> = inside
                 .components()
@@ -63,7 +71,7 @@ impl Mounts {
                 })
                 .collect();
             let Some(first) = parts.first() else {
-                return Err(CnbError::Invalid(format!("cannot mount {} at /", host.display())));
+                return Err(SandboxError::Unavailable(format!("cannot mount {} at /", host.display())));
             };
             hidden.push(first.clone());
             let mut at = root.to_path_buf();
@@ -77,10 +85,8 @@ impl Mounts {
             bind_list.push((cstr(host)?, cstr(&at)?));
         }
         let mut top = Vec::new();
-        let mut names: Vec<_> = fs::read_dir("/")
-            .map_err(|source| CnbError::Io { what: "Failed to read /".into(), source })?
-            .filter_map(|e| e.ok())
-            .collect();
+        let mut names: Vec<_> =
+            fs::read_dir("/").map_err(super::io_err("Failed to read /"))?.filter_map(|e| e.ok()).collect();
         names.sort_by_key(|e| e.file_name());
         for e in names {
             let name = e.file_name();
@@ -101,28 +107,36 @@ impl Mounts {
         }
         // SAFETY: getuid/getgid cannot fail.
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
-        Ok(Mounts {
+        Ok(HostTree {
             root: cstr(root)?,
             top,
             mkdirs,
             binds: bind_list,
-            cwd: CString::new(cwd).map_err(|_| CnbError::Invalid(format!("{cwd:?} holds a NUL byte")))?,
+            bound: binds.to_vec(),
             uid_map: format!("{uid} {uid} 1\n").into_bytes(),
             gid_map: format!("{gid} {gid} 1\n").into_bytes(),
         })
     }
 
-    /// Makes `cmd` run inside (its working directory is set here: do not set another).
-    pub fn apply(self: &std::sync::Arc<Self>, cmd: &mut Command) {
+    /// The binds, for translating paths.
+    pub fn binds(&self) -> &[Bind] {
+        &self.bound
+    }
+
+    /// Makes `cmd` run inside, in `cwd` (a path inside; do not set another working
+    /// directory on `cmd`).
+    pub fn apply(self: &Arc<Self>, cmd: &mut Command, cwd: &Path) -> Result<(), SandboxError> {
         let m = self.clone();
+        let cwd = cstr(cwd)?;
         // SAFETY: the closure runs between fork and exec; it only makes system calls on
         // memory prepared before the fork (no allocation, no locks).
         unsafe {
-            cmd.pre_exec(move || m.enter());
+            cmd.pre_exec(move || m.enter(&cwd));
         }
+        Ok(())
     }
 
-    fn enter(&self) -> io::Result<()> {
+    fn enter(&self, cwd: &CStr) -> io::Result<()> {
         let check = |r: libc::c_int| if r == 0 { Ok(()) } else { Err(io::Error::last_os_error()) };
         let none = std::ptr::null::<libc::c_char>();
         // SAFETY: plain system calls on NUL-terminated strings that outlive them.
@@ -172,7 +186,7 @@ impl Mounts {
             }
             check(libc::chdir(self.root.as_ptr()))?;
             check(libc::chroot(c".".as_ptr()))?;
-            check(libc::chdir(self.cwd.as_ptr()))?;
+            check(libc::chdir(cwd.as_ptr()))?;
         }
         Ok(())
     }
@@ -194,30 +208,27 @@ unsafe fn write_file(path: &std::ffi::CStr, data: &[u8], optional: bool) -> io::
     Ok(())
 }
 
-/// Runs `/bin/sh -c 'test -d /layers'` inside: an error that says what to do when user
-/// namespaces are not allowed here.
-pub fn probe(m: &std::sync::Arc<Mounts>) -> Result<(), CnbError> {
-    let mut cmd = Command::new("/bin/sh");
-    cmd.args(["-c", "test -d /layers"]).env_clear();
-    m.apply(&mut cmd);
-    let refuse = |why: String| {
-        CnbError::Invalid(format!(
-            "Cloud Native Buildpacks need /layers during the build, which imgforge makes in a new user and mount namespace, and that failed here ({why}). \
-             Allow unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1, user.max_user_namespaces > 0, \
-             or a container with CLONE_NEWUSER allowed), or build with Heroku-classic buildpacks"
-        ))
-    };
-    match cmd.status() {
-        Ok(s) if s.success() => Ok(()),
-        Ok(s) => Err(refuse(format!("the probe ended with {s}"))),
-        Err(e) => Err(refuse(e.to_string())),
+impl HostTree {
+    /// Runs `/bin/sh -c 'test -d BIND'` inside for the first bind: an error that says what to
+    /// do when user namespaces are not allowed here.
+    fn probe(self: &Arc<Self>) -> Result<(), SandboxError> {
+        let first = self.bound.first().map(|b| b.inside.clone()).unwrap_or_else(|| "/".into());
+        let mut cmd = Command::new("/bin/sh");
+        cmd.args(["-c", "test -d \"$1\"", "probe", &first]).env_clear();
+        self.apply(&mut cmd, Path::new("/"))?;
+        let paths = self.bound.iter().map(|b| b.inside.as_str()).collect::<Vec<_>>().join(", ");
+        let refuse = |why: String| SandboxError::HostNamespace { paths: paths.clone(), why };
+        match cmd.status() {
+            Ok(s) if s.success() => Ok(()),
+            Ok(s) => Err(refuse(format!("the probe ended with {s}"))),
+            Err(e) => Err(refuse(e.to_string())),
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
 
     #[test]
     fn layers_and_app_appear_at_their_image_paths() {
@@ -228,13 +239,11 @@ mod tests {
         }
         fs::write(layers.join("marker"), "L").unwrap();
         fs::write(app.join("marker"), "A").unwrap();
-        let m = Arc::new(
-            Mounts::new(&root, &[(&layers, "/layers"), (&app, "/workspace/deep")], "/workspace/deep").unwrap(),
-        );
-        probe(&m).unwrap();
+        let bind = |host: &Path, inside: &str| Bind { host: host.to_path_buf(), inside: inside.into() };
+        let m = HostTree::new(&root, &[bind(&layers, "/layers"), bind(&app, "/workspace/deep")]).unwrap();
         let mut cmd = Command::new("/bin/sh");
         cmd.args(["-c", "cat /layers/marker ./marker; echo x > /layers/new; pwd; test -d /usr/bin && echo usr"]);
-        m.apply(&mut cmd);
+        m.apply(&mut cmd, Path::new("/workspace/deep")).unwrap();
         let out = cmd.output().unwrap();
         assert!(out.status.success(), "{out:?}");
         assert_eq!(String::from_utf8_lossy(&out.stdout), "LA/workspace/deep\nusr\n");
