@@ -493,6 +493,114 @@ fn credentials_are_not_sent_where_a_redirect_leads() {
     assert!(seen.iter().all(|s| !s.authorization), "credentials went to another host: {seen:#?}");
 }
 
+#[test]
+fn a_redirect_targets_challenge_is_never_answered_with_the_registrys_credentials() {
+    use common::registry::{respond, FakeServer, Fault, FlakyProxy};
+    let t = TestDir::new();
+    // Registry A needs credentials (token auth, the user logged in). Its blob GET redirects
+    // to host B, which asks for a token from a realm of its own and records what it gets.
+    let reg = Registry::start(&t, Mode::Token);
+    let front = FlakyProxy::start(reg.port);
+    let evil = FakeServer::start(|req, out| {
+        if req.path.starts_with("/token") {
+            return respond(out, "200 OK", &[("Content-Type", "application/json")], br#"{"token":"token-from-b"}"#);
+        }
+        let host = out.local_addr()?.to_string();
+        let challenge = format!(r#"Bearer realm="http://{host}/token",service="b""#);
+        respond(out, "401 Unauthorized", &[("WWW-Authenticate", &challenge)], b"")
+    });
+    run_ok(imgforge_for(&t, &reg).args(["login", &front.host, "-u", USER, "-p", PASSWORD]));
+    copy_ok(&mut imgforge_for(&t, &reg), &busybox_ref(), &front.reference("base:1"));
+    let layer = layer_digests(&skopeo_inspect(&busybox_ref()))[0].clone();
+    let leaked: &'static str = Box::leak(layer.clone().into_boxed_str());
+    front.inject(Fault::Redirect { method: "GET", path_contains: leaked, to: format!("http://{}", evil.host) });
+    front.seen.lock().unwrap().clear();
+    let mut c = imgforge_for(&t, &reg);
+    c.env("IMGFORGE_CACHE_DIR", t.join("pull-cache"));
+    let err = fails(c.args(["copy", &front.reference("base:1"), &format!("oci:{}:x", t.join("out").display())]));
+    // B got the redirected GET, without credentials, and no token request at all: neither
+    // A's Basic credentials nor anything bought with them reached it.
+    let seen = evil.requests();
+    assert!(seen.iter().any(|r| r.path.ends_with(&layer)), "the redirect was not followed: {seen:#?}");
+    assert!(seen.iter().all(|r| r.authorization.is_none()), "credentials went to B: {seen:#?}");
+    assert!(seen.iter().all(|r| !r.path.starts_with("/token")), "B's token realm was asked: {seen:#?}");
+    // A saw its own requests only with its own credentials, and nothing after B's challenge.
+    let front_seen = front.seen.lock().unwrap().clone();
+    let redirected = front_seen.iter().position(|s| s.fault.is_some()).expect("the redirect fault was hit");
+    assert_eq!(front_seen.len(), redirected + 1, "A was asked again after B's challenge: {front_seen:#?}");
+    // The error names both hosts and says why.
+    assert!(err.contains(&front.host) && err.contains(&evil.host), "{err}");
+    assert!(err.contains("redirected"), "{err}");
+}
+
+/// Small limits so that a slow registry fails in seconds: 1 s to connect, 2 s for an answer,
+/// at least 1 KiB/s over 2 s, 2 tries.
+fn impatient(c: &mut Command) -> &mut Command {
+    c.env("IMGFORGE_REGISTRY_CONNECT_TIMEOUT", "1")
+        .env("IMGFORGE_REGISTRY_RESPONSE_TIMEOUT", "2")
+        .env("IMGFORGE_REGISTRY_MIN_RATE", "1024")
+        .env("IMGFORGE_REGISTRY_SLOW_TIME", "2")
+        .env("IMGFORGE_REGISTRY_ATTEMPTS", "2")
+}
+
+/// Copies `HOST/app:1` with [`impatient`] limits: it must fail within 30 s; gives stderr.
+fn copy_from_fails_soon(t: &TestDir, host: &str) -> String {
+    let start = std::time::Instant::now();
+    let mut c = t.imgforge();
+    let err = fails(impatient(&mut c).args([
+        "copy",
+        &format!("docker://{host}/app:1"),
+        &format!("oci:{}:x", t.join("out").display()),
+    ]));
+    let took = start.elapsed();
+    assert!(took < std::time::Duration::from_secs(30), "took {took:?}: {err}");
+    err
+}
+
+#[test]
+fn a_registry_that_never_answers_fails_the_copy_in_bounded_time() {
+    use common::registry::FakeServer;
+    let t = TestDir::new();
+    // Takes the connection, reads the request, never says a word.
+    let silent = FakeServer::start(|_, _| {
+        std::thread::sleep(std::time::Duration::from_secs(3600));
+        Ok(())
+    });
+    let err = copy_from_fails_soon(&t, &silent.host);
+    assert!(err.contains(&silent.host), "{err}");
+    assert!(err.contains("did not answer within 2 s"), "{err}");
+    assert!(!silent.requests().is_empty(), "the request never reached the server");
+}
+
+#[test]
+fn a_registry_that_dribbles_a_manifest_fails_the_copy_in_bounded_time() {
+    use common::registry::{respond, FakeServer};
+    use std::io::Write;
+    let t = TestDir::new();
+    // Answers /v2/ at once, then sends a manifest one byte a second.
+    let dribbler = FakeServer::start(|req, out| {
+        if req.path == "/v2/" {
+            return respond(out, "200 OK", &[], b"");
+        }
+        let body = vec![b' '; 2000];
+        write!(
+            out,
+            "HTTP/1.1 200 OK\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )?;
+        for b in body {
+            out.write_all(&[b])?;
+            out.flush()?;
+            std::thread::sleep(std::time::Duration::from_secs(1));
+        }
+        Ok(())
+    });
+    let err = copy_from_fails_soon(&t, &dribbler.host);
+    assert!(err.contains(&dribbler.host), "{err}");
+    assert!(err.contains("GET manifest app:1"), "{err}");
+    assert!(err.contains("under the minimum of 1024 bytes/s"), "{err}");
+}
+
 /// Writes a blob into an OCI layout; returns its descriptor JSON.
 fn put_blob(layout: &std::path::Path, media_type: &str, bytes: &[u8]) -> Value {
     let d = sha256_digest(bytes);

@@ -262,6 +262,10 @@ pub fn main() -> ExitCode {
     if let Some(n) = std::env::var("IMGFORGE_REGISTRY_CHUNK_SIZE").ok().and_then(|v| v.parse::<u64>().ok()) {
         registry.chunk_size = n.max(1);
     }
+    match imgforge::transport::registry::Limits::with_overrides(|k| std::env::var(k).ok()) {
+        Ok(l) => registry.limits = l,
+        Err(e) => return usage_error(&e),
+    }
     let topts = TransportOptions { cache_dir: Some(cache_dir.clone()), registry: registry.clone() };
     match cli.command {
         Command::Copy { source, destination, platform, digest_file } => {

@@ -342,28 +342,9 @@ fn url_decode(s: &str) -> String {
 
 fn serve_token(stream: TcpStream, dir: &Path, x5c: &str, log: &Mutex<Vec<TokenRequest>>) -> std::io::Result<()> {
     let mut reader = BufReader::new(stream.try_clone()?);
-    let mut line = String::new();
-    reader.read_line(&mut line)?;
-    let method = line.split_whitespace().next().unwrap_or("").to_string();
-    let target = line.split_whitespace().nth(1).unwrap_or("").to_string();
-    let mut authorized = false;
-    let mut len = 0usize;
-    loop {
-        let mut h = String::new();
-        if reader.read_line(&mut h)? == 0 || h == "\r\n" || h == "\n" {
-            break;
-        }
-        if let Some((k, v)) = h.split_once(':') {
-            if k.eq_ignore_ascii_case("content-length") {
-                len = v.trim().parse().unwrap_or(0);
-            }
-            if k.eq_ignore_ascii_case("authorization") {
-                let want =
-                    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}")));
-                authorized = v.trim() == want;
-            }
-        }
-    }
+    let Some(Head { method, target, len, authorization }) = read_head(&mut reader)? else { return Ok(()) };
+    let want = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}")));
+    let mut authorized = authorization.as_deref() == Some(want.as_str());
     // GET with query parameters (Basic credentials), or POST with a form (OAuth2 refresh
     // token, as clients with an identity token do).
     let mut body = vec![0u8; len];
@@ -573,4 +554,107 @@ fn proxy_one(
     }
     client.write_all(rest)?;
     Ok(())
+}
+
+/// A request as a [`FakeServer`] read it.
+#[derive(Clone, Debug)]
+pub struct FakeRequest {
+    pub method: String,
+    pub path: String,
+    /// The Authorization header, if any.
+    pub authorization: Option<String>,
+}
+
+type Handler = dyn Fn(&FakeRequest, &mut TcpStream) -> std::io::Result<()> + Send + Sync;
+
+/// A tiny HTTP server on 127.0.0.1 (its own origin) that records every request and lets
+/// `handler` write whatever answer it likes, as slowly as it likes (or none at all).
+pub struct FakeServer {
+    pub host: String,
+    pub seen: Arc<Mutex<Vec<FakeRequest>>>,
+}
+
+impl FakeServer {
+    pub fn start(
+        handler: impl Fn(&FakeRequest, &mut TcpStream) -> std::io::Result<()> + Send + Sync + 'static,
+    ) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let host = format!("127.0.0.1:{}", listener.local_addr().unwrap().port());
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let handler: Arc<Handler> = Arc::new(handler);
+        let s2 = seen.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                let (seen, handler) = (s2.clone(), handler.clone());
+                std::thread::spawn(move || {
+                    let _ = serve_fake(stream, &seen, &*handler);
+                });
+            }
+        });
+        FakeServer { host, seen }
+    }
+
+    pub fn requests(&self) -> Vec<FakeRequest> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+fn serve_fake(stream: TcpStream, seen: &Mutex<Vec<FakeRequest>>, handler: &Handler) -> std::io::Result<()> {
+    let mut reader = BufReader::new(stream.try_clone()?);
+    loop {
+        let Some(Head { method, target: path, len, authorization }) = read_head(&mut reader)? else { return Ok(()) };
+        std::io::copy(&mut (&mut reader).take(len as u64), &mut std::io::sink())?;
+        let req = FakeRequest { method, path, authorization };
+        seen.lock().unwrap().push(req.clone());
+        let mut out = stream.try_clone()?;
+        handler(&req, &mut out)?;
+    }
+}
+
+/// A request's line and the headers the fakes look at.
+struct Head {
+    method: String,
+    target: String,
+    len: usize,
+    authorization: Option<String>,
+}
+
+/// Reads a request's head; `None` when the connection ends first.
+fn read_head(reader: &mut impl BufRead) -> std::io::Result<Option<Head>> {
+    let mut line = String::new();
+    if reader.read_line(&mut line)? == 0 {
+        return Ok(None);
+    }
+    let mut parts = line.split_whitespace();
+    let method = parts.next().unwrap_or("").to_string();
+    let target = parts.next().unwrap_or("").to_string();
+    let (mut len, mut authorization) = (0usize, None);
+    loop {
+        let mut h = String::new();
+        if reader.read_line(&mut h)? == 0 || h == "\r\n" || h == "\n" {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            if k.eq_ignore_ascii_case("content-length") {
+                len = v.trim().parse().unwrap_or(0);
+            }
+            if k.eq_ignore_ascii_case("authorization") {
+                authorization = Some(v.trim().to_string());
+            }
+        }
+    }
+    Ok(Some(Head { method, target, len, authorization }))
+}
+
+/// Writes a complete HTTP/1.1 response with a body.
+pub fn respond(out: &mut TcpStream, status: &str, headers: &[(&str, &str)], body: &[u8]) -> std::io::Result<()> {
+    let mut head = format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\n", body.len());
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    out.write_all(head.as_bytes())?;
+    out.write_all(body)?;
+    out.flush()
 }

@@ -2,7 +2,7 @@
 //! challenges, retries with backoff, and redirects followed without credentials when they
 //! leave the registry's host.
 
-use std::io::Read;
+use std::io::{self, Read};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -11,7 +11,7 @@ use ureq::http::{self, Response};
 
 use super::auth::{self, AuthState};
 use super::credentials::{self, Credentials};
-use super::{certs, RegistryError, RegistryOptions};
+use super::{certs, Limits, RegistryError, RegistryOptions};
 
 pub type Resp = Response<ureq::Body>;
 
@@ -24,9 +24,6 @@ pub enum Body<'a> {
     Stream(&'a mut (dyn Read + Send), u64),
 }
 
-/// How many times a request is tried (408, 429, 5xx and dropped connections are retried).
-pub const ATTEMPTS: u32 = 5;
-
 pub struct Client {
     /// The registry as named in references (`docker.io`, `127.0.0.1:5000`).
     pub registry: String,
@@ -36,6 +33,7 @@ pub struct Client {
     creds: Option<Credentials>,
     auth: Mutex<AuthState>,
     scopes: Mutex<Vec<String>>,
+    limits: Limits,
 }
 
 /// Whether `host[:port]` names this machine's loopback (where plain http is allowed).
@@ -75,24 +73,74 @@ pub fn header(r: &Resp, name: &str) -> Option<String> {
     r.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
 }
 
-/// Reads at most `max` bytes of a response body; more is an error.
-pub fn read_body(r: &mut Resp, max: u64, what: &str) -> Result<Vec<u8>, RegistryError> {
-    let mut buf = Vec::new();
-    r.body_mut()
-        .as_reader()
-        .take(max + 1)
-        .read_to_end(&mut buf)
-        .map_err(|e| RegistryError::Protocol(format!("{what}: reading the response: {e}")))?;
-    if buf.len() as u64 > max {
-        return Err(RegistryError::Protocol(format!("{what}: the response is larger than {max} bytes")));
-    }
-    Ok(buf)
+/// A body (read from or sent to a registry) that must keep moving: a read that brings
+/// less than `min_rate` bytes/s over `slow_time`, or that times out, fails with an error
+/// that names the registry and says what was slow.
+pub struct Paced<R> {
+    inner: R,
+    registry: String,
+    direction: &'static str,
+    limits: Limits,
+    window_start: Instant,
+    window_bytes: u64,
 }
 
-/// The registry's error message from a failed response (distribution's JSON errors).
-pub fn error_message(r: &mut Resp) -> String {
-    let body = read_body(r, 64 << 10, "error").unwrap_or_default();
-    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&body) {
+impl<R> Paced<R> {
+    pub fn new(inner: R, registry: &str, direction: &'static str, limits: Limits) -> Self {
+        Paced {
+            inner,
+            registry: registry.to_string(),
+            direction,
+            limits,
+            window_start: Instant::now(),
+            window_bytes: 0,
+        }
+    }
+
+    fn slow(&self, detail: String) -> io::Error {
+        io::Error::new(io::ErrorKind::TimedOut, format!("{} {} {detail}", self.registry, self.direction))
+    }
+}
+
+impl<R: Read> Read for Paced<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = match self.inner.read(buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::TimedOut || is_ureq_timeout(&e) => {
+                return Err(self.slow(format!(
+                    "nothing for {} s: giving up (IMGFORGE_REGISTRY_SLOW_TIME sets the limit)",
+                    self.limits.slow_time.as_secs_f64()
+                )))
+            }
+            Err(e) => return Err(e),
+        };
+        self.window_bytes += n as u64;
+        let elapsed = self.window_start.elapsed();
+        if n > 0 && elapsed >= self.limits.slow_time {
+            let floor = (self.limits.min_rate as f64 * elapsed.as_secs_f64()) as u64;
+            if self.window_bytes < floor {
+                return Err(self.slow(format!(
+                    "only {} bytes in {:.0} s, under the minimum of {} bytes/s: giving up \
+                     (IMGFORGE_REGISTRY_MIN_RATE and IMGFORGE_REGISTRY_SLOW_TIME set the limit)",
+                    self.window_bytes,
+                    elapsed.as_secs_f64(),
+                    self.limits.min_rate
+                )));
+            }
+            self.window_start = Instant::now();
+            self.window_bytes = 0;
+        }
+        Ok(n)
+    }
+}
+
+fn is_ureq_timeout(e: &io::Error) -> bool {
+    e.get_ref().and_then(|i| i.downcast_ref::<ureq::Error>()).is_some_and(|u| matches!(u, ureq::Error::Timeout(_)))
+}
+
+/// The registry's error message from a failed response's body (distribution's JSON errors).
+fn error_text(body: &[u8]) -> String {
+    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) {
         if let Some(errs) = v.get("errors").and_then(|e| e.as_array()) {
             let parts: Vec<String> = errs
                 .iter()
@@ -107,16 +155,123 @@ pub fn error_message(r: &mut Resp) -> String {
             }
         }
     }
-    String::from_utf8_lossy(&body).trim().chars().take(300).collect()
+    String::from_utf8_lossy(body).trim().chars().take(300).collect()
 }
 
-fn origin(url: &str) -> &str {
-    let after_scheme = url.find("://").map_or(0, |i| i + 3);
-    let end = url[after_scheme..].find('/').map_or(url.len(), |i| after_scheme + i);
-    &url[..end]
+/// The origin of an absolute http(s) URL, `scheme://host:port` in lowercase with the
+/// default port made explicit; `None` for anything else, including a URL with user info
+/// (`http://a@b/`), which is never treated as any registry's origin.
+pub fn origin_of(url: &str) -> Option<String> {
+    let u: http::Uri = url.parse().ok()?;
+    let scheme = u.scheme_str()?.to_ascii_lowercase();
+    let default_port = match scheme.as_str() {
+        "http" => 80,
+        "https" => 443,
+        _ => return None,
+    };
+    let authority = u.authority()?;
+    if authority.as_str().contains('@') || authority.host().is_empty() {
+        return None;
+    }
+    let port = authority.port_u16().unwrap_or(default_port);
+    Some(format!("{scheme}://{}:{port}", authority.host().to_ascii_lowercase()))
+}
+
+/// Whether two URLs have the same origin (and both have one).
+pub fn same_origin(a: &str, b: &str) -> bool {
+    matches!((origin_of(a), origin_of(b)), (Some(x), Some(y)) if x == y)
+}
+
+/// `host[:port]` of a URL, for messages.
+fn host_of(url: &str) -> String {
+    url.parse::<http::Uri>()
+        .ok()
+        .and_then(|u| u.authority().map(|a| a.to_string()))
+        .unwrap_or_else(|| url.chars().take(100).collect())
+}
+
+/// Where a redirect from `current` to `location` leads: an absolute http(s) URL, a
+/// scheme-relative `//host/path`, or an absolute path on `current`'s origin. `None` for
+/// anything else (relative paths, other schemes, URLs that do not parse).
+pub fn resolve_redirect(current: &str, location: &str) -> Option<String> {
+    let cur: http::Uri = current.parse().ok()?;
+    let next = if location.starts_with("http://") || location.starts_with("https://") {
+        location.to_string()
+    } else if let Some(rest) = location.strip_prefix("//") {
+        format!("{}://{rest}", cur.scheme_str()?)
+    } else if location.starts_with('/') {
+        format!("{}://{}{location}", cur.scheme_str()?, cur.authority()?)
+    } else {
+        return None;
+    };
+    origin_of(&next)?;
+    Some(next)
 }
 
 impl Client {
+    /// A response body, paced (see [`Paced`]).
+    pub fn body<'r>(&self, r: &'r mut Resp) -> Paced<ureq::BodyReader<'r>> {
+        Paced::new(r.body_mut().as_reader(), &self.registry, "sent", self.limits)
+    }
+
+    /// A response body as an owned reader, paced.
+    pub fn into_body(&self, r: Resp) -> Paced<ureq::BodyReader<'static>> {
+        Paced::new(r.into_body().into_reader(), &self.registry, "sent", self.limits)
+    }
+
+    /// Reads at most `max` bytes of a response body; more is an error.
+    pub fn read_body(&self, r: &mut Resp, max: u64, what: &str) -> Result<Vec<u8>, RegistryError> {
+        let mut buf = Vec::new();
+        self.body(r).take(max + 1).read_to_end(&mut buf).map_err(|e| self.io_error(what, e))?;
+        if buf.len() as u64 > max {
+            return Err(RegistryError::Protocol(format!("{what}: the response is larger than {max} bytes")));
+        }
+        Ok(buf)
+    }
+
+    /// An error reading or sending a body: too slow (from [`Paced`]), or cut off.
+    pub fn io_error(&self, what: &str, e: io::Error) -> RegistryError {
+        if e.kind() == io::ErrorKind::TimedOut {
+            let t = e.to_string();
+            let detail = t.strip_prefix(&self.registry).map_or(t.clone(), |r| r.trim_start().to_string());
+            return RegistryError::Slow { registry: self.registry.clone(), what: what.to_string(), detail };
+        }
+        RegistryError::Protocol(format!("{what}: reading the response from {}: {e}", self.registry))
+    }
+
+    /// The registry's error message from a failed response (distribution's JSON errors).
+    pub fn error_message(&self, r: &mut Resp) -> String {
+        error_text(&self.read_body(r, 64 << 10, "error").unwrap_or_default())
+    }
+
+    /// An error for a failed exchange; timeouts say what took too long.
+    fn http_error(&self, what: &str, e: ureq::Error) -> RegistryError {
+        let l = &self.limits;
+        let detail = match &e {
+            ureq::Error::Timeout(ureq::Timeout::Connect | ureq::Timeout::Resolve) => format!(
+                "could not be connected to within {} s (IMGFORGE_REGISTRY_CONNECT_TIMEOUT sets the limit)",
+                l.connect.as_secs_f64()
+            ),
+            ureq::Error::Timeout(_) => format!(
+                "accepted the request but did not answer within {} s (IMGFORGE_REGISTRY_RESPONSE_TIMEOUT sets the limit)",
+                l.response.as_secs_f64()
+            ),
+            ureq::Error::Io(io) if io.kind() == io::ErrorKind::TimedOut => return self.io_error(what, io::Error::new(io.kind(), io.to_string())),
+            _ => return RegistryError::Http { registry: self.registry.clone(), what: what.to_string(), source: e },
+        };
+        RegistryError::Slow { registry: self.registry.clone(), what: what.to_string(), detail }
+    }
+
+    /// How many times a request is tried.
+    pub fn attempts(&self) -> u32 {
+        self.limits.attempts
+    }
+
+    /// Whether a request first tried at `started` may be tried again after `tries` tries.
+    pub fn may_retry(&self, tries: u32, started: Instant) -> bool {
+        tries < self.limits.attempts && started.elapsed() < self.limits.retry_time
+    }
+
     /// Connects to `registry`: picks https (or http on loopback, or with `--tls-verify=false`,
     /// when https does not answer), learns how it wants to be authenticated, and asks for
     /// tokens with `scopes`.
@@ -137,9 +292,11 @@ impl Client {
             .max_redirects(0)
             .max_redirects_will_error(false)
             .user_agent(concat!("imgforge/", env!("CARGO_PKG_VERSION")))
-            .timeout_connect(Some(Duration::from_secs(30)))
-            .timeout_recv_response(Some(Duration::from_secs(300)))
-            .timeout_per_read(Some(Duration::from_secs(120)))
+            .timeout_connect(Some(opts.limits.connect))
+            .timeout_send_request(Some(opts.limits.slow_time))
+            .timeout_recv_response(Some(opts.limits.response))
+            .timeout_per_read(Some(opts.limits.slow_time))
+            .timeout_per_write(Some(opts.limits.slow_time))
             .tls_config(tls)
             .build()
             .into();
@@ -150,6 +307,7 @@ impl Client {
             agent,
             creds,
             auth: Mutex::new(AuthState::None),
+            limits: opts.limits,
             scopes: Mutex::new(auth::merge_scopes(&scopes)),
         };
         let ping = match client.ping() {
@@ -160,6 +318,8 @@ impl Client {
                 client.base = format!("http://{host}");
                 match client.ping() {
                     Ok(r) if matches!(r.status().as_u16(), 200 | 401) => r,
+                    // It took plain-http connections but never answered: say so.
+                    Err(slow @ RegistryError::Slow { .. }) => return Err(slow),
                     _ => return Err(e),
                 }
             }
@@ -184,7 +344,7 @@ impl Client {
     fn ping(&self) -> Result<Resp, RegistryError> {
         let url = format!("{}/v2/", self.base);
         let mut last = None;
-        for attempt in 0..3 {
+        for attempt in 0..self.limits.attempts.min(3) {
             match self.agent.get(&url).call() {
                 Ok(r) if transient(r.status().as_u16()) => {
                     std::thread::sleep(backoff(attempt, retry_after(&r)));
@@ -197,7 +357,7 @@ impl Client {
                 }
                 Ok(r) => return Ok(r),
                 Err(e) => {
-                    let err = RegistryError::Http { registry: self.registry.clone(), what: url.clone(), source: e };
+                    let err = self.http_error(&format!("GET {url}"), e);
                     // A refused connection or a TLS mismatch will not change on retry.
                     if attempt == 0 && url.starts_with("https://") && is_loopback(&self.registry) {
                         return Err(err);
@@ -288,7 +448,11 @@ impl Client {
         // An identity token (`identitytoken` in an auth file) is an OAuth2 refresh token: it is
         // exchanged with a POST, never sent as a password.
         let refresh = self.creds.as_ref().filter(|c| c.username == "<token>").map(|c| c.secret.clone());
-        for attempt in 0..ATTEMPTS {
+        let started = Instant::now();
+        for attempt in 0..self.limits.attempts {
+            if attempt > 0 && !self.may_retry(attempt, started) {
+                break;
+            }
             let result = match &refresh {
                 Some(rt) => {
                     let scope = scopes.join(" ");
@@ -320,11 +484,7 @@ impl Client {
             let mut r = match result {
                 Ok(r) => r,
                 Err(e) => {
-                    last = Some(RegistryError::Http {
-                        registry: self.registry.clone(),
-                        what: format!("token from {realm}"),
-                        source: e,
-                    });
+                    last = Some(self.http_error(&format!("token from {realm}"), e));
                     std::thread::sleep(backoff(attempt, None));
                     continue;
                 }
@@ -336,7 +496,7 @@ impl Client {
                     registry: self.registry.clone(),
                     what: format!("token from {realm}"),
                     status,
-                    message: error_message(&mut r),
+                    message: self.error_message(&mut r),
                 });
                 continue;
             }
@@ -348,10 +508,10 @@ impl Client {
                     registry: self.registry.clone(),
                     what: format!("token from {realm}"),
                     status,
-                    message: error_message(&mut r),
+                    message: self.error_message(&mut r),
                 });
             }
-            let body = read_body(&mut r, 1 << 20, "token response")?;
+            let body = self.read_body(&mut r, 1 << 20, &format!("token from {realm}"))?;
             let v: serde_json::Value = serde_json::from_slice(&body).map_err(|_| {
                 RegistryError::Protocol(format!("{}: the token server at {realm} did not answer JSON", self.registry))
             })?;
@@ -416,7 +576,8 @@ impl Client {
             }
             Body::Stream(r, len) => {
                 b = b.header("content-length", len.to_string());
-                let mut limited = (&mut **r).take(*len);
+                // The registry must keep taking the body at the minimum rate.
+                let mut limited = Paced::new((&mut **r).take(*len), &self.registry, "took", self.limits);
                 self.agent.run(b.body(ureq::SendBody::from_reader(&mut limited)).map_err(ureq::Error::Http)?)
             }
         }
@@ -437,13 +598,15 @@ impl Client {
         let replayable = !matches!(body, Body::Stream(..));
         let mut reauthed = false;
         let mut attempt = 0;
+        let started = Instant::now();
         loop {
             let authz = self.authorization()?;
             let mut url = url.to_string();
             let mut redirects = 0;
             let result = loop {
-                let same_origin = origin(&url) == self.base;
-                let a = if same_origin { authz.as_deref() } else { None };
+                // Credentials (Basic, or a token the registry's challenge led to) go to the
+                // registry's own origin only: never to where a redirect leads.
+                let a = if same_origin(&url, &self.base) { authz.as_deref() } else { None };
                 let r = self.send_once(method, &url, headers, &mut body, a);
                 match r {
                     Ok(r)
@@ -451,14 +614,10 @@ impl Client {
                             && matches!(r.status().as_u16(), 301 | 302 | 303 | 307 | 308)
                             && redirects < 5 =>
                     {
-                        let Some(loc) = header(&r, "location") else { break Ok(r) };
-                        url = if loc.starts_with("http://") || loc.starts_with("https://") {
-                            loc
-                        } else if loc.starts_with('/') {
-                            format!("{}{loc}", origin(&url))
-                        } else {
+                        let Some(next) = header(&r, "location").and_then(|l| resolve_redirect(&url, &l)) else {
                             break Ok(r);
                         };
+                        url = next;
                         redirects += 1;
                     }
                     other => break other,
@@ -468,6 +627,18 @@ impl Client {
             match result {
                 Ok(mut r) => {
                     let status = r.status().as_u16();
+                    if matches!(status, 401 | 403) && !same_origin(&url, &self.base) {
+                        // A host the registry redirected to wants credentials. Its challenge
+                        // is not the registry's: answering it would hand the registry's
+                        // credentials (or a token they buy) to that host.
+                        let _ = self.error_message(&mut r);
+                        return Err(RegistryError::RedirectAuth {
+                            registry: self.registry.clone(),
+                            other: host_of(&url),
+                            what: what.to_string(),
+                            status,
+                        });
+                    }
                     if status == 401 && !reauthed && replayable {
                         reauthed = true;
                         if let Some(c) = header(&r, "www-authenticate").and_then(|h| auth::parse_challenge(&h)) {
@@ -481,12 +652,12 @@ impl Client {
                         continue;
                     }
                     if status == 401 || status == 403 {
-                        let _ = error_message(&mut r);
+                        let _ = self.error_message(&mut r);
                         return Err(self.unauthorized(status, what));
                     }
-                    if transient(status) && replayable && attempt < ATTEMPTS {
+                    if transient(status) && replayable && self.may_retry(attempt, started) {
                         let wait = backoff(attempt - 1, retry_after(&r));
-                        let _ = error_message(&mut r);
+                        let _ = self.error_message(&mut r);
                         std::thread::sleep(wait);
                         continue;
                     }
@@ -500,15 +671,11 @@ impl Client {
                             | ureq::Error::ConnectionFailed
                             | ureq::Error::Protocol(_)
                     );
-                    if retryable && replayable && attempt < ATTEMPTS {
+                    if retryable && replayable && self.may_retry(attempt, started) {
                         std::thread::sleep(backoff(attempt - 1, None));
                         continue;
                     }
-                    return Err(RegistryError::Http {
-                        registry: self.registry.clone(),
-                        what: what.to_string(),
-                        source: e,
-                    });
+                    return Err(self.http_error(what, e));
                 }
             }
         }
@@ -520,7 +687,7 @@ impl Client {
             registry: self.registry.clone(),
             what: what.to_string(),
             status: r.status().as_u16(),
-            message: error_message(&mut r),
+            message: self.error_message(&mut r),
         }
     }
 }
@@ -537,7 +704,19 @@ mod tests {
         for h in ["example.com", "10.0.0.1:5000", "128.0.0.1", "localhost.example.com"] {
             assert!(!is_loopback(h), "{h}");
         }
-        assert_eq!(origin("https://a.example:5000/v2/x?y"), "https://a.example:5000");
+        assert_eq!(origin_of("https://a.example:5000/v2/x?y").unwrap(), "https://a.example:5000");
+        assert_eq!(origin_of("HTTPS://A.example/v2/").unwrap(), "https://a.example:443");
+        assert!(same_origin("http://127.0.0.1:80/v2/", "http://127.0.0.1/"));
+        assert!(!same_origin("http://127.0.0.1:5000/v2/", "https://127.0.0.1:5000/v2/"));
+        assert!(!same_origin("http://127.0.0.1:5000@evil.example/v2/", "http://127.0.0.1:5000"));
+        assert!(!same_origin("http://a.example.evil/", "http://a.example"));
+        assert_eq!(origin_of("ftp://a/"), None);
+        let cur = "https://reg.example/v2/a/blobs/x";
+        assert_eq!(resolve_redirect(cur, "/other").unwrap(), "https://reg.example/other");
+        assert_eq!(resolve_redirect(cur, "//cdn.example/b").unwrap(), "https://cdn.example/b");
+        assert_eq!(resolve_redirect(cur, "http://cdn.example/b").unwrap(), "http://cdn.example/b");
+        assert_eq!(resolve_redirect(cur, "relative/x"), None);
+        assert_eq!(resolve_redirect(cur, "file:///etc/passwd"), None);
         assert_eq!(backoff(10, None), Duration::from_secs(16));
         assert_eq!(backoff(0, Some(Duration::from_secs(3))), Duration::from_secs(3));
     }

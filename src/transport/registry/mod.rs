@@ -10,6 +10,7 @@
 //!   manifest.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 pub mod auth;
 pub mod certs;
@@ -32,11 +33,87 @@ pub struct RegistryOptions {
     pub jobs: usize,
     /// Blobs larger than this are uploaded in chunks of this size.
     pub chunk_size: u64,
+    /// How long to wait, how slow is too slow, and how often to try again.
+    pub limits: Limits,
 }
 
 impl Default for RegistryOptions {
     fn default() -> Self {
-        RegistryOptions { tls_verify: true, auth_file: None, jobs: 3, chunk_size: DEFAULT_CHUNK_SIZE }
+        RegistryOptions {
+            tls_verify: true,
+            auth_file: None,
+            jobs: 3,
+            chunk_size: DEFAULT_CHUNK_SIZE,
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// Deadlines and retry bounds for registry requests: a registry that is silent, or sends a
+/// few bytes now and then, fails the build instead of hanging it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Limits {
+    /// Connecting (TCP and the TLS handshake).
+    pub connect: Duration,
+    /// From sending a request to the answer's headers.
+    pub response: Duration,
+    /// A body (either way) that moves slower than `min_rate` bytes/s over `slow_time` is
+    /// given up; so is one that moves nothing for `slow_time`.
+    pub min_rate: u64,
+    pub slow_time: Duration,
+    /// Tries of one request (transient errors are retried), and the time after its first
+    /// try when no new one starts.
+    pub attempts: u32,
+    pub retry_time: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            connect: Duration::from_secs(30),
+            response: Duration::from_secs(120),
+            min_rate: 1024,
+            slow_time: Duration::from_secs(60),
+            attempts: 5,
+            retry_time: Duration::from_secs(300),
+        }
+    }
+}
+
+impl Limits {
+    /// The environment variables that override each limit, with what they set.
+    pub const ENV: [(&'static str, &'static str); 6] = [
+        ("IMGFORGE_REGISTRY_CONNECT_TIMEOUT", "seconds to connect"),
+        ("IMGFORGE_REGISTRY_RESPONSE_TIMEOUT", "seconds to wait for an answer"),
+        ("IMGFORGE_REGISTRY_MIN_RATE", "bytes/s below which a transfer is too slow"),
+        ("IMGFORGE_REGISTRY_SLOW_TIME", "seconds a transfer may stay too slow"),
+        ("IMGFORGE_REGISTRY_ATTEMPTS", "tries of one request"),
+        ("IMGFORGE_REGISTRY_RETRY_TIME", "seconds after which no retry starts"),
+    ];
+
+    /// The defaults with the overrides `get` finds (by the names in [`Limits::ENV`]);
+    /// an error names a value that is not a positive number.
+    pub fn with_overrides(get: impl Fn(&str) -> Option<String>) -> Result<Limits, String> {
+        let mut l = Limits::default();
+        for (name, _) in Self::ENV {
+            let Some(v) = get(name) else { continue };
+            let n: f64 = v
+                .trim()
+                .parse()
+                .ok()
+                .filter(|n: &f64| n.is_finite() && *n > 0.0 && *n < 1e9)
+                .ok_or_else(|| format!("{name}={v:?} is not a positive number"))?;
+            let secs = Duration::from_secs_f64(n);
+            match name {
+                "IMGFORGE_REGISTRY_CONNECT_TIMEOUT" => l.connect = secs,
+                "IMGFORGE_REGISTRY_RESPONSE_TIMEOUT" => l.response = secs,
+                "IMGFORGE_REGISTRY_MIN_RATE" => l.min_rate = n as u64,
+                "IMGFORGE_REGISTRY_SLOW_TIME" => l.slow_time = secs,
+                "IMGFORGE_REGISTRY_ATTEMPTS" => l.attempts = (n as u32).max(1),
+                _ => l.retry_time = secs,
+            }
+        }
+        Ok(l)
     }
 }
 
@@ -56,6 +133,15 @@ pub enum RegistryError {
     Unauthorized { registry: String, what: String, status: u16, hint: String },
     #[error("{what}: {registry} answered {status}{}", if message.is_empty() { String::new() } else { format!(" ({message})") })]
     Status { registry: String, what: String, status: u16, message: String },
+    #[error(
+        "{what}: {registry} redirected the request to {other}, which answered {status} asking for credentials. \
+         imgforge sends the credentials for {registry} only to {registry} itself and to the token server its own \
+         challenge names, never to a host it redirects to; ask {registry}'s operator to make the redirect target \
+         readable without credentials (as blob storage URLs with signed queries are)"
+    )]
+    RedirectAuth { registry: String, other: String, what: String, status: u16 },
+    #[error("{what}: {registry} {detail}")]
+    Slow { registry: String, what: String, detail: String },
     #[error("{0}")]
     Protocol(String),
     #[error("credentials: {0}")]
@@ -122,6 +208,24 @@ pub fn logout(registry: &str, opts: &RegistryOptions) -> Result<Option<PathBuf>,
 
 #[cfg(test)]
 mod tests {
+    use super::Limits;
+    use std::time::Duration;
+
+    #[test]
+    fn limits_from_the_environment() {
+        let l = Limits::with_overrides(|k| match k {
+            "IMGFORGE_REGISTRY_RESPONSE_TIMEOUT" => Some("2.5".into()),
+            "IMGFORGE_REGISTRY_MIN_RATE" => Some("4096".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(l.response, Duration::from_millis(2500));
+        assert_eq!(l.min_rate, 4096);
+        assert_eq!(l.connect, Limits::default().connect);
+        let e = Limits::with_overrides(|k| (k == "IMGFORGE_REGISTRY_ATTEMPTS").then(|| "-1".into())).unwrap_err();
+        assert!(e.contains("IMGFORGE_REGISTRY_ATTEMPTS"), "{e}");
+    }
+
     #[test]
     fn parallel_runs_all_and_reports_an_error() {
         let items: Vec<u32> = (0..20).collect();

@@ -139,14 +139,14 @@ impl RegistrySource {
                     "{}: no manifest {reference} in repository {} ({})",
                     self.repo_ref(),
                     self.name.repository,
-                    client::error_message(&mut r)
+                    client.error_message(&mut r)
                 )))
             }
             _ => return Err(client.status_error(r, &op).into()),
         }
         let content_type =
             client::header(&r, "content-type").map(|c| c.split(';').next().unwrap_or("").trim().to_string());
-        let bytes = client::read_body(&mut r, manifest::MAX_MANIFEST_BYTES, what)?;
+        let bytes = client.read_body(&mut r, manifest::MAX_MANIFEST_BYTES, &op)?;
         let actual = Digest::of(&bytes);
         if let Some((want, size)) = expected {
             if actual != want {
@@ -197,7 +197,7 @@ impl RegistrySource {
         if r.status().as_u16() != 200 {
             return Err(client.status_error(r, &op).into());
         }
-        let bytes = read_small_verified(r.body_mut().as_reader(), d, max, what)?;
+        let bytes = read_small_verified(client.body(&mut r), d, max, what)?;
         if let Some(store) = &self.store {
             store.put_bytes(&bytes)?;
         }
@@ -225,7 +225,7 @@ impl RegistrySource {
                 if r.status().as_u16() != 200 {
                     return Err(client.status_error(r, &op).into());
                 }
-                Ok(Box::new(r.into_body().into_reader()))
+                Ok(Box::new(client.into_body(r)))
             }
         }
     }
@@ -258,6 +258,7 @@ impl RegistrySource {
         let mut hasher = sha2::Sha256::new();
         let mut got: u64 = 0;
         let mut failures = 0;
+        let started = std::time::Instant::now();
         let mut buf = vec![0u8; 256 << 10];
         loop {
             let headers: Vec<(&str, String)> =
@@ -289,12 +290,12 @@ impl RegistrySource {
                         "{}: blob {} is missing ({})",
                         self.repo_ref(),
                         d.digest,
-                        client::error_message(&mut r)
+                        client.error_message(&mut r)
                     )))
                 }
                 _ => return Err(client.status_error(r, &op).into()),
             }
-            let mut reader = r.body_mut().as_reader();
+            let mut reader = client.body(&mut r);
             let outcome: io::Result<()> = loop {
                 match reader.read(&mut buf) {
                     Ok(0) => break Ok(()),
@@ -325,8 +326,8 @@ impl RegistrySource {
                 Ok(()) => break,
                 Err(e) => {
                     failures += 1;
-                    if failures >= client::ATTEMPTS {
-                        return Err(TransportError::Io { what: format!("{op}: {got} of {} bytes", d.size), source: e });
+                    if !client.may_retry(failures, started) {
+                        return Err(client.io_error(&format!("{op}: {got} of {} bytes", d.size), e).into());
                     }
                     std::thread::sleep(client::backoff(failures - 1, None));
                 }

@@ -164,6 +164,7 @@ impl Pusher<'_> {
             }
         }
         let mut attempt = 0;
+        let started = std::time::Instant::now();
         loop {
             let location = match session.take() {
                 Some(l) => l,
@@ -171,7 +172,7 @@ impl Pusher<'_> {
             };
             match self.upload(&location, d, open) {
                 Ok(()) => return Ok(Outcome::Uploaded(d.size)),
-                Err(e) if e.retryable && attempt + 1 < client::ATTEMPTS => {
+                Err(e) if e.retryable && c.may_retry(attempt + 1, started) => {
                     std::thread::sleep(client::backoff(attempt, e.wait));
                     attempt += 1;
                 }
