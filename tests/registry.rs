@@ -31,6 +31,12 @@ fn skopeo_flags(reg: &Registry, prefix: &str) -> Vec<String> {
             format!("--{prefix}creds={USER}:{PASSWORD}"),
         ],
         Mode::Token => vec![format!("--{prefix}tls-verify=false"), format!("--{prefix}creds={USER}:{PASSWORD}")],
+        Mode::SelfSigned => {
+            vec![format!(
+                "--{prefix}cert-dir={}",
+                reg.ca.as_ref().unwrap().parent().unwrap().join("skopeo-certs").display()
+            )]
+        }
         Mode::MutualTls => vec![format!(
             "--{prefix}cert-dir={}",
             reg.ca.as_ref().unwrap().parent().unwrap().join("skopeo-certs").display()
@@ -713,4 +719,32 @@ fn client_certificates_from_certs_d() {
     fs::copy(dir.join("client.key"), certs_d.join("client.key")).unwrap();
     let digest = copy_ok(&mut imgforge_for(&t, &reg), &busybox_ref(), &dest);
     assert_eq!(skopeo_inspect_reg(&reg, &dest)["Digest"], digest);
+}
+
+#[test]
+fn a_self_signed_certificate_in_certs_d_is_trusted_as_itself_and_no_other() {
+    let t = TestDir::new();
+    // The registry serves `openssl req -x509 -newkey rsa:2048 -nodes ...` (CN and SAN
+    // localhost/127.0.0.1); its HOME's certs.d/127.0.0.1:PORT/ca.crt is that certificate.
+    let reg = Registry::start(&t, Mode::SelfSigned);
+    let dest = reg.reference("selfsigned:1");
+    let digest = copy_ok(&mut imgforge_for(&t, &reg), &busybox_ref(), &dest);
+    assert_eq!(skopeo_inspect_reg(&reg, &dest)["Digest"], digest);
+    let mut pull = imgforge_for(&t, &reg);
+    pull.env("IMGFORGE_CACHE_DIR", t.join("pull-cache"));
+    let out = t.join("out");
+    assert_eq!(copy_ok(&mut pull, &dest, &format!("oci:{}:x", out.display())), digest);
+
+    // Another certificate made the same way (same names, another key) is still refused.
+    let other = t.mkdir("other");
+    registry::self_signed(&other, "domain");
+    let home = t.mkdir("other-home");
+    let certs_d = home.join(".config/containers/certs.d").join(&reg.host);
+    fs::create_dir_all(&certs_d).unwrap();
+    fs::copy(other.join("domain.crt"), certs_d.join("ca.crt")).unwrap();
+    let mut c = imgforge_for(&t, &reg);
+    c.env("HOME", &home).env("IMGFORGE_CACHE_DIR", t.join("other-cache"));
+    let err = fails(c.args(["copy", &dest, &format!("oci:{}:y", t.join("out2").display())]));
+    assert!(err.contains(&reg.host) && err.to_lowercase().contains("certificate"), "{err}");
+    assert!(!t.join("out2/index.json").exists());
 }

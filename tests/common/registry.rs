@@ -29,6 +29,9 @@ pub enum Mode {
     TlsBasic,
     Token,
     MutualTls,
+    /// TLS with a self-signed certificate made the way most users make one (see
+    /// [`self_signed`]), trusted through certs.d; no auth.
+    SelfSigned,
 }
 
 /// One request as the registry logged it.
@@ -125,6 +128,31 @@ fn make_tls(dir: &Path) {
     );
 }
 
+/// `NAME.crt` and `NAME.key` in `dir`, made with the recipe users follow for an internal
+/// registry (distribution's docs), with rsa:2048 instead of rsa:4096 to keep it quick: a
+/// self-signed certificate that is its own CA (OpenSSL adds `CA:TRUE`).
+pub fn self_signed(dir: &Path, name: &str) {
+    let (key, crt) = (format!("{name}.key"), format!("{name}.crt"));
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            &key,
+            "-out",
+            &crt,
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+        ],
+    );
+}
+
 impl Registry {
     pub fn start(t: &TestDir, mode: Mode) -> Registry {
         require_tool("docker-registry");
@@ -172,6 +200,15 @@ impl Registry {
                     "  tls:\n    certificate: {d}/server.crt\n    key: {d}/server.key\n    clientcas:\n      - {d}/ca.crt\n",
                     d = dir.display()
                 );
+            }
+            Mode::SelfSigned => {
+                self_signed(&dir, "domain");
+                let certs_d = home.join(".config/containers/certs.d").join(&host);
+                fs::create_dir_all(&certs_d).unwrap();
+                fs::copy(dir.join("domain.crt"), certs_d.join("ca.crt")).unwrap();
+                ca = Some(dir.join("domain.crt"));
+                extra =
+                    format!("  tls:\n    certificate: {d}/domain.crt\n    key: {d}/domain.key\n", d = dir.display());
             }
             Mode::Token => {
                 openssl(&dir, &["genrsa", "-out", "token.key", "2048"]);

@@ -286,8 +286,7 @@ impl Client {
         scopes: Vec<String>,
         creds: Option<Credentials>,
     ) -> Result<Client, RegistryError> {
-        let tls = certs::tls_config(registry, opts.tls_verify)?;
-        let agent: ureq::Agent = ureq::Agent::config_builder()
+        let config = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .max_redirects(0)
             .max_redirects_will_error(false)
@@ -296,10 +295,15 @@ impl Client {
             .timeout_send_request(Some(opts.limits.slow_time))
             .timeout_recv_response(Some(opts.limits.response))
             .timeout_per_read(Some(opts.limits.slow_time))
-            .timeout_per_write(Some(opts.limits.slow_time))
-            .tls_config(tls)
-            .build()
-            .into();
+            .timeout_per_write(Some(opts.limits.slow_time));
+        let agent = match certs::tls_config(registry, opts.tls_verify)? {
+            certs::Tls::Verify(tls) => ureq::Agent::with_parts(
+                config.build(),
+                certs::connector(tls),
+                ureq::unversioned::resolver::DefaultResolver::default(),
+            ),
+            certs::Tls::NoVerify(tls) => config.tls_config(tls).build().into(),
+        };
         let host = api_host(registry);
         let mut client = Client {
             registry: registry.to_string(),
