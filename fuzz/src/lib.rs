@@ -13,6 +13,8 @@ use imgforge::image::manifest::{
     self, media, parse_config, parse_document, Descriptor, Document, Index, Platform, MAX_FANOUT,
 };
 use imgforge::image::reference::ImageRef;
+use imgforge::transport::registry::auth::{parse_challenge, AuthState};
+use imgforge::transport::registry::client::{origin_of, resolve_redirect, same_origin};
 use imgforge_layers::{
     decompress, extract_compressed, extract_layer, CompressOptions, Compression, DiffId, Digest, Entry, EntryType,
     ExtractOptions, LayerReader, LayerWriter, Limits, Normalize, Owner, Resolve, TarWriter, DEFAULT_EPOCH,
@@ -31,6 +33,8 @@ pub const TARGETS: &[(&str, Check)] = &[
     ("index", index),
     ("reference", reference),
     ("extract", extract),
+    ("auth_challenge", auth_challenge),
+    ("redirect", redirect),
 ];
 
 // ---------------------------------------------------------------------------------------
@@ -858,6 +862,76 @@ fn snapshot_outside(dir: &std::path::Path, skip: &std::path::Path) -> Vec<(std::
     }
     out.sort();
     out
+}
+
+// ---------------------------------------------------------------------------------------
+// auth_challenge
+
+/// A `WWW-Authenticate` header value, as a registry (any registry) may send it. Checks: no
+/// panic; a parsed challenge has a non-empty lowercase scheme without whitespace and
+/// lowercase, non-empty parameter names; printed back with every value quoted and escaped
+/// it parses to the same challenge (when scheme and names are tokens); turning it into what
+/// the client will send never panics.
+pub fn auth_challenge(data: &[u8]) {
+    let Ok(s) = std::str::from_utf8(data) else { return };
+    let Some(c) = parse_challenge(s) else { return };
+    assert!(!c.scheme.is_empty() && !c.scheme.contains(char::is_whitespace), "{s:?} gave scheme {:?}", c.scheme);
+    assert_eq!(c.scheme, c.scheme.to_ascii_lowercase(), "{s:?}");
+    for k in c.params.keys() {
+        assert!(!k.is_empty() && *k == k.to_ascii_lowercase(), "{s:?} gave parameter {k:?}");
+    }
+    let token = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_graphic() && !b"\",=\\".contains(&b));
+    if token(&c.scheme) && c.params.keys().all(|k| token(k)) {
+        let params: Vec<String> =
+            c.params.iter().map(|(k, v)| format!("{k}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\""))).collect();
+        let again = format!("{} {}", c.scheme, params.join(", "));
+        assert_eq!(parse_challenge(&again).as_ref(), Some(&c), "{s:?} printed as {again:?} parses differently");
+    }
+    let _ = AuthState::from_challenge(&c);
+}
+
+// ---------------------------------------------------------------------------------------
+// redirect
+
+/// `CURRENT\nLOCATION` (or just a location, from `https://registry.example:5000/v2/x`): a
+/// redirect the registry's client may follow. Checks: no panic; where it leads has an
+/// origin; an absolute-path location stays on the current origin; the registry's
+/// credentials go to the result (same origin) only if its authority, as any naive reader of
+/// the URL text would see it (what follows `scheme://` up to `/`, `?`, `#` or `\`), is the
+/// registry's own host and port; `same_origin` is reflexive and symmetric.
+pub fn redirect(data: &[u8]) {
+    let Ok(s) = std::str::from_utf8(data) else { return };
+    let (current, location) = s.split_once('\n').unwrap_or(("https://registry.example:5000/v2/x", s));
+    if let Some(o) = origin_of(current) {
+        assert!(same_origin(current, current), "{current:?} ({o}) is not its own origin");
+    }
+    let Some(next) = resolve_redirect(current, location) else { return };
+    let next_origin = origin_of(&next).unwrap_or_else(|| panic!("{s:?} led to {next:?}, which has no origin"));
+    assert_eq!(same_origin(&next, current), same_origin(current, &next), "{s:?}");
+    if location.starts_with('/') && !location.starts_with("//") {
+        assert!(same_origin(&next, current), "{s:?}: an absolute path left the origin: {next:?}");
+    }
+    if same_origin(&next, current) {
+        let naive = |u: &str| -> String {
+            let after = &u[u.find("://").map_or(0, |i| i + 3)..];
+            let end = after.find(['/', '?', '#', '\\']).unwrap_or(after.len());
+            let auth = after[..end].to_ascii_lowercase();
+            let scheme = u.split("://").next().unwrap_or("").to_ascii_lowercase();
+            let split = if auth.starts_with('[') { auth.find(']').map(|i| i + 1) } else { auth.rfind(':') };
+            let (host, rest) = auth.split_at(split.unwrap_or(auth.len()));
+            let port = match rest {
+                "" if scheme == "https" => "443".to_string(),
+                "" => "80".to_string(),
+                p => p
+                    .strip_prefix(':')
+                    .and_then(|p| p.parse::<u16>().ok())
+                    .map_or(format!("bad port {p}"), |p| p.to_string()),
+            };
+            format!("{scheme}://{host}:{port}")
+        };
+        assert!(!naive(&next).contains('@'), "{s:?}: credentials would go to {next:?}, which has user info");
+        assert_eq!(naive(&next), next_origin, "{s:?}: {next:?} reads as another host than its origin");
+    }
 }
 
 #[cfg(test)]

@@ -93,3 +93,13 @@ fn extract_corpus() {
     let malicious = Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/layers/malicious");
     run_corpus_with("extract", &[malicious]);
 }
+
+#[test]
+fn auth_challenge_corpus() {
+    run_corpus("auth_challenge");
+}
+
+#[test]
+fn redirect_corpus() {
+    run_corpus("redirect");
+}

@@ -170,11 +170,23 @@ pub fn origin_of(url: &str) -> Option<String> {
         _ => return None,
     };
     let authority = u.authority()?;
-    if authority.as_str().contains('@') || authority.host().is_empty() {
+    let host = authority.host();
+    if authority.as_str().contains('@') || host.is_empty() {
         return None;
     }
-    let port = authority.port_u16().unwrap_or(default_port);
-    Some(format!("{scheme}://{}:{port}", authority.host().to_ascii_lowercase()))
+    // After the host: nothing, or `:` and a port number (http::Uri lets `host:junk` and
+    // `[::1]junk` through, with no port).
+    let port = match authority.as_str().strip_prefix(host)? {
+        "" => default_port,
+        rest => {
+            let digits = rest.strip_prefix(':')?;
+            if digits.is_empty() || digits.len() > 5 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            digits.parse::<u16>().ok().filter(|p| *p != 0)?
+        }
+    };
+    Some(format!("{scheme}://{}:{port}", host.to_ascii_lowercase()))
 }
 
 /// Whether two URLs have the same origin (and both have one).
@@ -715,6 +727,10 @@ mod tests {
         assert!(!same_origin("http://127.0.0.1:5000@evil.example/v2/", "http://127.0.0.1:5000"));
         assert!(!same_origin("http://a.example.evil/", "http://a.example"));
         assert_eq!(origin_of("ftp://a/"), None);
+        for junk in ["https://reg.example:B500/", "https://[::1]5000/", "https://reg.example:/", "http://a:0/"] {
+            assert_eq!(origin_of(junk), None, "{junk}");
+        }
+        assert_eq!(origin_of("http://[::1]:05000/").unwrap(), "http://[::1]:5000");
         let cur = "https://reg.example/v2/a/blobs/x";
         assert_eq!(resolve_redirect(cur, "/other").unwrap(), "https://reg.example/other");
         assert_eq!(resolve_redirect(cur, "//cdn.example/b").unwrap(), "https://cdn.example/b");
