@@ -293,6 +293,8 @@ fn tls_registry_with_basic_auth_login_logout_and_credential_helpers() {
     let err = fails(&mut l);
     assert!(err.contains("401"), "{err}");
     assert!(!t.join("auth.json").exists());
+    // -p warns, as docker does: the password is visible in `ps`.
+    assert!(err.contains("warning: --password") && err.contains("--password-stdin"), "{err}");
 
     // login with --password-stdin stores the credentials (0600), never printing them.
     let mut l = imgforge_for(&t, &reg);
@@ -303,6 +305,7 @@ fn tls_registry_with_basic_auth_login_logout_and_credential_helpers() {
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "login: {}", stderr_str(&out));
     assert!(!stderr_str(&out).contains(PASSWORD) && !stdout_str(&out).contains(PASSWORD));
+    assert!(!stderr_str(&out).contains("warning"), "{}", stderr_str(&out));
     let auth = read_json(&t.join("auth.json"));
     assert!(auth["auths"][&reg.host]["auth"].is_string(), "{auth}");
     use std::os::unix::fs::PermissionsExt;

@@ -293,7 +293,17 @@ pub fn main() -> ExitCode {
             };
             let password = match (password, password_stdin) {
                 (Some(_), true) => return usage_error("--password and --password-stdin exclude each other"),
-                (Some(p), false) => p,
+                (Some(p), false) => {
+                    // As docker does: the password is in this command line, which `ps` and
+                    // /proc show to every user of the machine.
+                    let reporter = render::for_stderr(cli.quiet, cli.verbose, std::io::stderr().is_terminal());
+                    reporter.report(imgforge::report::Event::Warning(
+                        "--password on the command line is visible to other users of this machine (ps, \
+                         /proc) and may stay in your shell history; use --password-stdin instead"
+                            .into(),
+                    ));
+                    p
+                }
                 (None, true) => {
                     let mut p = String::new();
                     if let Err(e) = std::io::Read::read_to_string(&mut std::io::stdin(), &mut p) {
