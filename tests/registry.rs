@@ -751,3 +751,46 @@ fn a_self_signed_certificate_in_certs_d_is_trusted_as_itself_and_no_other() {
     assert!(err.contains(&reg.host) && err.to_lowercase().contains("certificate"), "{err}");
     assert!(!t.join("out2/index.json").exists());
 }
+
+#[test]
+fn a_later_push_to_another_repository_mounts_from_where_the_cache_saw_the_blobs() {
+    let t = TestDir::new();
+    let reg = Registry::start(&t, Mode::Plain);
+    let src = busybox_ref();
+    let cache = t.join("push-cache");
+    let push = |dest: &str, cache: &std::path::Path| {
+        let mut c = imgforge_for(&t, &reg);
+        c.env("IMGFORGE_CACHE_DIR", cache);
+        copy_ok(&mut c, &src, &reg.reference(dest))
+    };
+    let digest = push("a:1", &cache);
+    let blobs = layer_digests(&skopeo_inspect(&src)).len() + 1; // and the config
+    let uploads = |reqs: &[registry::Logged]| {
+        reqs.iter().filter(|r| matches!(r.method.as_str(), "PUT" | "PATCH") && r.path.contains("/blobs/")).count()
+    };
+
+    // Another process, the same cache: every blob is mounted from a, nothing goes up.
+    let mark = reg.mark();
+    assert_eq!(push("b:1", &cache), digest);
+    let reqs = reg.requests_since(mark);
+    let mounts: Vec<_> = reqs.iter().filter(|r| r.method == "POST" && r.path.contains("mount=")).collect();
+    assert_eq!(mounts.len(), blobs, "{reqs:#?}");
+    assert!(mounts.iter().all(|r| r.status == 201 && r.path.contains("from=a")), "{reqs:#?}");
+    assert_eq!(uploads(&reqs), 0, "{reqs:#?}");
+    assert_eq!(skopeo_inspect_reg(&reg, &reg.reference("b:1"))["Digest"], digest);
+
+    // A cache that names a repository without the blobs: the mount is refused (202, not
+    // 201) and the blob is uploaded instead.
+    let stale = t.join("stale-cache");
+    for d in layer_digests(&skopeo_inspect(&src)) {
+        let f = stale.join("blob-locations-v1").join(reg.host.replace(':', "+")).join(&d[7..]);
+        fs::create_dir_all(f.parent().unwrap()).unwrap();
+        fs::write(&f, "ghost/repo\n").unwrap();
+    }
+    let mark = reg.mark();
+    assert_eq!(push("c:1", &stale), digest);
+    let reqs = reg.requests_since(mark);
+    assert!(reqs.iter().any(|r| r.path.contains("from=ghost") && r.status == 202), "{reqs:#?}");
+    assert_eq!(uploads(&reqs), blobs, "{reqs:#?}");
+    assert_eq!(skopeo_inspect_reg(&reg, &reg.reference("c:1"))["Digest"], digest);
+}

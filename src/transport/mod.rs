@@ -243,7 +243,7 @@ pub fn write(
     reporter: &dyn Reporter,
 ) -> Result<WriteSummary, TransportError> {
     match dest {
-        ImageRef::Registry(n) => registry::push(n, image, blobs, &opts.registry, reporter),
+        ImageRef::Registry(n) => registry::push(n, image, blobs, &opts.registry, opts.cache_dir.as_deref(), reporter),
         ImageRef::OciLayout { dir, .. } => oci_dir::write(dir, dest.tag_or_default(), image, blobs),
         ImageRef::OciArchive { file, .. } => oci_archive::write(file, dest.tag_or_default(), image, blobs),
         ImageRef::DockerArchive { file, name } => docker_archive::write(file, name.as_ref(), image, blobs),

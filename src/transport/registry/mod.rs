@@ -8,6 +8,8 @@
 //!   and kept in the store.
 //! - [`push`]: the destination side: exists → mount → upload for each blob, then the
 //!   manifest.
+//! - [`locations`]: which repositories of a registry hold a blob, remembered in the cache
+//!   so that later pushes mount instead of uploading.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -16,6 +18,7 @@ pub mod auth;
 pub mod certs;
 pub mod client;
 pub mod credentials;
+pub mod locations;
 mod pull;
 mod push;
 

@@ -1,16 +1,18 @@
 //! Writing an image to a registry: for each blob, does the repository have it (HEAD)? Can
-//! it be mounted from another repository on the same registry (the base image's, or one this
-//! process pushed it to)? Only then is it uploaded: in one PUT when small, in PATCH chunks
+//! it be mounted from another repository on the same registry (the base image's, one this
+//! process pushed it to, or one the cache's [`Locations`] remember)? Only then is it uploaded: in one PUT when small, in PATCH chunks
 //! when large. Then the config, then the manifest with its media type.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::io::{self, Read};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use imgforge_layers::Digest;
 
 use super::client::{self, Body, Client};
+use super::locations::Locations;
 use super::RegistryOptions;
 use crate::image::manifest::Descriptor;
 use crate::image::reference::{DockerName, DEFAULT_TAG};
@@ -24,9 +26,16 @@ fn known() -> &'static Mutex<HashMap<(String, Digest), String>> {
     K.get_or_init(Default::default)
 }
 
-fn remember(registry: &str, d: Digest, repo: &str) {
+/// Records that `repo` holds `d`: for this process, and in the cache for later runs.
+fn remember(registry: &str, d: Digest, repo: &str, locations: Option<&Locations>) {
     known().lock().expect("lock").insert((registry.to_string(), d), repo.to_string());
+    if let Some(l) = locations {
+        l.add(&d, repo);
+    }
 }
+
+/// Repositories a blob is tried to be mounted from before it is uploaded.
+const MOUNT_CANDIDATES: usize = 3;
 
 #[derive(Default)]
 struct Counts {
@@ -56,6 +65,7 @@ pub fn push(
     image: &NewImage,
     blobs: &dyn Blobs,
     opts: &RegistryOptions,
+    cache_dir: Option<&Path>,
     reporter: &dyn Reporter,
 ) -> Result<WriteSummary, TransportError> {
     if let Some(d) = &name.digest {
@@ -67,22 +77,24 @@ pub fn push(
         }
     }
     let repo = &name.repository;
-    // Mount candidates on this registry: the source's repository, and where this process
-    // already put a blob.
-    let mut sources: HashMap<Digest, String> = HashMap::new();
+    let locations = cache_dir.map(|c| Locations::open(c, &name.registry));
+    // Mount candidates on this registry, best first: the source's repository, where this
+    // process already put the blob, and where earlier runs saw it (the cache).
+    let mut sources: HashMap<Digest, Vec<String>> = HashMap::new();
     for d in image.layers.iter().map(|l| l.descriptor.digest).chain([image.config_digest]) {
-        if let Some(src) = blobs.mount_source(&d).filter(|s| s.registry == name.registry && s.repository != *repo) {
-            sources.insert(d, src.repository);
-        } else if let Some(r) = known().lock().expect("lock").get(&(name.registry.clone(), d)) {
-            if r != repo {
-                sources.insert(d, r.clone());
-            }
+        let mut c: Vec<String> = Vec::new();
+        c.extend(blobs.mount_source(&d).filter(|s| s.registry == name.registry).map(|s| s.repository));
+        c.extend(known().lock().expect("lock").get(&(name.registry.clone(), d)).cloned());
+        c.extend(locations.iter().flat_map(|l| l.get(&d)));
+        let mut seen = HashSet::new();
+        c.retain(|r| r != repo && seen.insert(r.clone()));
+        c.truncate(MOUNT_CANDIDATES);
+        if !c.is_empty() {
+            sources.insert(d, c);
         }
     }
     let mut scopes = vec![format!("repository:{repo}:pull,push")];
-    let mut from: Vec<&String> = sources.values().collect();
-    from.sort();
-    from.dedup();
+    let from: BTreeSet<&String> = sources.values().flatten().collect();
     scopes.extend(from.iter().map(|r| format!("repository:{r}:pull")));
     let client = Arc::new(Client::new(&name.registry, opts, scopes)?);
     let p = Pusher { client, name, opts, reporter };
@@ -107,17 +119,17 @@ pub fn push(
         }
     }
     super::parallel(&layers, opts.jobs, |d| {
-        let o = p.blob(d, sources.get(&d.digest).map(String::as_str), &mut || blobs.open(d))?;
-        remember(&name.registry, d.digest, repo);
+        let o = p.blob(d, sources.get(&d.digest).map_or(&[], Vec::as_slice), &mut || blobs.open(d))?;
+        remember(&name.registry, d.digest, repo, locations.as_ref());
         tally(o);
         Ok::<(), TransportError>(())
     })?;
     let config =
         Descriptor::new(crate::image::manifest::media::OCI_CONFIG, image.config_digest, image.config.len() as u64);
-    let o = p.blob(&config, sources.get(&config.digest).map(String::as_str), &mut || {
+    let o = p.blob(&config, sources.get(&config.digest).map_or(&[], Vec::as_slice), &mut || {
         Ok(Box::new(io::Cursor::new(image.config.clone())))
     })?;
-    remember(&name.registry, config.digest, repo);
+    remember(&name.registry, config.digest, repo, locations.as_ref());
     tally(o);
     p.manifest(image)?;
     Ok(WriteSummary {
@@ -136,7 +148,7 @@ impl Pusher<'_> {
         format!("docker://{}/{}", self.name.registry, self.name.repository)
     }
 
-    fn blob(&self, d: &Descriptor, mount_from: Option<&str>, open: &mut Opener<'_>) -> Result<Outcome, TransportError> {
+    fn blob(&self, d: &Descriptor, mount_from: &[String], open: &mut Opener<'_>) -> Result<Outcome, TransportError> {
         let c = &self.client;
         let repo = &self.name.repository;
         let op = format!("HEAD blob {} in {}", d.digest, self.repo_ref());
@@ -147,14 +159,24 @@ impl Pusher<'_> {
             _ => return Err(c.status_error(r, &op).into()),
         }
         let mut session = None;
-        if let Some(from) = mount_from {
+        for (i, from) in mount_from.iter().enumerate() {
             let op = format!("mount blob {} from {from} into {}", d.digest, self.repo_ref());
             let url = c.url(&format!("/v2/{repo}/blobs/uploads/?mount={}&from={from}", d.digest));
             match c.send("POST", &url, &[], Body::Empty, &op) {
                 Ok(r) => match r.status().as_u16() {
                     201 => return Ok(Outcome::Mounted),
-                    // Not mountable after all: the answer is an upload session to use instead.
-                    202 => session = client::header(&r, "location").map(|l| c.resolve_location(&l)),
+                    // Not mountable from there: the answer is an upload session. The last
+                    // candidate's is used for the upload; the others are cancelled.
+                    202 => {
+                        let l = client::header(&r, "location").map(|l| c.resolve_location(&l));
+                        match l {
+                            Some(l) if i + 1 == mount_from.len() => session = Some(l),
+                            Some(l) => {
+                                let _ = c.send("DELETE", &l, &[], Body::Empty, &format!("cancel {op}"));
+                            }
+                            None => {}
+                        }
+                    }
                     // Mounting is an optimisation: anything else falls back to an upload.
                     _ => {}
                 },
