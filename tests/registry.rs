@@ -610,6 +610,51 @@ fn a_registry_that_dribbles_a_manifest_fails_the_copy_in_bounded_time() {
     assert!(err.contains("under the minimum of 1024 bytes/s"), "{err}");
 }
 
+#[test]
+fn a_registry_that_dribbles_a_layer_fails_the_pull_in_bounded_time() {
+    use common::registry::{respond, FakeServer};
+    use std::io::Write;
+    let t = TestDir::new();
+    // Serves busybox's manifest and config at once, then its layer one byte a second.
+    let layout = busybox_layout();
+    let index = read_json(&layout.join("index.json"));
+    let manifest_digest = index["manifests"][0]["digest"].as_str().unwrap().to_string();
+    let manifest = read_blob(&layout, &manifest_digest);
+    let m: Value = serde_json::from_slice(&manifest).unwrap();
+    let config = m["config"]["digest"].as_str().unwrap().to_string();
+    let layer = m["layers"][0]["digest"].as_str().unwrap().to_string();
+    let media_type = m["mediaType"].as_str().unwrap().to_string();
+    let layer_bytes = read_blob(&layout, &layer);
+    let config_bytes = read_blob(&layout, &config);
+    let (l2, md2) = (layer.clone(), manifest_digest.clone());
+    let server = FakeServer::start(move |req, out| {
+        if req.path == "/v2/" {
+            respond(out, "200 OK", &[], b"")
+        } else if req.path.contains("/manifests/") {
+            respond(out, "200 OK", &[("Content-Type", &media_type), ("Docker-Content-Digest", &md2)], &manifest)
+        } else if req.path.ends_with(&config) {
+            respond(out, "200 OK", &[], &config_bytes)
+        } else if req.path.ends_with(&l2) {
+            write!(out, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", layer_bytes.len())?;
+            for b in &layer_bytes {
+                out.write_all(&[*b])?;
+                out.flush()?;
+                std::thread::sleep(std::time::Duration::from_secs(1));
+            }
+            Ok(())
+        } else {
+            respond(out, "404 Not Found", &[], b"")
+        }
+    });
+    let err = copy_from_fails_soon(&t, &server.host);
+    assert!(err.contains(&server.host) && err.contains(&layer), "{err}");
+    assert!(err.contains("under the minimum of 1024 bytes/s"), "{err}");
+    // Nothing unverified was kept: no layer in the store, no index written.
+    assert!(!t.join("out/index.json").exists());
+    let store_blob = t.cache_dir().join("blobs/sha256").join(&layer[7..]);
+    assert!(!store_blob.exists(), "a partial layer is in the store");
+}
+
 /// Writes a blob into an OCI layout; returns its descriptor JSON.
 fn put_blob(layout: &std::path::Path, media_type: &str, bytes: &[u8]) -> Value {
     let d = sha256_digest(bytes);
