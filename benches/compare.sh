@@ -3,7 +3,7 @@
 #
 # usage: benches/compare.sh [-n RUNS] [CASE...]
 #   CASE: gzip_vs_umoci zstd_vs_floor gzip_floor big_layer_rss rebuild_vs_buildah push_vs_skopeo
-#         build_image_unpack cnb_rebuild
+#         build_image_unpack cnb_rebuild noop_vs_find push_known_blobs
 #         (default: all of them, in that order)
 # env:
 #   RUNS=3                          runs per command; the table shows the median (also min and max)
@@ -13,7 +13,10 @@
 #   REV=<git revision>              build and measure that commit instead of the work tree, from a
 #                                   clean export under $BENCH_DIR/src (for a repo with others'
 #                                   uncommitted edits in it); also used for the write_layer example
-#   TREE_FILES=12000 TREE_MB=100    app tree for cases 1-3, and case 5's dependency store
+#   TREES="synthetic node python"  the app trees cases 1-3, 6, 9 and 10 run on, side by side:
+#                                   synthetic (make-tree.py), node (benches/apps/node + npm ci),
+#                                   python (benches/apps/python + pip install --target)
+#   TREE_FILES=12000 TREE_MB=100    the synthetic tree, also case 5's and 8's dependency store
 #                                   (make-tree.py's default profile)
 #   BIG_FILES=2000 BIG_MB=1024      app tree for the peak-RSS case
 #   WAIT_LOAD=<cores>               before each case, wait (up to WAIT_MAX=1800 s) until other work
@@ -39,7 +42,9 @@ TREE_FILES=${TREE_FILES:-12000}
 TREE_MB=${TREE_MB:-100}
 BIG_FILES=${BIG_FILES:-2000}
 BIG_MB=${BIG_MB:-1024}
-ALL_CASES=(gzip_vs_umoci zstd_vs_floor gzip_floor big_layer_rss rebuild_vs_buildah push_vs_skopeo build_image_unpack cnb_rebuild)
+TREES=${TREES:-synthetic node python}
+ALL_CASES=(gzip_vs_umoci zstd_vs_floor gzip_floor big_layer_rss rebuild_vs_buildah push_vs_skopeo build_image_unpack
+  cnb_rebuild noop_vs_find push_known_blobs)
 
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; exit 2; }
 cases=()
@@ -54,6 +59,12 @@ while [ $# -gt 0 ]; do
 done
 [ ${#cases[@]} -gt 0 ] || cases=("${ALL_CASES[@]}")
 [[ $RUNS =~ ^[1-9][0-9]*$ ]] || { echo "RUNS must be a positive whole number, not $RUNS" >&2; exit 2; }
+for t in $TREES; do
+  case $t in
+    synthetic | node | python) ;;
+    *) echo "unknown tree $t in TREES (trees: synthetic node python)" >&2; exit 2 ;;
+  esac
+done
 
 log() { printf '%s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -99,6 +110,35 @@ ensure_tree() { # NAME FILES MB -> prints the tree's path
     log "making app tree $dir (--files $2 --mb $3)"
     rm -rf "$dir" "$dir.tmp" "$dir.stamp"
     python3 "$BENCH_SCRIPTS/make-tree.py" "$dir.tmp" --files "$2" --mb "$3"
+    mv "$dir.tmp" "$dir"
+    printf '%s\n' "$stamp" >"$dir.stamp"
+  fi
+  printf '%s\n' "$dir"
+}
+
+# A real app (benches/apps/NAME, with its Procfile) and its dependencies from the package
+# registry: node_modules through `npm ci` from the committed package-lock.json (install scripts
+# off: none of its packages needs one), or site-packages through `pip install --target` of the
+# pinned requirements.txt. The stamp names the app's files (by hash) and the tools' versions;
+# DIR.size records "FILES TAR_BYTES" of the tree as it was made.
+ensure_real_app() { # NAME -> prints the tree's path
+  local name=$1 src=$here/apps/$1 dir=$BENCH_DIR/app-$1 stamp tools
+  case $name in
+    node) tools="node $(node --version) npm $(npm --version)" ;;
+    python) tools="$(python3 --version) pip $(python3 -m pip --version | cut -d' ' -f2)" ;;
+  esac
+  stamp="$(cd "$src" && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16)"
+  stamp="$stamp $name app, $tools"
+  if [ "$(cat "$dir.stamp" 2>/dev/null)" != "$stamp" ] || [ ! -d "$dir" ]; then
+    log "making the $name app tree $dir ($tools; dependencies from the registry)"
+    rm -rf "$dir" "$dir.tmp" "$dir.stamp" "$dir.size"
+    cp -a "$src" "$dir.tmp"
+    case $name in
+      node) (cd "$dir.tmp" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error) >&2 ;;
+      python) python3 -m pip install --no-cache-dir --disable-pip-version-check --no-input -q \
+        --root-user-action=ignore --target "$dir.tmp/site-packages" -r "$dir.tmp/requirements.txt" >&2 ;;
+    esac || die "installing the $name app's dependencies into $dir.tmp failed"
+    printf '%s %s\n' "$(regular_files "$dir.tmp")" "$(warm_tree "$dir.tmp")" >"$dir.size"
     mv "$dir.tmp" "$dir"
     printf '%s\n' "$stamp" >"$dir.stamp"
   fi
@@ -188,14 +228,24 @@ stat_of() { # KEY FIELD
 # A / B to 2 decimals (4 below 0.1, so that a ratio like 0.0031 is not printed as 0.00).
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { r = (b > 0 ? a / b : 0); printf (r < 0.1 ? "%.4f" : "%.2f"), r }'; }
 
-# A table row: CASE KEY LABEL REFKEY COMPRESSED_BYTES UNCOMPRESSED_BYTES (REFKEY, sizes may be "-")
-row() { printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$@" >>"$res/table"; }
+# A table row: CASE KEY LABEL REFKEY COMPRESSED_BYTES UNCOMPRESSED_BYTES [TREE] (REFKEY, sizes
+# may be "-"; TREE is the app tree of the row, "-" when the case has its own input)
+row() { printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" "$5" "$6" "${7:--}" >>"$res/table"; }
 
 # A target: NAME MEASURED LIMIT UNIT [OP] (PASS when MEASURED <= LIMIT; OP ge: when MEASURED >=
 # LIMIT; OP eq: when MEASURED is the string LIMIT, UNIT -); info: NAME MEASURED UNIT.
 target() { printf '%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" "${5:-le}" >>"$res/targets"; }
 info() { printf '%s\t%s\t-\t%s\tle\n' "$@" >>"$res/targets"; }
 note() { printf '%s\n' "$*" >>"$res/notes"; }
+
+# A command against its reference, in one case and tree: a row for each (SIZE, REFSIZE and TAR
+# as for `row`, "-" when none) and the target median(KEY) / median(REF) <= LIMIT, named
+# "TARGET [TREE]".
+versus() { # CASE TREE TARGET LIMIT KEY LABEL SIZE REF REFLABEL REFSIZE TAR
+  row "$1" "$5" "$6" "$8" "$7" "${11}" "$2"
+  row "$1" "$8" "$9" "$8" "${10}" "${11}" "$2"
+  target "$3 [$2]" "$(ratio "$(stat_of "$5" median_fine)" "$(stat_of "$8" median_fine)")" "$4" x
+}
 
 fresh() { rm -rf "$@"; sync; } # a fresh output, and no writeback left over from the last run
 
@@ -273,55 +323,80 @@ imgforge_build() { # KEY TREE OUT CACHE COMPRESSION
     --compression "$5" --cache-dir "$4" -q
 }
 
-# 1. imgforge gzip cold build vs umoci insert of the same tree into a copy of the base.
+# The app layer of an imgforge image, "SIZE PATH": the layer whose history says "app at" (an
+# app with a Procfile also gets a launcher layer on top).
+app_layer() { # DIR TAG
+  local name digest size
+  while read -r name digest size; do
+    case $name in app_at_*)
+      printf '%s %s\n' "$size" "$1/blobs/${digest/://}"
+      return 0
+      ;;
+    esac
+  done < <(layout_layers "$1" "$2")
+  die "the image at $1:$2 has no app layer"
+}
+
+# 1. imgforge gzip cold build vs umoci insert of the same tree into a copy of the base, for each
+# tree. The real trees have a Procfile, so imgforge's cold build also learns the base's facts
+# (its shell and accounts) and writes a launcher layer.
 case_gzip_vs_umoci() {
-  local out=$run/if-gzip cache=$run/cache-gzip u=$run/umoci size blob usize ublob
-  for _ in $(seq "$RUNS"); do
-    imgforge_build imgforge_gzip "$TREE" "$out" "$cache" gzip
-    fresh "$u"
-    cp -a "$BASE" "$u" && sync
-    measure umoci_insert umoci insert --rootless --image "$u:bookworm" "$TREE" /workspace
+  local t tree out cache u size blob usize ublob al
+  for t in $TREES; do
+    tree=${TPATH[$t]} out=$run/if-gzip-$t cache=$run/cache-gzip-$t u=$run/umoci-$t
+    for _ in $(seq "$RUNS"); do
+      imgforge_build "imgforge_gzip_$t" "$tree" "$out" "$cache" gzip
+      fresh "$u"
+      cp -a "$BASE" "$u" && sync
+      measure "umoci_insert_$t" umoci insert --rootless --image "$u:bookworm" "$tree" /workspace
+    done
+    al=$(app_layer "$out" app)
+    read -r size blob <<<"$al"
+    read -r usize ublob < <(top_layer "$u" bookworm)
+    check_layer_files "$blob" gzip "${TREG[$t]}" "imgforge gzip ($t)"
+    check_layer_files "$ublob" gzip "${TREG[$t]}" "umoci insert ($t)"
+    versus 1 "$t" "gzip build vs umoci insert" 0.80 "imgforge_gzip_$t" "imgforge build, gzip, cold" "$size" \
+      "umoci_insert_$t" "umoci insert --rootless" "$usize" "${TTAR[$t]}"
   done
-  read -r size blob < <(top_layer "$out" app)
-  read -r usize ublob < <(top_layer "$u" bookworm)
-  check_layer_files "$blob" gzip "$TREE_REGULAR" "imgforge gzip"
-  check_layer_files "$ublob" gzip "$TREE_REGULAR" "umoci insert"
-  row 1 imgforge_gzip "imgforge build, gzip, cold" umoci_insert "$size" "$TREE_TAR"
-  row 1 umoci_insert "umoci insert --rootless" umoci_insert "$usize" "$TREE_TAR"
-  target "gzip build vs umoci insert" \
-    "$(ratio "$(stat_of imgforge_gzip median)" "$(stat_of umoci_insert median)")" 0.80 x
 }
 
-# 2. imgforge zstd cold build vs tar | zstd -T0 -3, the floor for a zstd layer.
+# 2. imgforge zstd cold build vs tar --sort=name | zstd -T0 -3, the floor for a zstd layer, for
+# each tree.
 case_zstd_vs_floor() {
-  local out=$run/if-zstd cache=$run/cache-zstd f=$run/floor.tar.zst size blob
-  for _ in $(seq "$RUNS"); do
-    imgforge_build imgforge_zstd "$TREE" "$out" "$cache" zstd
-    fresh "$f"
-    # shellcheck disable=SC2016 # expanded by the inner bash
-    measure zstd_floor bash -c 'set -o pipefail; tar -C "$1" -cf - . | zstd -q -T0 -3 >"$2"' _ "$TREE" "$f"
+  local t tree out cache f size blob al
+  for t in $TREES; do
+    tree=${TPATH[$t]} out=$run/if-zstd-$t cache=$run/cache-zstd-$t f=$run/floor-$t.tar.zst
+    for _ in $(seq "$RUNS"); do
+      imgforge_build "imgforge_zstd_$t" "$tree" "$out" "$cache" zstd
+      fresh "$f"
+      # shellcheck disable=SC2016 # expanded by the inner bash
+      measure "zstd_floor_$t" bash -c 'set -o pipefail; tar --sort=name -C "$1" -cf - . | zstd -q -T0 -3 >"$2"' _ "$tree" "$f"
+    done
+    al=$(app_layer "$out" app)
+    read -r size blob <<<"$al"
+    check_layer_files "$blob" zstd "${TREG[$t]}" "imgforge zstd ($t)"
+    versus 2 "$t" "zstd build vs tar|zstd -T0 -3" 1.20 "imgforge_zstd_$t" "imgforge build, zstd, cold" "$size" \
+      "zstd_floor_$t" "tar | zstd -T0 -3 (floor)" "$(stat -c %s "$f")" "${TTAR[$t]}"
   done
-  read -r size blob < <(top_layer "$out" app)
-  check_layer_files "$blob" zstd "$TREE_REGULAR" "imgforge zstd"
-  row 2 imgforge_zstd "imgforge build, zstd, cold" zstd_floor "$size" "$TREE_TAR"
-  row 2 zstd_floor "tar | zstd -T0 -3 (floor)" zstd_floor "$(stat -c %s "$f")" "$TREE_TAR"
-  target "zstd build vs tar|zstd -T0 -3" \
-    "$(ratio "$(stat_of imgforge_zstd median)" "$(stat_of zstd_floor median)")" 1.20 x
 }
 
-# 3. tar | pigz -6: what a parallel gzip of the same bytes costs, for reference.
+# 3. tar --sort=name | pigz -4: a parallel gzip of the same bytes, for each tree; the gzip
+# build (case 1, when it ran) must not take longer.
 case_gzip_floor() {
-  local f=$run/floor.tar.gz
-  for _ in $(seq "$RUNS"); do
-    fresh "$f"
-    # shellcheck disable=SC2016 # expanded by the inner bash
-    measure pigz_floor bash -c 'set -o pipefail; tar -C "$1" -cf - . | pigz -6 >"$2"' _ "$TREE" "$f"
+  local t f
+  for t in $TREES; do
+    f=$run/floor-$t.tar.gz
+    for _ in $(seq "$RUNS"); do
+      fresh "$f"
+      # shellcheck disable=SC2016 # expanded by the inner bash
+      measure "pigz_floor_$t" bash -c 'set -o pipefail; tar --sort=name -C "$1" -cf - . | pigz -4 >"$2"' _ "${TPATH[$t]}" "$f"
+    done
+    row 3 "pigz_floor_$t" "tar | pigz -4 (floor)" "pigz_floor_$t" "$(stat -c %s "$f")" "${TTAR[$t]}" "$t"
+    if [ -s "$res/imgforge_gzip_$t.runs" ]; then
+      target "gzip build vs tar|pigz -4 [$t]" \
+        "$(ratio "$(stat_of "imgforge_gzip_$t" median)" "$(stat_of "pigz_floor_$t" median)")" 1.00 x
+    fi
   done
-  row 3 pigz_floor "tar | pigz -6 (floor)" pigz_floor "$(stat -c %s "$f")" "$TREE_TAR"
-  if [ -s "$res/imgforge_gzip.runs" ]; then
-    info "gzip build vs tar|pigz -6 (no target)" \
-      "$(ratio "$(stat_of imgforge_gzip median)" "$(stat_of pigz_floor median)")" x
-  fi
 }
 
 # 4. Peak RSS of imgforge writing a ~1 GiB gzip layer (and of the write_layer example, if any).
@@ -643,8 +718,9 @@ case_rebuild_vs_buildah() {
   ((bad == 0)) || die "imgforge's one-file rebuild changed more than the app layer (see the notes)"
 }
 
-# 6. Pushing a fresh image (the Debian base + the app tree, gzip) from an OCI layout to a local
-# docker-registry: imgforge copy vs skopeo copy. Each run gets a registry with empty storage.
+# 6. Pushing a fresh image (the Debian base + an app tree, gzip) from an OCI layout to a local
+# docker-registry, for each tree: imgforge copy vs skopeo copy. Each run of each tool gets a
+# registry with empty storage.
 REG_PID=
 start_registry() { # DIR -> sets REG_PID, REG_HOST
   local dir=$1 port
@@ -668,31 +744,84 @@ stop_registry() {
   REG_PID=
 }
 
-case_push_vs_skopeo() {
-  local img=$run/push-img cache=$run/push-cache regdir=$run/registry digest d
+# The image cases 6 and 10 push: the Debian base + a tree, gzip, built once (not measured).
+# Prints its manifest digest.
+push_image() { # TREE IMG CACHE
+  fresh "$2" "$3"
+  "$IMGFORGE" build "$1" --base "oci:$BASE:bookworm" -t "oci:$2:app" --cache-dir "$3" -q >"$res/push-digest" ||
+    die "building the image to push from $1 failed"
+  cat "$res/push-digest"
+}
+
+# Push the image IMG (an OCI layout, tag app) to REPO of the running registry with imgforge
+# (keeping CACHE) or skopeo, measured as KEY (untimed when KEY is -); the registry must then
+# serve DIGEST there.
+push_with() { # imgforge|skopeo KEY IMG CACHE REPO DIGEST
+  local ref=$REG_HOST/$5 cmd d
+  case $1 in
+    imgforge) cmd=("$IMGFORGE" copy "oci:$3:app" "docker://$ref" --cache-dir "$4" -q) ;;
+    skopeo) cmd=(skopeo copy --quiet --dest-tls-verify=false "oci:$3:app" "docker://$ref") ;;
+  esac
+  if [ "$2" = - ]; then
+    "${cmd[@]}" >/dev/null 2>"$res/push.err" || die "$1's push to $ref failed: $(tail -n 5 "$res/push.err")"
+  else
+    measure "$2" "${cmd[@]}"
+  fi
+  d=$(skopeo inspect --tls-verify=false --format '{{.Digest}}' "docker://$ref") || die "$1: skopeo inspect docker://$ref failed"
+  [ "$d" = "$6" ] || die "$1 pushed $d to $ref, expected $6"
+}
+
+# A push case (6, 10), for each tree: build the image to push once (push_image), then RUNS
+# times start a registry with empty storage, empty CACHE, call BODY TREE IMG CACHE DIGEST RUN
+# (which measures KEY_imgforge_TREE and KEY_skopeo_TREE, and may restart the registry) and stop
+# the registry; then the rows and the target imgforge / skopeo <= 1.0.
+push_case() { # CASE BODY KEY TARGET IMGFORGE_LABEL SKOPEO_LABEL
+  local t img cache digest i
   trap stop_registry EXIT
-  # The image: built once, not measured.
-  fresh "$img" "$cache"
-  "$IMGFORGE" build "$TREE" --base "oci:$BASE:bookworm" -t "oci:$img:app" --cache-dir "$cache" -q >"$run/push-digest"
-  digest=$(cat "$run/push-digest")
-  for _ in $(seq "$RUNS"); do
-    start_registry "$regdir"
-    fresh "$cache"
-    measure push_imgforge "$IMGFORGE" copy "oci:$img:app" "docker://$REG_HOST/bench/app:1" --cache-dir "$cache" -q
-    d=$(skopeo inspect --tls-verify=false --format '{{.Digest}}' "docker://$REG_HOST/bench/app:1")
-    [ "$d" = "$digest" ] || die "imgforge pushed $d, expected $digest"
-    stop_registry
-    start_registry "$regdir"
-    measure push_skopeo skopeo copy --quiet --dest-tls-verify=false "oci:$img:app" "docker://$REG_HOST/bench/app:1"
-    d=$(skopeo inspect --tls-verify=false --format '{{.Digest}}' "docker://$REG_HOST/bench/app:1")
-    [ "$d" = "$digest" ] || die "skopeo pushed $d, expected $digest"
-    stop_registry
+  for t in $TREES; do
+    img=$run/$3-img-$t cache=$run/$3-cache-$t
+    digest=$(push_image "${TPATH[$t]}" "$img" "$cache")
+    for i in $(seq "$RUNS"); do
+      start_registry "$run/registry"
+      fresh "$cache"
+      "$2" "$t" "$img" "$cache" "$digest" "$i"
+      stop_registry
+    done
+    note "case $1 [$t]: image $(du -sb "$img/blobs" | cut -f1) bytes of blobs"
+    versus "$1" "$t" "$4" 1.00 "${3}_imgforge_$t" "$5" - "${3}_skopeo_$t" "$6" - -
   done
-  row 6 push_imgforge "imgforge copy oci: docker:// (fresh)" push_skopeo - -
-  row 6 push_skopeo "skopeo copy oci: docker:// (fresh)" push_skopeo - -
-  target "push fresh image vs skopeo copy" \
-    "$(ratio "$(stat_of push_imgforge median)" "$(stat_of push_skopeo median)")" 1.00 x
-  note "case 6: image $(du -sb "$img/blobs" | cut -f1) bytes of blobs; registry: docker-registry $(docker-registry --version | awk '{print $3}') on 127.0.0.1, empty storage each run"
+  note "case $1: registry: docker-registry $(docker-registry --version | awk '{print $3}') on 127.0.0.1"
+}
+
+# One run of case 6: each tool pushes to a registry of its own with empty storage.
+push_fresh_run() { # TREE IMG CACHE DIGEST RUN
+  push_with imgforge "push_imgforge_$1" "$2" "$3" bench/app:1 "$4"
+  stop_registry
+  start_registry "$run/registry"
+  push_with skopeo "push_skopeo_$1" "$2" - bench/app:1 "$4"
+}
+
+case_push_vs_skopeo() {
+  push_case 6 push_fresh_run push "push fresh image vs skopeo copy" "imgforge copy oci: docker:// (fresh)" \
+    "skopeo copy oci: docker:// (fresh)"
+}
+
+# 10. Pushing to a fresh repository of a registry that already holds every blob in another
+# repository. Per run, one registry: each tool first pushes the image to its own seed repository
+# (untimed: imgforge with the --cache-dir it then keeps, skopeo filling its persistent blob-info
+# cache), then, measured, to a repository of the same registry that it has never pushed to. A
+# tool that remembers where the blobs live mounts them across repositories instead of uploading.
+push_known_run() { # TREE IMG CACHE DIGEST RUN
+  push_with imgforge - "$2" "$3" bench/seed-imgforge:1 "$4"
+  push_with skopeo - "$2" - bench/seed-skopeo:1 "$4"
+  sync
+  push_with imgforge "pushk_imgforge_$1" "$2" "$3" "bench/fresh-imgforge-$5:1" "$4"
+  push_with skopeo "pushk_skopeo_$1" "$2" - "bench/fresh-skopeo-$5:1" "$4"
+}
+
+case_push_known_blobs() {
+  push_case 10 push_known_run pushk "push to fresh repo, blobs known" "imgforge copy, blobs in another repo" \
+    "skopeo copy, warm blob-info cache"
 }
 
 # 8. Rebuilds of the same app with a Cloud Native Buildpack (benches/cnb-buildpack): cold,
@@ -730,12 +859,12 @@ case_cnb_rebuild() {
 # Report
 
 print_table() {
-  local c key label ref size tar med
-  printf '\n%-4s %-34s %8s %8s %8s %7s %8s %8s %9s %6s\n' \
-    case command "median s" "min s" "max s" ratio "cpu s" "RSS MiB" "layer MB" "tar:z"
-  while IFS=$'\t' read -r c key label ref size tar; do
+  local c key label ref size tar tree med
+  printf '\n%-4s %-9s %-34s %8s %8s %8s %7s %8s %8s %9s %6s\n' \
+    case tree command "median s" "min s" "max s" ratio "cpu s" "RSS MiB" "layer MB" "tar:z"
+  while IFS=$'\t' read -r c key label ref size tar tree; do
     med=$(stat_of "$key" median)
-    printf '%-4s %-34s %8s %8s %8s %7s %8s %8s %9s %6s\n' "$c" "$label" "$med" \
+    printf '%-4s %-9s %-34s %8s %8s %8s %7s %8s %8s %9s %6s\n' "$c" "$tree" "$label" "$med" \
       "$(stat_of "$key" min)" "$(stat_of "$key" max)" \
       "$([ "$ref" != - ] && echo "$(ratio "$(stat_of "$key" median_fine)" "$(stat_of "$ref" median_fine)")x" || echo -)" \
       "$(stat_of "$key" cpu)" "$(awk -v k="$(stat_of "$key" rss)" 'BEGIN { printf "%.1f", k / 1024 }')" \
@@ -743,7 +872,9 @@ print_table() {
       "$([ "$size" != - ] && ratio "$tar" "$size" || echo -)"
   done <"$res/table"
   printf '\nratio: median / median of the case'"'"'s reference (umoci for 1, the zstd floor for 2,\n'
-  printf 'each tool'"'"'s cold build for 5 and 8).\n'
+  printf 'each tool'"'"'s cold build for 5 and 8, tar -xf for 7, find for 9, skopeo for 6 and 10).\n'
+  printf 'tree: the app tree of the row (synthetic: make-tree.py, no Procfile; node, python: the real\n'
+  printf 'apps of benches/apps, with a Procfile); - for a case with its own input.\n'
   printf 'layer MB: compressed size of the layer (of the output file for the floors).\n'
   printf 'cpu s: user+sys, median. RSS: peak over runs. tar:z: uncompressed tar bytes / compressed.\n'
 }
@@ -769,21 +900,35 @@ print_targets() {
 
 # 7. The userns sandbox's build image: the first buildpack build on the Debian base unpacks it
 # into the cache (hardened extractor); a second build (app changed, so the buildpack runs again)
-# reuses it. umoci unpack --rootless of the same image is the reference.
+# reuses it. References: umoci unpack --rootless of the same image, and tar -xf of its layers
+# in order into an empty directory (what the unpack alone, as imgforge reports it, compares
+# with). The case has its own input (the base), not a tree.
 case_build_image_unpack() {
   local cache=$run/cache-unpack out=$run/if-unpack app=$run/unpack-app bp=$run/noop-bp u=$run/umoci-unpack
-  local first_s reuse_s
+  local tx=$run/tar-unpack reuse_s s layers=() topts=()
+  # Not root: tar can make no device nodes (nor can imgforge's rootless extractor), so it skips
+  # /dev's entries and keeps its own ids.
+  [ "$(id -u)" = 0 ] || topts=(--no-same-owner --anchored --exclude='dev/*' --exclude='./dev/*')
   mkdir -p "$bp/bin"
   printf '#!/bin/sh\necho Noop\n' >"$bp/bin/detect"
   # shellcheck disable=SC2016 # expanded by the buildpack in the build image, not here
   printf '#!/bin/sh\necho "-----> noop on Debian $(cat /etc/debian_version)"\n' >"$bp/bin/compile"
   chmod +x "$bp/bin/detect" "$bp/bin/compile"
+  mapfile -t layers < <(check_layout "$BASE" bookworm | python3 -c '
+import json, sys
+for l in json.load(sys.stdin)["layers"]:
+    print(sys.argv[1] + "/blobs/" + l["digest"].replace(":", "/"))' "$BASE")
+  [ ${#layers[@]} -gt 0 ] || die "the base image has no layers"
+  : >"$res/unpack_alone.runs"
   for i in $(seq "$RUNS"); do
     fresh "$cache" "$out" "$app"
     mkdir -p "$app" && echo "$i" >"$app/rev.txt"
     measure unpack_first "$IMGFORGE" build "$app" --base "oci:$BASE:bookworm" --isolation userns \
       -b "$bp" -t "oci:$out:app" --cache-dir "$cache"
-    grep -q 'Build image .*: unpacked' "$res/unpack_first.stderr" || die "the first build did not unpack"
+    # imgforge's own report of the unpack: "Build image REF: unpacked (SIZE) in S s" (0.1 s steps).
+    s=$(sed -n 's/.*Build image .*: unpacked (.*) in \([0-9.]*\) s.*/\1/p' "$res/unpack_first.stderr" | tail -1)
+    [ -n "$s" ] || die "the first build did not unpack (or said nothing of it: see $res/unpack_first.stderr)"
+    awk -v s="$s" 'BEGIN { printf "%d 0 0.00\n", s * 1e9 }' >>"$res/unpack_alone.runs"
     echo "$i-again" >"$app/rev.txt"
     measure unpack_reuse "$IMGFORGE" build "$app" --base "oci:$BASE:bookworm" --isolation userns \
       -b "$bp" -t "oci:$out:app" --cache-dir "$cache"
@@ -791,14 +936,45 @@ case_build_image_unpack() {
       die "the second build unpacked the build image again"
     fresh "$u"
     measure umoci_unpack umoci unpack --rootless --image "$BASE:bookworm" "$u"
+    fresh "$tx"
+    mkdir -p "$tx"
+    # shellcheck disable=SC2016 # expanded by the inner bash
+    measure tar_xf bash -c 'set -e; d=$1 n=$2; shift 2; o=("${@:1:n}"); shift "$n"; for l; do tar "${o[@]}" -xf "$l" -C "$d"; done' \
+      _ "$tx" "${#topts[@]}" "${topts[@]}" "${layers[@]}"
   done
   row 7 unpack_first "imgforge build, new build image (unpack + sandbox)" umoci_unpack - -
   row 7 unpack_reuse "imgforge build, build image already unpacked" umoci_unpack - -
   row 7 umoci_unpack "umoci unpack --rootless, same image" umoci_unpack - -
-  first_s=$(sed -n 's/.*Build image .*: unpacked (.*) in \([0-9.]*\) s.*/\1/p' "$res/unpack_first.stderr" | tail -1)
-  info "unpack alone (imgforge's report, last run)" "$first_s" s
+  row 7 unpack_alone "imgforge's unpack alone (its report)" tar_xf - -
+  row 7 tar_xf "tar -xf of the same layers" tar_xf - -
+  target "build image unpack vs tar -xf of its layers" \
+    "$(ratio "$(stat_of unpack_alone median_fine)" "$(stat_of tar_xf median_fine)")" 1.00 x
   reuse_s=$(ratio "$(stat_of unpack_reuse median)" "$(stat_of unpack_first median)")
   target "reuse build vs first build" "$reuse_s" 0.50 x
+}
+
+# 9. A rebuild with nothing changed (no-op) vs a single-threaded stat walk of the same tree,
+# `find TREE -printf '%s %T@ %C@ %i\n'`, the least a tool must do to see that nothing changed.
+# Per tree: one cold build (untimed), then the no-op rebuilds with the same --cache-dir and
+# output, interleaved with find. Every no-op must give the cold build's digest.
+case_noop_vs_find() {
+  local t tree out cache cold
+  for t in $TREES; do
+    tree=${TPATH[$t]} out=$run/if-noop-$t cache=$run/cache-noop-$t
+    fresh "$out" "$cache"
+    local ifb=("$IMGFORGE" build "$tree" --base "oci:$BASE:bookworm" -t "oci:$out:app" --cache-dir "$cache" -q)
+    "${ifb[@]}" >"$res/noop-cold-$t" || die "the cold build of the $t tree failed"
+    cold=$(tr -d '\n' <"$res/noop-cold-$t")
+    for _ in $(seq "$RUNS"); do
+      sync
+      measure "noop_$t" "${ifb[@]}"
+      [ "$(tr -d '\n' <"$res/noop_$t.stdout")" = "$cold" ] ||
+        die "imgforge's no-op rebuild of the $t tree made $(cat "$res/noop_$t.stdout"), its cold build $cold"
+      measure "find_$t" find "$tree" -printf '%s %T@ %C@ %i\n'
+    done
+    versus 9 "$t" "no-op rebuild vs find stat walk" 1.00 "noop_$t" "imgforge rebuild, nothing changed" - \
+      "find_$t" "find -printf (stat walk, 1 thread)" - -
+  done
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -811,6 +987,8 @@ BENCH_SCRIPTS=$(cd "$BENCH_SCRIPTS" && pwd)
 
 need_tools time:time python3:python3 skopeo:skopeo umoci:umoci pigz:pigz zstd:zstd \
   debootstrap:debootstrap cargo:cargo docker-registry:docker-registry
+case " $TREES " in *" node "*) need_tools npm:npm ;; esac
+case " $TREES " in *" python "*) need_tools pip3:python3-pip ;; esac
 mkdir -p "$BENCH_DIR"
 BENCH_DIR=$(cd "$BENCH_DIR" && pwd)
 prepare_src
@@ -818,6 +996,10 @@ build_imgforge
 ensure_base
 BASE=$BENCH_DIR/base
 TREE=$(ensure_tree "app-${TREE_FILES}f-${TREE_MB}m" "$TREE_FILES" "$TREE_MB")
+declare -A TPATH TTAR TREG
+for t in $TREES; do
+  if [ "$t" = synthetic ]; then TPATH[$t]=$TREE; else TPATH[$t]=$(ensure_real_app "$t"); fi
+done
 run=$BENCH_DIR/run
 res=$run/results
 rm -rf "$run" && mkdir -p "$res"
@@ -827,6 +1009,10 @@ rm -rf "$run" && mkdir -p "$res"
 
 TREE_TAR=$(warm_tree "$TREE")
 TREE_REGULAR=$(regular_files "$TREE")
+for t in $TREES; do
+  TTAR[$t]=$(warm_tree "${TPATH[$t]}")
+  TREG[$t]=$(regular_files "${TPATH[$t]}")
+done
 
 printf '== imgforge end-to-end comparison ==\n'
 printf 'date:     %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)"
@@ -841,6 +1027,12 @@ printf 'tools:    umoci %s; zstd %s; pigz %s; %s; buildah %s\n' "$(umoci --versi
   "$(zstd --version | grep -o 'v[0-9.]*' | head -1)" "$(pigz --version 2>&1 | awk '{print $2}')" \
   "$(tar --version | head -1)" "$(buildah --version 2>/dev/null | awk '{print $3}' || echo -)"
 printf 'tree:     %s: %s regular files, %s tar bytes (warm in page cache)\n' "$TREE" "$TREE_REGULAR" "$TREE_TAR"
+for t in $TREES; do
+  printf 'trees:    %-9s %s regular files, %s MB of tar, %s; %s (made by: %s)\n' "$t" "${TREG[$t]}" \
+    "$(awk -v b="${TTAR[$t]}" 'BEGIN { printf "%.1f", b / 1e6 }')" \
+    "$([ -f "${TPATH[$t]}/Procfile" ] && echo Procfile || echo 'no Procfile')" "${TPATH[$t]}" \
+    "$(cat "${TPATH[$t]}.stamp")"
+done
 printf 'base:     %s:bookworm\n' "$BASE"
 printf 'runs:     %s per command, interleaved; load average at start %s\n' "$RUNS" "$(cut -d' ' -f1-3 /proc/loadavg)"
 
