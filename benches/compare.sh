@@ -928,7 +928,7 @@ for l in json.load(sys.stdin)["layers"]:
     # imgforge's own report of the unpack: "Build image REF: unpacked (SIZE) in S s" (0.1 s steps).
     s=$(sed -n 's/.*Build image .*: unpacked (.*) in \([0-9.]*\) s.*/\1/p' "$res/unpack_first.stderr" | tail -1)
     [ -n "$s" ] || die "the first build did not unpack (or said nothing of it: see $res/unpack_first.stderr)"
-    awk -v s="$s" 'BEGIN { printf "%d 0 0.00\n", s * 1e9 }' >>"$res/unpack_alone.runs"
+    awk -v s="$s" 'BEGIN { printf "%.0f 0 0.00\n", s * 1e9 }' >>"$res/unpack_alone.runs"
     echo "$i-again" >"$app/rev.txt"
     measure unpack_reuse "$IMGFORGE" build "$app" --base "oci:$BASE:bookworm" --isolation userns \
       -b "$bp" -t "oci:$out:app" --cache-dir "$cache"
