@@ -849,17 +849,25 @@ mod tests {
     }
 
     #[test]
-    fn background_processes_holding_the_output_do_not_hang_the_build() {
+    fn processes_a_compile_leaves_running_are_killed_when_it_ends() {
         let f = Fixture::new();
         let bp = f.t.path().join("bg");
         write_script(&bp.join("bin/detect"), "#!/bin/sh\necho Bg\n", 0o755);
-        write_script(&bp.join("bin/compile"), "#!/bin/sh\necho started\nsleep 6 &\necho leaving\n", 0o755);
+        let compile = "#!/bin/sh\necho started\nsleep 60 &\necho $! > bg.pids\nsetsid sleep 60 &\necho $! >> bg.pids\n\
+                       (sleep 60 &) \nnohup sleep 60 >/dev/null 2>&1 &\necho $! >> bg.pids\necho leaving\n";
+        write_script(&bp.join("bin/compile"), compile, 0o755);
         let r = Collect::default();
         let t0 = Instant::now();
         f.run(&plan(&[bp], &f.app(), None, &f.work()).unwrap(), &r).unwrap();
         assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
         assert_eq!(r.output_of("bg"), ["started", "leaving"]);
-        assert!(r.lines().iter().any(|l| l.contains("still holds its output open")), "{:?}", r.lines());
+        // Killed (and reaped) as compile ended: nothing held the output open.
+        assert!(!r.lines().iter().any(|l| l.contains("still holds its output open")), "{:?}", r.lines());
+        let pids = f.read("bg.pids");
+        assert_eq!(pids.lines().count(), 3, "{pids}");
+        for pid in pids.lines() {
+            assert!(!Path::new("/proc").join(pid.trim()).exists(), "process {pid} is still there");
+        }
     }
 
     #[test]

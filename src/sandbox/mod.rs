@@ -5,18 +5,19 @@
 //!
 //! The build-image sandbox ([`Sandbox`]), a rootless user-namespace sandbox whose root
 //! filesystem is the build image, for each command:
-//! * imgforge forks a child (through `std::process::Command` and `pre_exec`) that
-//!   unshares user, mount, pid, uts and ipc namespaces (and network with `--network
-//!   none`). A helper thread in imgforge maps the invoking user to root inside: with
+//! * imgforge forks a child (through `std::process::Command` and `pre_exec`) that starts a
+//!   session of its own (no controlling terminal) and unshares user, mount, pid, uts and
+//!   ipc namespaces (and network with `--network none`). A helper thread in imgforge maps the invoking user to root inside: with
 //!   `newuidmap`/`newgidmap` and the user's `/etc/subuid` and `/etc/subgid` ranges (inside
 //!   uids 1..=count) when present, else a single-uid map written to `/proc/PID/uid_map`.
-//! * The child forks again so that the command is pid 1 of the new pid namespace; the
-//!   intermediate process only waits and passes the exit status on. Every fd but 0, 1 and 2
+//! * The child forks again so that the command is pid 1 of the new pid namespace (when it
+//!   ends, the kernel kills everything it left running); the intermediate process only
+//!   waits and passes the exit status on. Every fd but 0, 1 and 2
 //!   is closed on exec (`close_range`), so nothing of imgforge's leaks in.
 //! * The root: an overlay mount with the cached, unpacked build image as its read-only
 //!   lower layer and a per-build upper directory (the cache is never written), or, where
 //!   the kernel refuses overlay in a user namespace, a per-build copy of it. `/proc` (new),
-//!   a tmpfs `/dev` holding bind mounts of null, zero, full, random, urandom and tty, tmpfs
+//!   a tmpfs `/dev` holding bind mounts of null, zero, full, random and urandom (no tty), tmpfs
 //!   `/tmp` and `/dev/shm`, the binds (app, buildpacks, work dir), then `pivot_root` and a
 //!   lazy unmount of the old root: the host's filesystem, imgforge's binary included, is no
 //!   longer reachable.
@@ -404,7 +405,8 @@ impl Sandbox {
             add_dirs(&b.inside, &mut dirs)?;
             binds.push((c(&b.host)?, under(&b.inside)?));
         }
-        let devices = ["null", "zero", "full", "random", "urandom", "tty"]
+        // No terminal of the host's (no tty, console, pts or ptmx).
+        let devices = ["null", "zero", "full", "random", "urandom"]
             .iter()
             .map(|d| Ok((c(&Path::new("/dev").join(d))?, under(&format!("/dev/{d}"))?)))
             .collect::<Result<Vec<_>, SandboxError>>()?;
@@ -665,6 +667,9 @@ fn enter(p: &Plan, pid_w: RawFd, go_r: RawFd, st: RawFd) -> io::Result<()> {
             *libc::__errno_location() = libc::ESRCH;
             return Err(fail(st, "imgforge exited"));
         }
+        // A session of its own: no controlling terminal, so nothing inside can open the
+        // user's terminal (`/dev/tty`) or type into it (TIOCSTI).
+        ok(libc::setsid(), st, "setsid")?;
         let mut flags =
             libc::CLONE_NEWUSER | libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC;
         if !p.full {

@@ -1,6 +1,8 @@
-//! Running one child process and streaming its output: each line of stdout and stderr goes to
-//! a callback as it comes (two reader threads), long lines are cut, and output that a process
-//! left running in the background keeps open is abandoned shortly after the child exited.
+//! Running one child process: [`contain`] puts it in a session of its own under a supervisor
+//! that kills whatever it leaves running, and [`run_lines`] streams its output: each line of
+//! stdout and stderr goes to a callback as it comes (two reader threads), long lines are cut,
+//! and output that a process left running still keeps open is abandoned shortly after the
+//! child exited.
 
 use std::io::{self, Read};
 use std::os::fd::AsRawFd;
@@ -31,29 +33,155 @@ pub fn describe(status: ExitStatus) -> String {
     }
 }
 
-/// The child gets SIGKILL when the thread that started it (which waits for it) dies.
-pub(super) fn die_with_parent(cmd: &mut Command) {
-    #[cfg(target_os = "linux")]
-    {
-        let parent = std::process::id() as libc::pid_t;
-        // SAFETY: the closure runs between fork and exec and only makes async-signal-safe
-        // calls (prctl, getppid); it allocates nothing (io::Error from a raw errno is not
-        // boxed).
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
-                    return Err(io::Error::last_os_error());
+/// Makes `cmd` run contained, for untrusted code: in a session of its own (no controlling
+/// terminal, so `/dev/tty` cannot be opened and nothing can be typed into the user's
+/// terminal), killed when imgforge dies, and with everything it leaves running killed when
+/// it ends.
+///
+/// Between fork and exec the child calls `setsid`, becomes a child subreaper (processes its
+/// descendants orphan are reparented to it, `setsid`/`nohup` or not) and forks once more:
+/// the grandchild goes on to exec the command (in a process group of its own), the child
+/// stays as a supervisor holding no fd of imgforge's but stdio. When the command ends, the
+/// supervisor kills the command's process group and every process reparented to it, reaps
+/// them all, and ends as the command ended (its exit code, or its signal). When imgforge
+/// dies, the supervisor learns it (SIGHUP as its parent-death signal) and does the same.
+/// Register this before any other `pre_exec` (those then run in the grandchild).
+pub(super) fn contain(cmd: &mut Command) {
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: the closure runs between fork and exec; `supervise` makes only
+    // async-signal-safe system calls and allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || supervise(parent));
+    }
+}
+
+extern "C" fn wake(_: libc::c_int) {}
+
+/// See [`contain`]. Returns (in the grandchild) to let the exec go on; the supervisor never
+/// returns.
+unsafe fn supervise(parent: libc::pid_t) -> io::Result<()> {
+    let check = |r: libc::c_long| if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) };
+    check(libc::setsid() as libc::c_long)?;
+    // SIGHUP interrupts the supervisor's waits (no SA_RESTART) when imgforge dies.
+    let mut sa: libc::sigaction = std::mem::zeroed();
+    sa.sa_sigaction = wake as extern "C" fn(libc::c_int) as libc::sighandler_t;
+    check(libc::sigaction(libc::SIGHUP, &sa, std::ptr::null_mut()) as libc::c_long)?;
+    check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGHUP as libc::c_ulong, 0, 0, 0) as libc::c_long)?;
+    if libc::getppid() != parent {
+        return Err(io::Error::from_raw_os_error(libc::ESRCH));
+    }
+    check(libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1 as libc::c_ulong, 0, 0, 0) as libc::c_long)?;
+    let supervisor = libc::getpid();
+    let child = libc::fork();
+    if child < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if child == 0 {
+        // The command: dies with the supervisor, leads its own process group.
+        libc::signal(libc::SIGHUP, libc::SIG_DFL);
+        check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) as libc::c_long)?;
+        if libc::getppid() != supervisor {
+            return Err(io::Error::from_raw_os_error(libc::ESRCH));
+        }
+        check(libc::setpgid(0, 0) as libc::c_long)?;
+        return Ok(());
+    }
+    // The supervisor: nothing of imgforge's but stdio (std's exec-error pipe among them: the
+    // exec's outcome is the grandchild's to report).
+    libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+    let mut status = 0;
+    let ended = loop {
+        let r = libc::waitpid(child, &mut status, 0);
+        if r == child {
+            break true;
+        }
+        if r < 0 && *libc::__errno_location() != libc::EINTR {
+            break false;
+        }
+        if libc::getppid() != parent {
+            break false; // imgforge died
+        }
+    };
+    kill_all(child);
+    if !ended {
+        libc::_exit(125);
+    }
+    if libc::WIFSIGNALED(status) {
+        // End by the same signal (no core file), so that imgforge sees what the command saw.
+        let sig = libc::WTERMSIG(status);
+        let none = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        libc::setrlimit(libc::RLIMIT_CORE, &none);
+        libc::signal(sig, libc::SIG_DFL);
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, sig);
+        libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+        libc::kill(libc::getpid(), sig);
+        libc::_exit(128 + sig);
+    }
+    libc::_exit(libc::WEXITSTATUS(status));
+}
+
+/// In the supervisor: SIGKILLs the command's process group, then every child (processes
+/// orphaned under it are reparented to it) until none is left, reaping them. Gives up after
+/// about two seconds of children it cannot see (no `/proc/thread-self/children`), rather
+/// than hang the build.
+unsafe fn kill_all(group: libc::pid_t) {
+    libc::kill(-group, libc::SIGKILL);
+    let mut blind = 0;
+    loop {
+        let killed = kill_children();
+        let r = libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG | libc::__WALL);
+        if r > 0 {
+            continue;
+        }
+        if r < 0 && *libc::__errno_location() != libc::EINTR {
+            return; // ECHILD: nothing left
+        }
+        if killed == 0 {
+            blind += 1;
+            if blind > 200 {
+                return;
+            }
+        }
+        let pause = libc::timespec { tv_sec: 0, tv_nsec: 10_000_000 };
+        libc::nanosleep(&pause, std::ptr::null_mut());
+    }
+}
+
+/// SIGKILLs every child of the calling (single-threaded) process, as listed in
+/// `/proc/thread-self/children`, without allocating. Returns how many it signalled.
+unsafe fn kill_children() -> usize {
+    let fd = libc::open(c"/proc/thread-self/children".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+    if fd < 0 {
+        return 0;
+    }
+    let mut killed = 0;
+    let mut buf = [0u8; 4096];
+    let mut pid: libc::pid_t = 0;
+    loop {
+        let n = libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
+        if n <= 0 {
+            break;
+        }
+        for &b in &buf[..n as usize] {
+            if b.is_ascii_digit() {
+                pid = pid.saturating_mul(10).saturating_add((b - b'0') as libc::pid_t);
+            } else {
+                if pid > 0 {
+                    libc::kill(pid, libc::SIGKILL);
+                    killed += 1;
                 }
-                // imgforge died before prctl took effect: nobody would kill us.
-                if libc::getppid() != parent {
-                    return Err(io::Error::from_raw_os_error(libc::ESRCH));
-                }
-                Ok(())
-            });
+                pid = 0;
+            }
         }
     }
-    #[cfg(not(target_os = "linux"))]
-    let _ = cmd;
+    if pid > 0 {
+        libc::kill(pid, libc::SIGKILL);
+        killed += 1;
+    }
+    libc::close(fd);
+    killed
 }
 
 /// Runs `cmd` (stdout and stderr piped), handing each output line to `on_line` as it

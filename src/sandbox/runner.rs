@@ -8,9 +8,14 @@
 //!
 //! Callers (Heroku and CNB buildpacks) describe a command in the terms it sees (program, args,
 //! env and working directory as paths inside, translated with [`Runner::inside`]) and never
-//! ask where it runs. Every command gets stdin from `/dev/null`, stdout and stderr through
-//! pipes whose lines reach the caller as they come ([`super::process`]), and dies with
-//! imgforge.
+//! ask where it runs. Every command is untrusted code, and wherever it runs it gets:
+//! * a session of its own with no controlling terminal (`setsid`): `/dev/tty` cannot be
+//!   opened, and nothing can be typed into the user's terminal with `TIOCSTI`;
+//! * stdin from `/dev/null`, stdout and stderr through pipes whose lines reach the caller as
+//!   they come ([`super::process`]), no other fd of imgforge's;
+//! * death with imgforge, and death of everything it left running (`&`, `setsid`, `nohup`)
+//!   when it ends: on the host through a subreaper supervisor ([`super::process::contain`]),
+//!   in the sandbox through its pid namespace.
 
 use std::ffi::OsString;
 use std::io;
@@ -19,7 +24,7 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::sync::Arc;
 
 use super::host_tree::HostTree;
-use super::process::{die_with_parent, run_lines, Stream};
+use super::process::{contain, run_lines, Stream};
 use super::{Bind, IdMap, Sandbox, SandboxError};
 
 /// Where a build's commands run. See the module docs.
@@ -160,12 +165,12 @@ impl Runner {
             Place::Host => {
                 let mut c = Command::new(&cmd.program);
                 c.current_dir(&cmd.cwd);
-                die_with_parent(&mut c);
+                contain(&mut c);
                 (c, None)
             }
             Place::HostTree(tree) => {
                 let mut c = Command::new(&cmd.program);
-                die_with_parent(&mut c);
+                contain(&mut c);
                 tree.apply(&mut c, &cmd.cwd).map_err(RunError::Prepare)?;
                 (c, None)
             }
@@ -198,3 +203,53 @@ fn host_bash() -> Option<PathBuf> {
 
 /// The `PATH` every script gets (Heroku's, minus its own tool directories).
 pub const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// Field `n` (1-based, after the command name) of /proc/PID/stat.
+    fn stat_field(stat: &str, n: usize) -> String {
+        let rest = &stat[stat.rfind(')').expect("stat has (comm)") + 2..];
+        rest.split(' ').nth(n - 3).unwrap_or_default().to_string()
+    }
+
+    /// On the host and in the host-tree namespace: the command runs in a session of its own
+    /// with no controlling terminal, and what it leaves running (`&`, `setsid`, `nohup`) is
+    /// gone when `run` returns.
+    #[test]
+    fn every_command_gets_its_own_session_and_loses_what_it_leaves_running() {
+        let t = tempfile::tempdir().unwrap();
+        let (root, dir) = (t.path().join("root"), t.path().join("dir"));
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::create_dir_all(&dir).unwrap();
+        let tree = Runner::host_tree(&root, &[Bind { host: dir.clone(), inside: "/imgforge-test-dir".into() }]);
+        let own_sid = stat_field(&std::fs::read_to_string("/proc/self/stat").unwrap(), 6);
+        for (name, runner, out) in
+            [("host", Runner::host(), dir.clone()), ("host-tree", tree.unwrap(), "/imgforge-test-dir".into())]
+        {
+            let script = "read -r s < /proc/self/stat; echo \"stat $s\"; \
+                          sleep 60 & echo \"bg $!\"; setsid sleep 60 & echo \"bg $!\"; \
+                          nohup sleep 60 >/dev/null 2>&1 & echo \"bg $!\"; (sleep 60 &); echo done";
+            let mut cmd = Cmd::new("/bin/sh");
+            cmd.args(["-c", script]).cwd(&out).envs([("PATH", PATH)]);
+            let lines = Mutex::new(Vec::new());
+            let exit = runner.run(&cmd, &|_, l: &str| lines.lock().unwrap().push(l.to_string())).unwrap();
+            let lines = lines.into_inner().unwrap();
+            assert!(exit.status.success() && !exit.abandoned, "{name}: {exit:?} {lines:?}");
+            let stat = lines.iter().find_map(|l| l.strip_prefix("stat ")).unwrap_or_else(|| panic!("{lines:?}"));
+            let pid = stat.split(' ').next().unwrap();
+            // A new session (led by the supervisor, its parent), its own process group.
+            assert_eq!(stat_field(stat, 6), stat_field(stat, 4), "{name}: a session of its own: {stat}");
+            assert_ne!(stat_field(stat, 6), own_sid, "{name}: {stat}");
+            assert_eq!(stat_field(stat, 5), pid, "{name}: {stat}");
+            assert_eq!(stat_field(stat, 7), "0", "{name}: no controlling terminal: {stat}");
+            let bg: Vec<&str> = lines.iter().filter_map(|l| l.strip_prefix("bg ")).collect();
+            assert_eq!(bg.len(), 3, "{name}: {lines:?}");
+            for p in bg {
+                assert!(!Path::new("/proc").join(p).exists(), "{name}: process {p} outlived its command");
+            }
+        }
+    }
+}

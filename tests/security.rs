@@ -1,0 +1,205 @@
+//! Attacks by untrusted build steps on the user who runs the build (issue 11), through the
+//! real binary, with `--isolation host` and in the userns sandbox on the Debian test base:
+//! * a buildpack that types into the user's terminal with `TIOCSTI`, run under a real
+//!   pseudo-terminal: what it injected must never reach the terminal's input;
+//! * a buildpack that leaves processes running (`&`, `setsid`, `nohup`): none may outlive
+//!   the build.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// Runs `argv` as the session leader of a new pseudo-terminal (its controlling terminal, and
+/// its stdin, stdout and stderr), as a login shell in a terminal would, and copies what the
+/// terminal shows to stdout. After `argv`, the terminal's pending input (what the user's
+/// shell would read and run next) is printed as `pending=b'...'`.
+const PTY_HARNESS: &str = r#"
+import os, pty, select, sys
+DRAIN = r'''
+import os, select, termios, tty
+tty.setraw(0, termios.TCSANOW)  # not TCSAFLUSH: that would discard the pending input
+data = b""
+while True:
+    r, _, _ = select.select([0], [], [], 1.0)
+    if not r:
+        break
+    d = os.read(0, 4096)
+    if not d:
+        break
+    data += d
+os.write(1, b"pending=%r\r\n" % data)
+'''
+script = '"$@" >"$IMGFORGE_LOG" 2>&1; echo "imgforge-exit=$?"; exec python3 -c "$DRAIN"'
+pid, fd = pty.fork()
+if pid == 0:
+    os.environ["DRAIN"] = DRAIN
+    os.execvp("sh", ["sh", "-c", script, "sh"] + sys.argv[1:])
+out = b""
+while True:
+    r, _, _ = select.select([fd], [], [], 300)
+    if not r:
+        break
+    try:
+        data = os.read(fd, 65536)
+    except OSError:
+        break
+    if not data:
+        break
+    out += data
+os.waitpid(pid, 0)
+sys.stdout.buffer.write(out)
+"#;
+
+/// A Heroku buildpack whose compile attacks: it pushes `echo INJECTED-<tag>` plus a newline
+/// into the terminal with TIOCSTI through `/dev/tty` and through its stdio (and in the
+/// sandbox, through every device it can open under /dev; on the host as root, other ttys are
+/// root's to write to anyway), then leaves three
+/// processes running: `sleep &`, `setsid sleep &` and `nohup sleep &`.
+fn attacking_buildpack(t: &TestDir) -> PathBuf {
+    let bp = t.mkdir("buildpacks/attack");
+    t.write("buildpacks/attack/bin/detect", "#!/bin/sh\necho Attack\n");
+    t.write(
+        "buildpacks/attack/bin/compile",
+        r#"#!/bin/sh
+python3 - <<'EOF'
+import fcntl, glob, os, termios
+payload = b"echo INJECTED-" + os.environ["STACK"].encode() + b"\n"
+targets = ["/dev/tty"]
+if os.path.exists("/imgforge"):  # in the sandbox: every device there is
+    targets += ["/dev/console", "/dev/ptmx"] + sorted(glob.glob("/dev/pts/*")) + sorted(glob.glob("/dev/*"))
+def inject(fd, name):
+    try:
+        for b in payload:
+            fcntl.ioctl(fd, termios.TIOCSTI, bytes([b]))
+        print("attack: TIOCSTI on %s worked" % name)
+    except OSError as e:
+        print("attack: TIOCSTI on %s: %s" % (name, e))
+for fd in (0, 1, 2):
+    inject(fd, "fd %d" % fd)
+for path in targets:
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_NOCTTY)
+    except OSError as e:
+        print("attack: open %s: %s" % (path, e))
+        continue
+    inject(fd, path)
+    os.close(fd)
+print("attack: done")
+EOF
+sleep 1000 &
+setsid sleep 1000 &
+nohup sleep 1000 >/dev/null 2>&1 &
+echo "attack: left 3 sleeps"
+"#,
+    );
+    for s in ["detect", "compile"] {
+        fs::set_permissions(bp.join("bin").join(s), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    }
+    bp
+}
+
+/// Pids of processes whose environment holds `needle` (e.g. `STACK=<unique>`).
+fn pids_with_env(needle: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+        if pid == std::process::id() {
+            continue;
+        }
+        if let Ok(env) = fs::read(e.path().join("environ")) {
+            if env.split(|&b| b == 0).any(|v| v == needle.as_bytes()) {
+                out.push(pid);
+            }
+        }
+    }
+    out
+}
+
+/// What the pty harness saw, and imgforge's own stderr.
+struct Attack {
+    terminal: String,
+    log: String,
+    stack: String,
+}
+
+/// Builds an app with [`attacking_buildpack`] on `base` under `isolation`, run under a
+/// pseudo-terminal by [`PTY_HARNESS`].
+fn attack(t: &TestDir, base: &str, isolation: &str) -> Attack {
+    let bp = attacking_buildpack(t);
+    let app = t.mkdir("app");
+    t.write("app/index.txt", "hi\n");
+    let out = t.mkdir("out");
+    let log = t.join("imgforge.log");
+    let stack = format!("imgforge-attack-{}-{isolation}", std::process::id());
+    let mut cmd = Command::new("python3");
+    cmd.arg("-c").arg(PTY_HARNESS).arg(imgforge_bin()).arg("build").arg(&app);
+    cmd.args(["--base", base, "--isolation", isolation, "--stack", &stack, "--compression", "none"]);
+    cmd.arg("--buildpack").arg(&bp).arg("-t").arg(format!("oci:{}:x", out.display()));
+    cmd.env("IMGFORGE_CACHE_DIR", t.cache_dir()).env("IMGFORGE_LOG", &log);
+    let o = run_ok(&mut cmd);
+    let terminal = String::from_utf8_lossy(&o.stdout).into_owned();
+    let log = fs::read_to_string(&log).unwrap_or_default();
+    Attack { terminal, log, stack }
+}
+
+fn assert_no_injection(a: &Attack) {
+    let ctx = || format!("terminal:\n{}\nimgforge:\n{}", a.terminal, a.log);
+    assert!(a.terminal.contains("imgforge-exit=0"), "the build failed: {}", ctx());
+    assert!(a.log.contains("attack: done"), "the attack did not run: {}", ctx());
+    assert!(a.log.contains("attack: open /dev/tty: "), "/dev/tty could be opened: {}", ctx());
+    assert!(!a.log.contains("worked"), "an injection was accepted: {}", ctx());
+    let pending = a.terminal.lines().find(|l| l.starts_with("pending=")).unwrap_or_else(|| panic!("{}", ctx()));
+    assert_eq!(pending.trim_end(), "pending=b''", "the terminal's input holds injected text: {}", ctx());
+}
+
+fn assert_no_leftovers(a: &Attack) {
+    assert!(a.log.contains("attack: left 3 sleeps"), "{}", a.log);
+    let needle = format!("STACK={}", a.stack);
+    // The build has ended: give the kernel a moment to finish the kills it was asked for.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut left = pids_with_env(&needle);
+    while !left.is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        left = pids_with_env(&needle);
+    }
+    for pid in &left {
+        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+    }
+    let cmdlines: Vec<String> = left
+        .iter()
+        .map(|p| fs::read_to_string(Path::new("/proc").join(p.to_string()).join("cmdline")).unwrap_or_default())
+        .collect();
+    assert!(left.is_empty(), "processes the buildpack left outlived the build: {left:?} {cmdlines:?}\n{}", a.log);
+}
+
+#[test]
+fn with_isolation_host_a_buildpack_cannot_type_into_the_users_terminal_nor_leave_processes_running() {
+    let t = TestDir::new();
+    // The base is not used to run anything on the host: the small one will do.
+    let a = attack(&t, &t.busybox_copy(), "host");
+    assert_no_injection(&a);
+    assert_no_leftovers(&a);
+}
+
+#[test]
+fn in_the_sandbox_a_buildpack_cannot_type_into_the_users_terminal_nor_see_a_host_tty() {
+    let t = TestDir::new();
+    let a = attack(&t, &debian_base(), "userns");
+    assert!(a.log.contains("Buildpacks run in a user namespace"), "{}", a.log);
+    assert_no_injection(&a);
+    // No terminal device of the host is there at all.
+    for dev in ["/dev/tty", "/dev/console", "/dev/ptmx"] {
+        assert!(
+            a.log.contains(&format!("attack: open {dev}: [Errno 2] No such file or directory")),
+            "{dev} is visible in the sandbox:\n{}",
+            a.log
+        );
+    }
+    assert!(!a.log.contains("attack: open /dev/pts/"), "/dev/pts is visible in the sandbox:\n{}", a.log);
+    assert_no_leftovers(&a);
+}
