@@ -5,7 +5,7 @@ use std::ffi::CString;
 use std::fs::{self, FileTimes, Metadata, OpenOptions};
 use std::io;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{symlink, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{symlink, DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
 use walkdir::WalkDir;
@@ -161,6 +161,36 @@ fn set_mtime(path: &Path, meta: &Metadata) -> Result<(), FsError> {
 /// Removes `path` and everything under it ([`trash::remove_all`]); a missing path is fine.
 pub fn remove_tree(path: &Path) -> Result<(), FsError> {
     trash::remove_all(path).map_err(io_err(format!("Failed to remove {}", path.display())))
+}
+
+/// Creates the directory `dir` (its parent must exist), readable by its owner only (0700).
+pub fn private_dir(dir: &Path) -> Result<(), FsError> {
+    fs::DirBuilder::new().mode(0o700).create(dir).map_err(io_err(format!("Failed to create {}", dir.display())))
+}
+
+/// Writes `data` to a new file (or over an old one) readable by its owner only (0600), never
+/// through a symlink.
+pub fn write_private(path: &Path, data: &[u8]) -> Result<(), FsError> {
+    use std::io::Write;
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .and_then(|mut f| f.write_all(data))
+        .map_err(io_err(format!("Failed to write {}", path.display())))
+}
+
+/// Removes a directory tree when dropped (errors ignored): for secrets a build step needs
+/// only while it runs (Heroku's ENV_DIR, CNB's `platform/env`), whether it succeeds or not.
+pub struct RemoveOnDrop(pub PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = remove_tree(&self.0);
+    }
 }
 
 #[cfg(test)]

@@ -61,10 +61,9 @@ sys.stdout.buffer.write(out)
 /// root's to write to anyway), then leaves three
 /// processes running: `sleep &`, `setsid sleep &` and `nohup sleep &`.
 fn attacking_buildpack(t: &TestDir) -> PathBuf {
-    let bp = t.mkdir("buildpacks/attack");
-    t.write("buildpacks/attack/bin/detect", "#!/bin/sh\necho Attack\n");
-    t.write(
-        "buildpacks/attack/bin/compile",
+    heroku_buildpack(
+        t,
+        "attack",
         r#"#!/bin/sh
 python3 - <<'EOF'
 import fcntl, glob, os, termios
@@ -96,10 +95,19 @@ setsid sleep 1000 &
 nohup sleep 1000 >/dev/null 2>&1 &
 echo "attack: left 3 sleeps"
 "#,
-    );
+    )
+}
+
+/// `buildpacks/<name>` with a `bin/detect` that passes and this `bin/compile`, readable by
+/// the test user.
+fn heroku_buildpack(t: &TestDir, name: &str, compile: &str) -> PathBuf {
+    let bp = t.mkdir(format!("buildpacks/{name}"));
+    t.write(bp.join("bin/detect"), format!("#!/bin/sh\necho {name}\n"));
+    t.write(bp.join("bin/compile"), compile);
     for s in ["detect", "compile"] {
         fs::set_permissions(bp.join("bin").join(s), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     }
+    share(&bp);
     bp
 }
 
@@ -202,4 +210,76 @@ fn in_the_sandbox_a_buildpack_cannot_type_into_the_users_terminal_nor_see_a_host
     }
     assert!(!a.log.contains("attack: open /dev/pts/"), "/dev/pts is visible in the sandbox:\n{}", a.log);
     assert_no_leftovers(&a);
+}
+
+/// A buildpack that opens up everything it is given: it fills its CACHE_DIR (chowning a
+/// directory to another uid where it can), then makes the build dir, CACHE_DIR and ENV_DIR
+/// world-writable. With `fail` in the app, compile then fails.
+fn careless_buildpack(t: &TestDir) -> PathBuf {
+    heroku_buildpack(
+        t,
+        "careless",
+        r#"#!/bin/sh
+set -e
+mkdir -p "$2/deps/sub" "$1/public"
+echo kept > "$2/deps/sub/file"
+chown -R 1000:1000 "$2/deps" 2>/dev/null || true
+echo hi > "$1/public/x"
+chmod -R 0777 "$1" "$2" "$3"
+echo "careless: env has $(ls "$3")"
+if test -e "$1/fail"; then exit 1; fi
+"#,
+    )
+}
+
+/// Files under `root` (not under `blobs/`, where the image's own config holds the image's
+/// environment by design) whose bytes contain `needle`.
+fn files_containing(root: &Path, needle: &str) -> Vec<PathBuf> {
+    let out = run(Command::new("grep").arg("-rlF").arg("--exclude-dir=blobs").arg(needle).arg(root));
+    stdout_str(&out).lines().map(PathBuf::from).collect()
+}
+
+#[test]
+fn what_a_build_keeps_is_writable_by_nobody_else_and_its_secrets_are_gone_success_or_not() {
+    for isolation in ["host", "userns"] {
+        let t = TestDir::new();
+        let bp = careless_buildpack(&t);
+        let app = t.mkdir("app");
+        t.write("app/index.txt", "hi\n");
+        let out = t.user_dir("out");
+        let secret = format!("s3cr3t-{}-{isolation}", std::process::id());
+        // As the unprivileged test user (with subordinate ids: the sandbox can chown).
+        let imgforge = || t.imgforge_as_test_user().unwrap_or_else(|| t.imgforge());
+        let cache = if test_user().is_some() { t.join("user-cache") } else { t.cache_dir() };
+        let build = |label: &str, ok: bool| {
+            let mut c = imgforge();
+            c.arg("build").arg(&app).args(["--base", &t.busybox_copy(), "--isolation", isolation]);
+            c.arg("--buildpack").arg(&bp).arg("--env").arg(format!("SECRET_TOKEN={secret}"));
+            c.arg("-t").arg(format!("oci:{}:x", out.display()));
+            let o = if ok { run_ok(&mut c) } else { run(&mut c) };
+            assert_eq!(o.status.success(), ok, "{isolation} {label}: {}", report(&c, &o));
+            assert!(
+                stderr_str(&o).contains("careless: env has SECRET_TOKEN"),
+                "{isolation} {label}: {}",
+                report(&c, &o)
+            );
+            // Only the unpacked build image's own sticky dirs (`/tmp`), which other users cannot
+            // reach: its bucket is private.
+            let writable =
+                stdout_str(&run(Command::new("find").arg(&cache).args(["!", "-type", "l", "-perm", "-o+w"])));
+            let rootfs = cache.join("rootfs-v1");
+            let bad: Vec<&str> = writable.lines().filter(|l| !Path::new(l).starts_with(&rootfs)).collect();
+            assert!(bad.is_empty(), "{isolation} {label}: world-writable in the cache: {bad:?}");
+            if rootfs.exists() {
+                let mode = fs::metadata(&rootfs).unwrap().permissions();
+                assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777, 0o700, "{isolation} {label}");
+            }
+            let left = files_containing(&cache, &secret);
+            assert!(left.is_empty(), "{isolation} {label}: the secret is still on disk in {left:?}");
+        };
+        build("a build that succeeds", true);
+        // The kept cache came back and was opened up again; then compile fails.
+        t.write("app/fail", "");
+        build("a build that fails", false);
+    }
 }

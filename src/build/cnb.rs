@@ -170,10 +170,13 @@ pub(super) fn cnb_layers(
         runner: &runner,
     };
     let outcome = run::run(&groups, &index, &p);
-    // Files the buildpacks chowned to other uids: readable and removable by us.
+    // Files the buildpacks chowned to other uids: readable by us, writable by nobody else;
+    // all ours again once the layers are written.
     if let Err(e) = runner.make_host_accessible(work) {
         reporter.report(Event::Warning(format!("Failed to make the build directory readable: {e}")));
     }
+    let warn = |e| reporter.report(Event::Warning(format!("Failed to take back the build directory: {e}")));
+    let _give_back = runner.give_back_on_drop(work, &warn);
     let outcome = outcome.map_err(|e| cnb_err("Buildpack build failed", e))?;
     let mut record = run::record(&outcome);
 

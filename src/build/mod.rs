@@ -579,10 +579,13 @@ fn buildpack_layers(
         .map_or_else(crate::sandbox::Runner::host, crate::sandbox::Runner::image);
     let outcome =
         buildpack::run(plan, &build_dir, work, &cache_root, &ctx.scope, &env, opts.clear_cache, ctx.reporter, &runner);
-    // Files the buildpacks chowned to other uids: readable and removable by us.
+    // Files the buildpacks chowned to other uids: readable by us, writable by nobody else;
+    // all ours again once the layers are written.
     if let Err(e) = runner.make_host_accessible(work) {
         ctx.reporter.report(Event::Warning(format!("Failed to make the build directory readable: {e}")));
     }
+    let warn = |e| ctx.reporter.report(Event::Warning(format!("Failed to take back the build directory: {e}")));
+    let _give_back = runner.give_back_on_drop(work, &warn);
     let outcome = outcome.map_err(|e| BuildError::Buildpack { what: "Buildpack build failed".into(), source: e })?;
 
     ctx.reporter.report(Event::Detail("Splitting the built app into layers".into()));

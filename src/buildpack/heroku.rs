@@ -12,9 +12,9 @@
 
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
-use std::fs::{self, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::fs;
+use std::io;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::sync::Mutex;
@@ -23,7 +23,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::release::{self, Release};
 use super::{io_err, valid_var_name, Buildpack, DetectAnswer, HerokuError, Plan, Selection};
-use crate::fsutil::{copy_tree, remove_tree, Links};
+use crate::fsutil::{copy_tree, remove_tree, Links, RemoveOnDrop};
 use crate::report::{Event, Reporter};
 use crate::sandbox::process::{describe, Stream};
 use crate::sandbox::runner::PATH;
@@ -166,6 +166,8 @@ pub fn run(
         .ok_or_else(|| HerokuError::Invalid(format!("bash is needed to run Heroku buildpacks; it is not in {PATH}")))?;
     let wrapper = if shell.bash { WRAPPER } else { POSIX_WRAPPER };
     let ctx = Ctx { build_dir, bash: shell.path, wrapper, runner, env: child_env, reporter };
+    // The config vars are secrets: gone when the buildpacks are done, whatever happened.
+    let _secrets = RemoveOnDrop(work.join("env"));
     let env_dir = write_env_dir(&work, &env.config_vars)?;
 
     let selected = detect(plan, &ctx)?;
@@ -234,22 +236,14 @@ fn required_script(bp: &Buildpack, name: &str) -> Result<PathBuf, HerokuError> {
 fn write_env_dir(work: &Path, vars: &[(String, String)]) -> Result<PathBuf, HerokuError> {
     let dir = work.join("env");
     remove_tree(&dir)?;
-    fs::create_dir(&dir).map_err(io_err(format!("Failed to create {}", dir.display())))?;
+    crate::fsutil::private_dir(&dir)?;
     for (name, value) in vars {
         if !valid_var_name(name) {
             return Err(HerokuError::Invalid(format!(
                 "config var {name:?}: a name is a letter or '_' followed by letters, digits and '_'"
             )));
         }
-        let path = dir.join(name);
-        OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&path)
-            .and_then(|mut f| f.write_all(value.as_bytes()))
-            .map_err(io_err(format!("Failed to write {}", path.display())))?;
+        crate::fsutil::write_private(&dir.join(name), value.as_bytes())?;
     }
     Ok(dir)
 }

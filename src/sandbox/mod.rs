@@ -266,16 +266,28 @@ impl Sandbox {
         Ok(sb)
     }
 
-    /// After a build: gives group and others read and write access (and search on
-    /// directories) to everything under `host_dir` (a bind), from inside, so that files a
-    /// buildpack chowned to other uids can be read into layers and removed by imgforge.
-    /// Layer modes are unaffected: they derive from the owner's bits alone
-    /// (`Normalize::file_mode`). Does nothing without subordinate ids.
+    /// After a build: gives group and others read access (and search on directories) to
+    /// everything under `host_dir` (a bind), and takes write access from them, from inside,
+    /// so that files a buildpack chowned to other uids can be read into layers by imgforge,
+    /// and nothing is left writable by other users. Layer modes are unaffected: they derive
+    /// from the owner's bits alone (`Normalize::file_mode`). Without subordinate ids every
+    /// file is the invoking user's: see [`clear_group_other_write`].
     pub fn make_host_accessible(&self, host_dir: &Path) -> Result<(), SandboxError> {
+        if self.ids.sub_uid.is_none() {
+            return clear_group_other_write(host_dir);
+        }
+        self.host_tool_as_root("chmod", &[OsString::from("-R"), "go+rX,go-w".into(), host_dir.into()])
+    }
+
+    /// At the end of a build, once its layers are written: makes the invoking user the owner
+    /// of everything under `host_dir` again (root inside), so that imgforge can keep, move
+    /// and delete it without anyone else's write access. Symlinks are changed themselves,
+    /// never followed. Does nothing without subordinate ids (everything is ours already).
+    pub fn give_back(&self, host_dir: &Path) -> Result<(), SandboxError> {
         if self.ids.sub_uid.is_none() {
             return Ok(());
         }
-        self.host_tool_as_root("chmod", &[OsString::from("-R"), "go+rwX".into(), host_dir.into()])
+        self.host_tool_as_root("chown", &[OsString::from("-R"), "-h".into(), "0:0".into(), host_dir.into()])
     }
 
     /// Runs a host tool (`chmod`, `rm`) in a bare user namespace with this sandbox's id map,
@@ -457,6 +469,31 @@ impl Drop for Sandbox {
             owner_rwx_dirs(&dir);
         }
     }
+}
+
+/// Takes write access from group and others on everything the invoking user owns under
+/// `dir` (symlinks are skipped: their mode means nothing). What a build leaves in the cache
+/// must not be writable by other users, whatever modes a buildpack set.
+pub fn clear_group_other_write(dir: &Path) -> Result<(), SandboxError> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    // SAFETY: trivial getter.
+    let me = unsafe { libc::geteuid() };
+    for entry in walkdir::WalkDir::new(dir).follow_links(false) {
+        let entry = entry.map_err(|e| SandboxError::Io {
+            what: format!("Failed to read {}", e.path().unwrap_or(dir).display()),
+            source: e.into(),
+        })?;
+        let Ok(m) = entry.metadata() else { continue };
+        if m.file_type().is_symlink() || m.uid() != me || m.mode() & 0o022 == 0 {
+            continue;
+        }
+        // (Called once the build's commands and everything they started have ended: nothing
+        // swaps this entry for a symlink meanwhile.)
+        let path = entry.path();
+        fs::set_permissions(path, fs::Permissions::from_mode(m.mode() & 0o7755))
+            .map_err(io_err(format!("Failed to set the mode of {}", path.display())))?;
+    }
+    Ok(())
 }
 
 /// chmod u+rwx on every directory we own under `dir` (so that it can be removed).

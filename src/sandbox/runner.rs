@@ -150,13 +150,32 @@ impl Runner {
         }
     }
 
-    /// After a build: lets imgforge read and remove everything under `host_dir`, whatever
-    /// owners commands gave it inside (see [`Sandbox::make_host_accessible`]).
+    /// After the commands of a build ran: lets imgforge read everything under `host_dir`,
+    /// whatever owners commands gave it inside, and takes write access from group and others
+    /// (see [`Sandbox::make_host_accessible`]). `host_dir` itself becomes private (0700).
     pub fn make_host_accessible(&self, host_dir: &Path) -> Result<(), SandboxError> {
         match &self.place {
-            Place::Image(sb) => sb.make_host_accessible(host_dir),
+            Place::Image(sb) => sb.make_host_accessible(host_dir)?,
+            Place::Host | Place::HostTree(_) => super::clear_group_other_write(host_dir)?,
+        }
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(host_dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(super::io_err(format!("Failed to set the mode of {}", host_dir.display())))
+    }
+
+    /// At the end of a build, once nothing needs the owners commands set: everything under
+    /// `host_dir` belongs to the invoking user again ([`Sandbox::give_back`]).
+    pub fn give_back(&self, host_dir: &Path) -> Result<(), SandboxError> {
+        match &self.place {
+            Place::Image(sb) => sb.give_back(host_dir),
             Place::Host | Place::HostTree(_) => Ok(()),
         }
+    }
+
+    /// [`Runner::give_back`] of `dir` when the returned guard is dropped, at the end of the
+    /// build step whatever happened; a failure goes to `on_error`.
+    pub fn give_back_on_drop<'a>(&'a self, dir: &'a Path, on_error: &'a dyn Fn(SandboxError)) -> GiveBack<'a> {
+        GiveBack { runner: self, dir, on_error }
     }
 
     /// Runs `cmd`, handing each line of its stdout and stderr to `on_line` as it comes.
@@ -190,6 +209,21 @@ impl Runner {
         let (status, abandoned) = run_lines(&mut command, on_line)
             .map_err(|error| RunError::Start { error, why: guard.as_mut().map(|g| g.finish()).unwrap_or_default() })?;
         Ok(Exit { status, abandoned })
+    }
+}
+
+/// See [`Runner::give_back_on_drop`].
+pub struct GiveBack<'a> {
+    runner: &'a Runner,
+    dir: &'a Path,
+    on_error: &'a dyn Fn(SandboxError),
+}
+
+impl Drop for GiveBack<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = self.runner.give_back(self.dir) {
+            (self.on_error)(e);
+        }
     }
 }
 

@@ -75,8 +75,11 @@ impl BlobStore {
 
     /// A subdirectory of the cache for other kinds of entries (created if absent).
     pub fn bucket(&self, name: &str) -> Result<PathBuf, StoreError> {
+        use std::os::unix::fs::DirBuilderExt;
         let d = self.root.join(name);
-        fs::create_dir_all(&d).map_err(io_err(&d))?;
+        // Private: buckets hold build data (buildpack caches, unpacked build images whose
+        // own `/tmp` is world-writable) that other users must neither read nor reach.
+        fs::DirBuilder::new().recursive(true).mode(0o700).create(&d).map_err(io_err(&d))?;
         Ok(d)
     }
 

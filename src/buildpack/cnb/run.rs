@@ -30,7 +30,7 @@ use super::layers::{read_output, Output, StoreToml, STORE_TOML};
 use super::order::{expand, Index, Member};
 use super::plan::{buildpack_plan, remove_met, resolve, DetectPlan, Entry, Passed, Unmet};
 use super::{io_err, CnbError};
-use crate::fsutil::{copy_tree, Links};
+use crate::fsutil::{copy_tree, Links, RemoveOnDrop};
 use crate::report::{Event, Reporter};
 use crate::sandbox::process::{describe, Stream};
 use crate::sandbox::runner::PATH;
@@ -180,6 +180,8 @@ pub fn run(top: &[Vec<(Arc<Descriptor>, bool)>], index: &Index, p: &Platform<'_>
     for d in [&layers_root, &home] {
         fs::create_dir_all(d).map_err(io_err(format!("Failed to create {}", d.display())))?;
     }
+    // The `--env` values are secrets: gone when the buildpacks are done, whatever happened.
+    let _secrets = RemoveOnDrop(work.join("platform").join("env"));
     let platform_dir = write_platform(work, p.env)?;
     let ctx = Ctx { p, platform_dir, home };
 
@@ -191,14 +193,15 @@ pub fn run(top: &[Vec<(Arc<Descriptor>, bool)>], index: &Index, p: &Platform<'_>
 fn write_platform(work: &Path, vars: &[(String, String)]) -> Result<PathBuf, CnbError> {
     let dir = work.join("platform");
     let env = dir.join("env");
-    fs::create_dir_all(&env).map_err(io_err(format!("Failed to create {}", env.display())))?;
+    fs::create_dir_all(&dir).map_err(io_err(format!("Failed to create {}", dir.display())))?;
+    crate::fsutil::private_dir(&env)?;
     for (k, v) in vars {
         if !crate::buildpack::valid_var_name(k) {
             return Err(CnbError::Invalid(format!(
                 "--env {k:?}: a name is a letter or '_' followed by letters, digits and '_'"
             )));
         }
-        fs::write(env.join(k), v).map_err(io_err(format!("Failed to write {}", env.join(k).display())))?;
+        crate::fsutil::write_private(&env.join(k), v.as_bytes())?;
     }
     Ok(dir)
 }
