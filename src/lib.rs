@@ -5,6 +5,7 @@
 pub mod build;
 pub mod buildpack;
 pub mod copy;
+pub mod dockerfile;
 pub mod fsutil;
 pub mod image;
 pub mod inspect;
