@@ -11,6 +11,7 @@
 pub mod error;
 pub mod instruction;
 pub mod parse;
+pub mod stages;
 pub mod substitute;
 
 pub use error::{DockerfileError, ErrorKind, Location};
