@@ -8,9 +8,12 @@
 //!   definitions, image-config effects and history entries;
 //! - [`dockerignore`]: Docker's `.dockerignore` rules.
 
+pub mod config;
+pub mod dockerignore;
 pub mod error;
 pub mod instruction;
 pub mod parse;
+pub mod plan;
 pub mod stages;
 pub mod substitute;
 
