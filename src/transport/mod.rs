@@ -21,6 +21,7 @@ mod docker_archive;
 mod layout;
 mod oci_archive;
 mod oci_dir;
+pub mod registries_conf;
 pub mod registry;
 mod tar_index;
 
