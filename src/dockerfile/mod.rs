@@ -9,6 +9,8 @@
 //! - [`dockerignore`]: Docker's `.dockerignore` rules.
 
 pub mod config;
+#[cfg(test)]
+mod corpus;
 pub mod dockerignore;
 pub mod error;
 pub mod instruction;
