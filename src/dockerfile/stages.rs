@@ -327,37 +327,37 @@ pub(crate) fn stage_ref(value: &str, current: usize, names: &[Option<String>]) -
 }
 
 /// Depth-first from the target, dependencies first; a cycle is reported by stage names.
+/// Iterative: a long chain of stages cannot exhaust the stack.
 fn build_order(stages: &[Stage], target: usize) -> Result<Vec<usize>, String> {
-    fn visit(
-        stages: &[Stage],
-        i: usize,
-        state: &mut [u8],
-        order: &mut Vec<usize>,
-        path: &mut Vec<usize>,
-    ) -> Result<(), String> {
-        match state[i] {
-            2 => return Ok(()),
-            1 => {
-                let start = path.iter().position(|&p| p == i).unwrap_or(0);
+    const NEW: u8 = 0;
+    const ON_PATH: u8 = 1;
+    const DONE: u8 = 2;
+    let mut state = vec![NEW; stages.len()];
+    let mut order = Vec::new();
+    // (stage, its dependencies still to visit)
+    let mut path: Vec<(usize, Vec<usize>)> = vec![(target, stages[target].deps.iter().rev().copied().collect())];
+    state[target] = ON_PATH;
+    while let Some((node, pending)) = path.last_mut() {
+        match pending.pop() {
+            Some(d) if state[d] == DONE => {}
+            Some(d) if state[d] == ON_PATH => {
                 let label = |j: usize| stages[j].name.clone().unwrap_or_else(|| j.to_string());
-                let names: Vec<String> = path[start..].iter().chain([&i]).map(|&j| label(j)).collect();
+                let start = path.iter().position(|(p, _)| *p == d).unwrap_or(0);
+                let names: Vec<String> = path[start..].iter().map(|(p, _)| *p).chain([d]).map(label).collect();
                 return Err(names.join(" -> "));
             }
-            _ => {}
+            Some(d) => {
+                state[d] = ON_PATH;
+                path.push((d, stages[d].deps.iter().rev().copied().collect()));
+            }
+            None => {
+                let node = *node;
+                state[node] = DONE;
+                order.push(node);
+                path.pop();
+            }
         }
-        state[i] = 1;
-        path.push(i);
-        for &d in &stages[i].deps {
-            visit(stages, d, state, order, path)?;
-        }
-        path.pop();
-        state[i] = 2;
-        order.push(i);
-        Ok(())
     }
-    let mut state = vec![0u8; stages.len()];
-    let mut order = Vec::new();
-    visit(stages, target, &mut state, &mut order, &mut Vec::new())?;
     Ok(order)
 }
 
@@ -438,6 +438,17 @@ mod tests {
         );
         let e = resolve_text("FROM busybox AS a\nFROM busybox AS A\n", &opts(&[], None));
         assert_eq!(e.unwrap_err().to_string(), "Dockerfile:2: FROM: stage name \"a\" is used twice (first at line 1)");
+    }
+
+    #[test]
+    fn a_long_chain_of_stages_is_ordered_without_recursion() {
+        let mut text = String::from("FROM scratch AS s0\n");
+        for i in 1..3000 {
+            text.push_str(&format!("FROM s{} AS s{i}\n", i - 1));
+        }
+        let b = resolve_text(&text, &opts(&[], None)).unwrap();
+        assert_eq!(b.order.len(), 3000);
+        assert_eq!((b.order[0], b.order[2999]), (0, 2999));
     }
 
     #[test]

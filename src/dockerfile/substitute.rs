@@ -23,7 +23,12 @@ pub enum SubstError {
     BadPattern { pattern: String, escaped: String },
     #[error("syntax error: missing '/' in ${{}} in {word:?}")]
     MissingSlash { word: String },
+    #[error("substitutions nested more than {MAX_DEPTH} deep in {word:?}")]
+    TooDeep { word: String },
 }
+
+/// How deeply `${…}` may nest (the walker recurses).
+pub const MAX_DEPTH: usize = 64;
 
 /// The result of substituting one word: the text, its shell-style split into words (quotes
 /// keep spaces), and the names that were looked up and found (for cache keys and for the
@@ -57,7 +62,8 @@ impl Lexer {
 
     /// Substitutes `word`, looking names up with `env` (`None`: unset).
     pub fn process(&self, word: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Expanded, SubstError> {
-        let mut w = Walker { lx: *self, chars: word.chars().collect(), pos: 0, env, word, matched: BTreeSet::new() };
+        let mut w =
+            Walker { lx: *self, chars: word.chars().collect(), pos: 0, env, word, matched: BTreeSet::new(), depth: 0 };
         let (value, words) = w.until(None, self.raw_escapes)?;
         Ok(Expanded { value, words, matched: w.matched })
     }
@@ -75,6 +81,7 @@ struct Walker<'a> {
     env: &'a dyn Fn(&str) -> Option<String>,
     word: &'a str,
     matched: BTreeSet<String>,
+    depth: usize,
 }
 
 /// Builds the shell-style word list next to the plain result.
@@ -241,6 +248,16 @@ impl Walker<'_> {
     }
 
     fn dollar(&mut self) -> Result<String, SubstError> {
+        if self.depth >= MAX_DEPTH {
+            return Err(SubstError::TooDeep { word: self.word() });
+        }
+        self.depth += 1;
+        let result = self.dollar_inner();
+        self.depth -= 1;
+        result
+    }
+
+    fn dollar_inner(&mut self) -> Result<String, SubstError> {
         self.pos += 1; // '$'
         if self.peek() != Some('{') {
             let name = self.name();
@@ -391,66 +408,48 @@ impl Pattern {
         Ok(Pattern(toks))
     }
 
-    /// Whether the whole of `s` matches.
-    fn matches(&self, s: &[char]) -> bool {
-        fn m(p: &[Tok], s: &[char]) -> bool {
-            match p.split_first() {
-                None => s.is_empty(),
-                Some((Tok::Star, rest)) => (0..=s.len()).any(|i| m(rest, &s[i..])),
-                Some((Tok::Any, rest)) => !s.is_empty() && m(rest, &s[1..]),
-                Some((Tok::Lit(c), rest)) => s.first() == Some(c) && m(rest, &s[1..]),
-            }
+    /// The pattern as a regular expression (linear time, whatever the input), `*` greedy
+    /// or not, optionally anchored at the start; `reversed` builds it for the reversed
+    /// string (to find suffixes).
+    fn regex(&self, greedy: bool, anchored: bool, reversed: bool) -> regex::Regex {
+        let mut re = String::from(if anchored { "^(?:" } else { "(?:" });
+        let mut push = |t: &Tok| match t {
+            Tok::Star => re.push_str(if greedy { ".*" } else { ".*?" }),
+            Tok::Any => re.push('.'),
+            Tok::Lit(c) => re.push_str(&regex::escape(&c.to_string())),
+        };
+        if reversed {
+            self.0.iter().rev().for_each(&mut push);
+        } else {
+            self.0.iter().for_each(&mut push);
         }
-        m(&self.0, s)
+        re.push(')');
+        regex::Regex::new(&re).expect("escaped literals, . and .* always compile")
     }
 
     fn trim_prefix(&self, value: &str, greedy: bool) -> String {
-        let v: Vec<char> = value.chars().collect();
-        let mut lens: Box<dyn Iterator<Item = usize>> =
-            if greedy { Box::new((0..=v.len()).rev()) } else { Box::new(0..=v.len()) };
-        match lens.find(|&n| self.matches(&v[..n])) {
-            Some(n) => v[n..].iter().collect(),
+        match self.regex(greedy, true, false).find(value) {
+            Some(m) => value[m.end()..].to_string(),
             None => value.to_string(),
         }
     }
 
     fn trim_suffix(&self, value: &str, greedy: bool) -> String {
-        let v: Vec<char> = value.chars().collect();
-        let mut starts: Box<dyn Iterator<Item = usize>> =
-            if greedy { Box::new(0..=v.len()) } else { Box::new((0..=v.len()).rev()) };
-        match starts.find(|&n| self.matches(&v[n..])) {
-            Some(n) => v[..n].iter().collect(),
+        let reversed: String = value.chars().rev().collect();
+        match self.regex(greedy, true, true).find(&reversed) {
+            Some(m) => reversed[m.end()..].chars().rev().collect(),
             None => value.to_string(),
         }
     }
 
-    /// The leftmost, longest match at or after `from`, as (start, end).
-    fn find(&self, v: &[char], from: usize) -> Option<(usize, usize)> {
-        (from..=v.len()).find_map(|s| (s..=v.len()).rev().find(|&e| self.matches(&v[s..e])).map(|e| (s, e)))
-    }
-
     fn replace(&self, value: &str, replacement: &str, all: bool) -> String {
-        let v: Vec<char> = value.chars().collect();
-        let mut out = String::new();
-        let mut pos = 0;
-        while let Some((s, e)) = self.find(&v, pos) {
-            out.extend(&v[pos..s]);
-            out.push_str(replacement);
-            pos = e;
-            if !all {
-                break;
-            }
-            if s == e {
-                // An empty match: keep one character and go on after it.
-                match v.get(pos) {
-                    Some(c) => out.push(*c),
-                    None => return out,
-                }
-                pos += 1;
-            }
+        let re = self.regex(true, false, false);
+        let with = regex::NoExpand(replacement);
+        if all {
+            re.replace_all(value, with).into_owned()
+        } else {
+            re.replace(value, with).into_owned()
         }
-        out.extend(&v[pos.min(v.len())..]);
-        out
     }
 }
 
@@ -555,6 +554,18 @@ mod tests {
         let word = "x-${VERSION}.${TARGETOS}-${TARGETARCH}${TARGETVARIANT:+-${TARGETVARIANT}}.tgz";
         assert_eq!(sub(word, &platform).unwrap(), "x-v1.2.3.linux-arm-v7.tgz");
         assert_eq!(sub(word, &platform[..3]).unwrap(), "x-v1.2.3.linux-arm.tgz");
+    }
+
+    #[test]
+    fn deep_nesting_is_an_error_and_patterns_stay_fast() {
+        let deep = "${A:-".repeat(10_000) + &"}".repeat(10_000);
+        assert!(matches!(sub(&deep, &[]), Err(SubstError::TooDeep { .. })));
+        let ok = "${A:-".repeat(20) + "x" + &"}".repeat(20);
+        assert_eq!(sub(&ok, &[]).unwrap(), "x");
+        // a pattern that backtracking would take ages on
+        let long = "a".repeat(5_000);
+        let pat = "${V//*a*a*a*a*a*a*a*b/x}";
+        assert_eq!(sub(pat, &[("V", &long)]).unwrap(), long);
     }
 
     #[test]
