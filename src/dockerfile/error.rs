@@ -10,7 +10,7 @@ use super::substitute::SubstError;
 pub struct DockerfileError {
     pub at: Location,
     #[source]
-    pub kind: ErrorKind,
+    pub kind: Box<ErrorKind>,
 }
 
 /// Where an error is: `Dockerfile:12: RUN`.
@@ -83,7 +83,7 @@ impl ErrorKind {
     pub fn at(self, file: &str, line: usize, instruction: Option<&str>) -> DockerfileError {
         DockerfileError {
             at: Location { file: file.to_string(), line, instruction: instruction.map(str::to_uppercase) },
-            kind: self,
+            kind: Box::new(self),
         }
     }
 }

@@ -1174,7 +1174,7 @@ mod tests {
         let a = d("FROM a\nARG V\nRUN echo $V\n", &[("V", "1")]);
         assert_eq!(
             a,
-            d("# comment\nFROM a\n\nARG V\nRUN   echo $V\n", &[("V", "1")]).replace('x', "x"),
+            d("# comment\nFROM a\n\nARG V\nRUN   echo $V\n", &[("V", "1")]),
             "spacing and lines do not count"
         );
         assert_ne!(a, d("FROM a\nARG V\nRUN echo $V\n", &[("V", "2")]), "an arg's value counts");
