@@ -40,8 +40,6 @@ impl BaseFacts {
 }
 
 const MAX_ACCOUNT_FILE: u64 = 1 << 20;
-/// v2: with os-release.
-const CACHE_BUCKET: &str = "base-facts-v2";
 const MAX_OS_RELEASE: u64 = 64 << 10;
 const OS_RELEASE: [&[u8]; 2] = [b"etc/os-release", b"usr/lib/os-release"];
 
@@ -54,7 +52,10 @@ enum Node {
 
 pub fn base_facts(source: &Source, base: &BaseImage, store: &BlobStore) -> Result<BaseFacts, String> {
     let Some(digest) = base.manifest_digest else { return Ok(BaseFacts::default()) };
-    let cache = store.bucket(CACHE_BUCKET).map_err(|e| e.to_string())?.join(format!("{}.json", digest.hex()));
+    let cache = store
+        .bucket(crate::store::buckets::BASE_FACTS)
+        .map_err(|e| e.to_string())?
+        .join(format!("{}.json", digest.hex()));
     if let Some(f) = fs::read(&cache).ok().and_then(|b| serde_json::from_slice(&b).ok()) {
         return Ok(f);
     }

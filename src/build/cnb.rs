@@ -429,5 +429,5 @@ fn layer_from_dir(
 
 /// Where imgforge keeps an app's CNB state (record and cache layers).
 fn state_dir(store: &BlobStore, scope: &str) -> Result<PathBuf, BuildError> {
-    Ok(store.bucket("cnb-v1")?.join(hex::encode(Sha256::digest(scope.as_bytes()))))
+    Ok(store.bucket(crate::store::buckets::CNB_STATE)?.join(hex::encode(Sha256::digest(scope.as_bytes()))))
 }

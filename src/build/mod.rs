@@ -573,7 +573,7 @@ fn buildpack_layers(
     }
     ctx.reporter.report(Event::Step("Running buildpacks"));
     let env = buildpack::HerokuEnv { config_vars: opts.env.clone(), stack: stack.to_string(), source_version };
-    let cache_root = store.bucket("buildpack-cache-v1")?;
+    let cache_root = store.bucket(crate::store::buckets::BUILDPACK_CACHE)?;
     let workdir = opts.workdir.clone().unwrap_or_else(|| "/app".to_string());
     let runner = sandbox_for(opts, store, plan, work, &build_dir, &workdir, base, ctx.reporter, Vec::new())?
         .map_or_else(crate::sandbox::Runner::host, crate::sandbox::Runner::image);
@@ -756,7 +756,7 @@ const BUILD_FORMAT: &str = concat!("imgforge-build-v1 ", env!("CARGO_PKG_VERSION
 
 impl BuildCache {
     fn open(store: &BlobStore) -> Result<BuildCache, BuildError> {
-        Ok(BuildCache { dir: store.bucket("builds-v1")? })
+        Ok(BuildCache { dir: store.bucket(crate::store::buckets::BUILDS)? })
     }
 
     #[allow(clippy::too_many_arguments)]

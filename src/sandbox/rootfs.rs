@@ -18,8 +18,6 @@ use crate::report::{Event, Reporter};
 use crate::store::BlobStore;
 use crate::transport::{BaseImage, Source};
 
-const BUCKET: &str = "rootfs-v1";
-
 #[derive(Debug, thiserror::Error)]
 pub enum RootfsError {
     #[error("Failed to unpack the build image {image}, layer {layer} ({digest}): {source}")]
@@ -46,7 +44,7 @@ pub fn rootfs(
     let Some(digest) = image.manifest_digest else {
         return Err(other("scratch has no filesystem to build in".into()));
     };
-    let bucket = store.bucket(BUCKET).map_err(|e| other(e.to_string()))?;
+    let bucket = store.bucket(crate::store::buckets::ROOTFS).map_err(|e| other(e.to_string()))?;
     let dir = bucket.join(digest.hex());
     let done = |d: &PathBuf| d.join("complete").is_file();
     let reused = || {

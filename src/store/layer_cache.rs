@@ -20,7 +20,6 @@ use super::{write_hint, BlobStore, StoreError};
 
 /// Bump when the bytes `imgforge-layers` writes for the same input change.
 const FORMAT: &str = "imgforge-layer-v1";
-const BUCKET: &str = "layers-v1";
 
 /// A layer's cache key and what it was computed from.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -129,7 +128,7 @@ pub fn digests_from_json(v: &serde_json::Value) -> Option<LayerDigests> {
 
 impl LayerCache {
     pub fn open(store: &BlobStore) -> Result<LayerCache, StoreError> {
-        let dir = store.bucket(BUCKET)?;
+        let dir = store.bucket(super::buckets::LAYERS)?;
         fs::create_dir_all(dir.join("scopes")).map_err(|source| StoreError::Io { path: dir.clone(), source })?;
         Ok(LayerCache { dir })
     }

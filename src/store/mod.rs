@@ -1,11 +1,12 @@
 //! The content-addressed store: blobs named by digest, written atomically, verified on read.
 //!
-//! Layout of the cache directory (versioned buckets, as uv does):
+//! Layout of the cache directory:
 //! ```text
 //! blobs/sha256/<hex>   blob bytes; present only once complete and verified
 //! tmp/                 temp files, same filesystem as blobs/ so rename is atomic
 //! trash/               trees waiting to be deleted by a background thread
 //! lock                 shared by builds, exclusive for maintenance
+//! <bucket>-v<N>/       everything else: one versioned bucket per kind, listed in [`buckets`]
 //! ```
 
 use std::fs::{self, File, OpenOptions};
@@ -15,6 +16,7 @@ use std::path::{Path, PathBuf};
 use imgforge_layers::{Digest, HashingReader, HashingWriter};
 use tempfile::NamedTempFile;
 
+pub mod buckets;
 pub mod layer_cache;
 pub mod stat_cache;
 pub mod swap;
@@ -73,10 +75,10 @@ impl BlobStore {
         &self.root
     }
 
-    /// A subdirectory of the cache for other kinds of entries (created if absent).
-    pub fn bucket(&self, name: &str) -> Result<PathBuf, StoreError> {
+    /// The directory of one of the cache's [`buckets`] (created if absent).
+    pub fn bucket(&self, bucket: buckets::Bucket) -> Result<PathBuf, StoreError> {
         use std::os::unix::fs::DirBuilderExt;
-        let d = self.root.join(name);
+        let d = self.root.join(bucket.name());
         // Private: buckets hold build data (buildpack caches, unpacked build images whose
         // own `/tmp` is world-writable) that other users must neither read nor reach.
         fs::DirBuilder::new().recursive(true).mode(0o700).create(&d).map_err(io_err(&d))?;

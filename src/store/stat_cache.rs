@@ -18,8 +18,6 @@ use serde::{Deserialize, Serialize};
 
 use super::{write_hint, BlobStore, StoreError};
 
-/// v3: BLAKE3 content hashes, postcard (compact, and any path bytes: JSON needs UTF-8).
-const BUCKET: &str = "stat-v3";
 const RACY_NS: i128 = 2_000_000_000;
 const HASH_THREADS: usize = 4;
 
@@ -63,7 +61,7 @@ impl StatCache {
     pub fn load(store: &BlobStore, root: &Path) -> Result<StatCache, StoreError> {
         let canonical = root.canonicalize().unwrap_or_else(|_| root.to_path_buf());
         let name = Sha256Hash::of(canonical.as_os_str().as_bytes()).hex();
-        let file = store.bucket(BUCKET)?.join(format!("{name}.bin"));
+        let file = store.bucket(super::buckets::STAT)?.join(format!("{name}.bin"));
         // Unreadable or from another version: start empty (costs a re-read, nothing more).
         let stored: Vec<(Vec<u8>, StatEntry)> =
             fs::read(&file).ok().and_then(|b| postcard::from_bytes(&b).ok()).unwrap_or_default();
