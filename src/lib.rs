@@ -2,7 +2,6 @@
 //!
 //! The library never prints: progress and warnings go through [`report::Reporter`].
 
-pub mod build;
 pub mod buildpack;
 pub mod copy;
 pub mod dockerfile;
@@ -10,6 +9,7 @@ pub mod fsutil;
 pub mod image;
 pub mod inspect;
 pub mod parallel;
+pub mod pipeline;
 pub mod report;
 pub mod sandbox;
 pub mod store;

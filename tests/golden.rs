@@ -124,3 +124,34 @@ fn cloud_native_buildpacks() {
         c
     });
 }
+
+/// A plain build whose inputs did not change reuses the previous build's result (the step
+/// cache wraps every mode), and the image is byte for byte the golden one; a change says why
+/// the step ran again (`-v`).
+#[test]
+fn an_unchanged_plain_app_reuses_the_last_result() {
+    let t = TestDir::new();
+    let app = copy_of(&t, &hello_app(), "hello");
+    // The stat cache keeps only hashes of files older than its racy window (2 s): the
+    // second build is the first that knows the files without reading them.
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let build = |t: &TestDir| {
+        let mut c = build_cmd(t, &app);
+        c.arg("-v");
+        let out = run(&mut c);
+        assert!(out.status.success(), "imgforge build failed\n{}", report(&c, &out));
+        (parse_digest_line(&out.stdout).unwrap(), stderr_str(&out))
+    };
+    let (first, _) = build(&t);
+    let (second, e2) = build(&t);
+    let (third, e3) = build(&t);
+    assert_eq!([first.as_str(), second.as_str(), third.as_str()], [PLAIN; 3]);
+    assert!(!e2.contains("Nothing changed"), "the first warm build has no record to reuse:\n{e2}");
+    assert!(e3.contains("Nothing changed since the last build"), "nothing changed, the result is reused:\n{e3}");
+    assert!(e3.contains("Layer app: reused"), "{e3}");
+
+    std::fs::write(app.join("public/extra.txt"), "new\n").unwrap();
+    let (changed, e4) = build(&t);
+    assert_ne!(changed, PLAIN);
+    assert!(e4.contains("public/extra.txt was added"), "-v says why the step ran again:\n{e4}");
+}

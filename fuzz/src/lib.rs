@@ -8,11 +8,11 @@
 
 use std::io::{self, Read, Write};
 
-use imgforge::build::config::{compose_config, rfc3339, ConfigChanges};
 use imgforge::image::manifest::{
     self, media, parse_config, parse_document, Descriptor, Document, Index, Platform, MAX_FANOUT,
 };
 use imgforge::image::reference::ImageRef;
+use imgforge::pipeline::config::{compose_config, rfc3339, ConfigChanges, History};
 use imgforge::transport::registry::auth::{parse_challenge, AuthState};
 use imgforge::transport::registry::client::{origin_of, resolve_redirect, same_origin};
 use imgforge_layers::{
@@ -741,12 +741,14 @@ pub fn config(data: &[u8]) {
         cmd: Some(vec!["/fuzz/run".into()]),
         working_dir: Some("/workspace".into()),
         labels: [("org.opencontainers.image.source".to_string(), "fuzz".to_string())].into_iter().collect(),
-        new_layers: vec![(new_layer, "fuzz layer".into())],
-        created: rfc3339(DEFAULT_EPOCH),
         ..Default::default()
     };
-    let out = compose_config(Some(&base), &Platform::host(), &ch);
-    assert!(out == compose_config(Some(&base), &Platform::host(), &ch), "compose_config is not deterministic");
+    let history = History { created: rfc3339(DEFAULT_EPOCH), new_layers: vec![(new_layer, "fuzz layer".into())] };
+    let out = compose_config(Some(&base), &Platform::host(), &ch, &history);
+    assert!(
+        out == compose_config(Some(&base), &Platform::host(), &ch, &history),
+        "compose_config is not deterministic"
+    );
     let again = parse_config(&out, "composed")
         .unwrap_or_else(|e| panic!("composed config does not parse: {e}\n{}", String::from_utf8_lossy(&out)));
     let mut want = base.diff_ids.clone();

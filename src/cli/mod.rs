@@ -5,10 +5,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use imgforge::build::{build, BuildOptions};
 use imgforge::image::manifest::Platform;
 use imgforge::image::reference::ImageRef;
 use imgforge::layers::{CompressOptions, Compression, Owner};
+use imgforge::pipeline::{build, BuildOptions, BuildpackOptions};
 use imgforge::sandbox::{Isolation, Network};
 use imgforge::store::default_cache_dir;
 use imgforge::transport::{RegistryOptions, TransportOptions};
@@ -150,14 +150,29 @@ struct BuildArgs {
     network: String,
 }
 
+/// A command-line value imgforge refuses (exit 2).
+#[derive(Debug, thiserror::Error)]
+enum ArgError {
+    #[error("invalid registry {0:?}: expected HOST[:PORT]")]
+    Registry(String),
+    #[error("{0:?}: expected numeric UID[:GID]")]
+    Owner(String),
+    #[error("{from}: invalid variable name {name:?}")]
+    EnvName { from: String, name: String },
+    #[error("--env-file {}: {source}", path.display())]
+    EnvFile { path: PathBuf, source: std::io::Error },
+    #[error("SOURCE_DATE_EPOCH={0:?} is not a whole number of seconds since 1970")]
+    SourceDateEpoch(String),
+}
+
 /// The registry part of `docker://HOST/…`, `HOST/…` or `HOST`.
-fn registry_host(s: &str) -> Result<String, String> {
+fn registry_host(s: &str) -> Result<String, ArgError> {
     let s = s.strip_prefix("docker://").unwrap_or(s);
     let s = s.strip_prefix("https://").or_else(|| s.strip_prefix("http://")).unwrap_or(s);
     let host = s.split('/').next().unwrap_or("");
     let host = if host == "index.docker.io" || host == "registry-1.docker.io" { "docker.io" } else { host };
     if host.is_empty() || !host.bytes().all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b)) {
-        return Err(format!("invalid registry {s:?}: expected HOST[:PORT]"));
+        return Err(ArgError::Registry(s.to_string()));
     }
     Ok(host.to_string())
 }
@@ -175,12 +190,12 @@ fn write_digest(digest: &str, digest_file: Option<&PathBuf>) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn parse_ref(s: &str) -> Result<ImageRef, String> {
-    s.parse::<ImageRef>().map_err(|e| e.to_string())
+fn parse_ref(s: &str) -> Result<ImageRef, imgforge::image::reference::ReferenceError> {
+    s.parse::<ImageRef>()
 }
 
-fn parse_owner(s: &str) -> Result<Owner, String> {
-    let num = |v: &str| v.parse::<u32>().map_err(|_| format!("{s:?}: expected numeric UID[:GID]"));
+fn parse_owner(s: &str) -> Result<Owner, ArgError> {
+    let num = |v: &str| v.parse::<u32>().map_err(|_| ArgError::Owner(s.to_string()));
     match s.split_once(':') {
         Some((u, g)) => Ok(Owner { uid: num(u)?, gid: num(g)? }),
         None => num(s).map(|uid| Owner { uid, gid: uid }),
@@ -194,13 +209,13 @@ fn valid_env_name(k: &str) -> bool {
 }
 
 /// `K=V`, or `K` taken from this process's environment (as `docker run -e K` does).
-fn parse_env_item(item: &str, from: &str) -> Result<Option<(String, String)>, String> {
+fn parse_env_item(item: &str, from: &str) -> Result<Option<(String, String)>, ArgError> {
     let (k, v) = match item.split_once('=') {
         Some((k, v)) => (k, Some(v.to_string())),
         None => (item, None),
     };
     if !valid_env_name(k) {
-        return Err(format!("{from}: invalid variable name {k:?}"));
+        return Err(ArgError::EnvName { from: from.to_string(), name: k.to_string() });
     }
     Ok(match v {
         Some(v) => Some((k.to_string(), v)),
@@ -208,10 +223,10 @@ fn parse_env_item(item: &str, from: &str) -> Result<Option<(String, String)>, St
     })
 }
 
-fn collect_env(a: &BuildArgs) -> Result<Vec<(String, String)>, String> {
+fn collect_env(a: &BuildArgs) -> Result<Vec<(String, String)>, ArgError> {
     let mut env = Vec::new();
     for f in &a.env_file {
-        let text = std::fs::read_to_string(f).map_err(|e| format!("--env-file {}: {e}", f.display()))?;
+        let text = std::fs::read_to_string(f).map_err(|source| ArgError::EnvFile { path: f.clone(), source })?;
         for (i, line) in text.lines().enumerate() {
             let line = line.trim_start();
             if line.is_empty() || line.starts_with('#') {
@@ -226,13 +241,11 @@ fn collect_env(a: &BuildArgs) -> Result<Vec<(String, String)>, String> {
     Ok(env)
 }
 
-fn source_date_epoch() -> Result<Option<u64>, String> {
+fn source_date_epoch() -> Result<Option<u64>, ArgError> {
     match std::env::var("SOURCE_DATE_EPOCH") {
-        Ok(v) if !v.trim().is_empty() => v
-            .trim()
-            .parse::<u64>()
-            .map(Some)
-            .map_err(|_| format!("SOURCE_DATE_EPOCH={v:?} is not a whole number of seconds since 1970")),
+        Ok(v) if !v.trim().is_empty() => {
+            v.trim().parse::<u64>().map(Some).map_err(|_| ArgError::SourceDateEpoch(v.clone()))
+        }
         _ => Ok(None),
     }
 }
@@ -286,7 +299,7 @@ pub fn main() -> ExitCode {
         Command::Login { registry: host, username, password, password_stdin } => {
             let host = match registry_host(&host) {
                 Ok(h) => h,
-                Err(e) => return usage_error(&e),
+                Err(e) => return usage_error(&e.to_string()),
             };
             let Some(username) = username else {
                 return usage_error("login needs --username (and --password-stdin or --password)");
@@ -326,7 +339,7 @@ pub fn main() -> ExitCode {
         Command::Logout { registry: host } => {
             let host = match registry_host(&host) {
                 Ok(h) => h,
-                Err(e) => return usage_error(&e),
+                Err(e) => return usage_error(&e.to_string()),
             };
             match imgforge::transport::registry::logout(&host, &registry) {
                 Ok(Some(file)) => {
@@ -355,11 +368,11 @@ pub fn main() -> ExitCode {
             };
             let env = match collect_env(&a) {
                 Ok(e) => e,
-                Err(e) => return usage_error(&e),
+                Err(e) => return usage_error(&e.to_string()),
             };
             let sde = match source_date_epoch() {
                 Ok(s) => s,
-                Err(e) => return usage_error(&e),
+                Err(e) => return usage_error(&e.to_string()),
             };
             let compression: Compression = a.compression.parse().expect("clap checked the value");
             let opts = BuildOptions {
@@ -376,10 +389,12 @@ pub fn main() -> ExitCode {
                 cache_dir,
                 source_date_epoch: sde,
                 keep_special_bits: a.keep_special_bits,
-                buildpacks: a.buildpacks.clone(),
-                buildpacks_dir: a.buildpacks_dir.clone(),
-                stack: a.stack.clone(),
-                clear_cache: a.clear_cache,
+                buildpacks: BuildpackOptions {
+                    buildpacks: a.buildpacks.clone(),
+                    buildpacks_dir: a.buildpacks_dir.clone(),
+                    stack: a.stack.clone(),
+                    clear_cache: a.clear_cache,
+                },
                 registry,
                 isolation: match a.isolation.as_str() {
                     "host" => Isolation::Host,

@@ -16,7 +16,7 @@ use imgforge_layers::{extract_compressed, Compression, ExtractError, ExtractOpti
 
 use crate::report::{Event, Reporter};
 use crate::store::BlobStore;
-use crate::transport::{BaseImage, Source};
+use crate::transport::{ResolvedImage, Source};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RootfsError {
@@ -36,7 +36,7 @@ pub struct Rootfs {
 /// The unpacked rootfs of `image`, from the cache or unpacked now.
 pub fn rootfs(
     source: &Source,
-    image: &BaseImage,
+    image: &ResolvedImage,
     store: &BlobStore,
     reporter: &dyn Reporter,
 ) -> Result<Rootfs, RootfsError> {

@@ -42,3 +42,8 @@ pub const CNB_STATE: Bucket = Bucket("cnb-v1");
 
 /// The whole-build cache: `<build key>` holds the manifest digest of the image built.
 pub const BUILDS: Bucket = Bucket("builds-v1");
+
+/// The step cache (`pipeline::step_cache`): `<step key>.json` holds a step record (new
+/// layers, config changes, processes, launch env); `scopes/<sha256 of scope>.json` the
+/// last step key of a scope, to explain the next miss.
+pub const STEPS: Bucket = Bucket("steps-v1");

@@ -103,6 +103,33 @@ pub fn tree_key_with(
     Ok(LayerKey { key: Sha256Hash(key.finalize().into()).hex(), settings, items })
 }
 
+impl LayerKey {
+    /// What differs from `prev`: the first changed setting or path (`None`: nothing).
+    pub fn what_changed(&self, prev: &LayerKey) -> Option<String> {
+        if prev.settings != self.settings {
+            let changed: Vec<&str> =
+                self.settings.split(' ').filter(|s| !prev.settings.split(' ').any(|p| p == *s)).collect();
+            return Some(format!("settings changed: {}", changed.join(", ")));
+        }
+        let (mut a, mut b) = (prev.items.iter().peekable(), self.items.iter().peekable());
+        loop {
+            match (a.peek(), b.peek()) {
+                (Some(x), Some(y)) if x.0 == y.0 => {
+                    if x.1 != y.1 {
+                        return Some(format!("{} changed", y.0));
+                    }
+                    a.next();
+                    b.next();
+                }
+                (Some(x), Some(y)) if x.0 < y.0 => return Some(format!("{} was removed", x.0)),
+                (Some(_), Some(y)) | (None, Some(y)) => return Some(format!("{} was added", y.0)),
+                (Some(x), None) => return Some(format!("{} was removed", x.0)),
+                (None, None) => return None,
+            }
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct LayerCache {
     dir: PathBuf,
@@ -155,27 +182,7 @@ impl LayerCache {
         else {
             return "first build".into();
         };
-        if prev.settings != key.settings {
-            let changed: Vec<&str> =
-                key.settings.split(' ').filter(|s| !prev.settings.split(' ').any(|p| p == *s)).collect();
-            return format!("settings changed: {}", changed.join(", "));
-        }
-        let (mut a, mut b) = (prev.items.iter().peekable(), key.items.iter().peekable());
-        loop {
-            match (a.peek(), b.peek()) {
-                (Some(x), Some(y)) if x.0 == y.0 => {
-                    if x.1 != y.1 {
-                        return format!("{} changed", y.0);
-                    }
-                    a.next();
-                    b.next();
-                }
-                (Some(x), Some(y)) if x.0 < y.0 => return format!("{} was removed", x.0),
-                (Some(_), Some(y)) | (None, Some(y)) => return format!("{} was added", y.0),
-                (Some(x), None) => return format!("{} was removed", x.0),
-                (None, None) => return "its blob is no longer in the cache".into(),
-            }
-        }
+        key.what_changed(&prev).unwrap_or_else(|| "its blob is no longer in the cache".into())
     }
 
     pub fn record(&self, scope: &str, key: &LayerKey) -> std::io::Result<()> {

@@ -11,7 +11,7 @@ use serde_json::json;
 
 use super::layout::WriteSummary;
 use super::tar_index::TarIndex;
-use super::{io_error, BaseImage, BaseLayer, Blobs, NewImage, TransportError};
+use super::{io_error, Blobs, ImageLayer, NewImage, ResolvedImage, TransportError};
 use crate::image::manifest::{self, parse_config, Descriptor};
 use crate::image::reference::DockerName;
 
@@ -51,7 +51,7 @@ impl DockerArchiveSource {
     /// Turns the archive's manifest.json into a base image. Uncompressed layers (what
     /// `docker save` writes) are their own blobs: digest = diff_id, checked when read.
     /// Compressed ones are hashed here, once.
-    pub fn resolve(&self) -> Result<BaseImage, TransportError> {
+    pub fn resolve(&self) -> Result<ResolvedImage, TransportError> {
         let what = format!("docker-archive:{}", self.path().display());
         let bytes = self.index.read_small("manifest.json", manifest::MAX_MANIFEST_BYTES)?;
         let entries: Vec<ArchiveManifest> = serde_json::from_slice(&bytes)
@@ -107,14 +107,14 @@ impl DockerArchiveSource {
                 }
             };
             blobs.push((digest, path.clone()));
-            layers.push(BaseLayer {
+            layers.push(ImageLayer {
                 descriptor: Descriptor::new(compression.media_type(), digest, size),
                 diff_id: *diff_id,
             });
         }
         *self.blobs.lock().expect("not poisoned") = blobs;
         // The archive has no manifest of its own: its identity is the config's digest.
-        Ok(BaseImage {
+        Ok(ResolvedImage {
             reference: what,
             manifest_digest: Some(config_digest),
             manifest: None,

@@ -7,7 +7,7 @@ use std::io::Read;
 use imgforge_layers::Digest;
 use serde_json::{json, Value};
 
-use super::{base_from_manifest, follow_to_manifest, read_small_verified, BaseImage, NewImage, TransportError};
+use super::{base_from_manifest, follow_to_manifest, read_small_verified, NewImage, ResolvedImage, TransportError};
 use crate::image::manifest::{self, media, parse_document, Descriptor, Document, Index, Platform};
 
 pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
@@ -46,7 +46,7 @@ pub(crate) fn resolve(
     src: &impl LayoutRead,
     tag: Option<&str>,
     platform: &Platform,
-) -> Result<BaseImage, TransportError> {
+) -> Result<ResolvedImage, TransportError> {
     let reference = match tag {
         Some(t) => format!("{}:{t}", src.describe()),
         None => src.describe(),

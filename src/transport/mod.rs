@@ -1,6 +1,6 @@
 //! Transports: where images are read from and written to.
 //!
-//! Reading resolves a reference to a [`BaseImage`] (manifest and config only: layers stay
+//! Reading resolves a reference to a [`ResolvedImage`] (manifest and config only: layers stay
 //! lazy, opened only when a destination lacks them). Writing takes a finished [`NewImage`]
 //! and a [`Blobs`] provider and copies only what the destination does not have.
 
@@ -71,14 +71,14 @@ pub fn io_error(what: impl std::fmt::Display) -> impl FnOnce(io::Error) -> Trans
 
 /// One layer of a base image: its descriptor as the source gives it, and its diff_id.
 #[derive(Clone, Debug)]
-pub struct BaseLayer {
+pub struct ImageLayer {
     pub descriptor: Descriptor,
     pub diff_id: DiffId,
 }
 
 /// A resolved image: the manifest's digest, its config and its (lazy) layers.
 #[derive(Clone, Debug)]
-pub struct BaseImage {
+pub struct ResolvedImage {
     pub reference: String,
     /// `None` for scratch.
     pub manifest_digest: Option<Digest>,
@@ -87,13 +87,13 @@ pub struct BaseImage {
     pub config: Option<ImageConfig>,
     /// The config's bytes as read (`None` for scratch).
     pub config_bytes: Option<Vec<u8>>,
-    pub layers: Vec<BaseLayer>,
+    pub layers: Vec<ImageLayer>,
 }
 
-impl BaseImage {
+impl ResolvedImage {
     /// The layers with their media types in OCI spelling (bytes untouched), for an OCI
     /// manifest that lists them.
-    pub fn oci_layers(&self) -> Vec<BaseLayer> {
+    pub fn oci_layers(&self) -> Vec<ImageLayer> {
         self.layers
             .iter()
             .map(|l| {
@@ -101,13 +101,13 @@ impl BaseImage {
                 if let Some(mt) = oci_layer_media_type(&d.media_type) {
                     d.media_type = mt.to_string();
                 }
-                BaseLayer { descriptor: d, diff_id: l.diff_id }
+                ImageLayer { descriptor: d, diff_id: l.diff_id }
             })
             .collect()
     }
 
-    pub fn scratch() -> BaseImage {
-        BaseImage {
+    pub fn scratch() -> ResolvedImage {
+        ResolvedImage {
             reference: "scratch".into(),
             manifest_digest: None,
             manifest: None,
@@ -127,7 +127,7 @@ pub struct NewImage {
     pub manifest_media_type: String,
     pub config: Vec<u8>,
     pub config_digest: Digest,
-    pub layers: Vec<BaseLayer>,
+    pub layers: Vec<ImageLayer>,
 }
 
 /// Gives destinations the bytes of blobs they lack.
@@ -166,9 +166,9 @@ impl Source {
         })
     }
 
-    pub fn resolve(&self, platform: &Platform) -> Result<BaseImage, TransportError> {
+    pub fn resolve(&self, platform: &Platform) -> Result<ResolvedImage, TransportError> {
         match self {
-            Source::Scratch => Ok(BaseImage::scratch()),
+            Source::Scratch => Ok(ResolvedImage::scratch()),
             Source::OciDir(s) => layout::resolve(s, s.tag(), platform),
             Source::OciArchive(s) => layout::resolve(s, s.tag(), platform),
             Source::DockerArchive(s) => s.resolve(),
@@ -214,7 +214,7 @@ impl Source {
     }
 
     /// Fetches, `jobs` at once, the layers a destination other than a registry will need.
-    pub fn prefetch(&self, layers: &[BaseLayer], reporter: &dyn Reporter) -> Result<(), TransportError> {
+    pub fn prefetch(&self, layers: &[ImageLayer], reporter: &dyn Reporter) -> Result<(), TransportError> {
         match self {
             Source::Registry(s) => {
                 let d: Vec<Descriptor> = layers.iter().map(|l| l.descriptor.clone()).collect();
@@ -312,14 +312,14 @@ pub fn oci_layer_media_type(mt: &str) -> Option<&'static str> {
     Compression::from_media_type(mt).map(Compression::media_type)
 }
 
-/// Builds a [`BaseImage`] from a manifest document and its verified config bytes.
+/// Builds a [`ResolvedImage`] from a manifest document and its verified config bytes.
 pub(crate) fn base_from_manifest(
     reference: String,
     manifest_digest: Digest,
     manifest: Vec<u8>,
     doc: Document,
     config_bytes: &[u8],
-) -> Result<BaseImage, TransportError> {
+) -> Result<ResolvedImage, TransportError> {
     let Document::Manifest(m) = doc else {
         return Err(manifest::format_error(&reference, "expected an image manifest, found an index").into());
     };
@@ -335,9 +335,9 @@ pub(crate) fn base_from_manifest(
         .layers
         .into_iter()
         .zip(config.diff_ids.iter().copied())
-        .map(|(descriptor, diff_id)| BaseLayer { descriptor, diff_id })
+        .map(|(descriptor, diff_id)| ImageLayer { descriptor, diff_id })
         .collect();
-    Ok(BaseImage {
+    Ok(ResolvedImage {
         reference,
         manifest_digest: Some(manifest_digest),
         manifest: Some(manifest),

@@ -12,7 +12,7 @@
 //!   `launch.toml`, `build.toml`, `store.toml`, SBOM files);
 //! * [`run`]: detect and build, and the state kept between builds.
 //!
-//! Turning the result into an image is `crate::build::cnb`'s work.
+//! Turning the result into an image is `crate::pipeline::modes::cnb`'s work.
 
 use std::io;
 use std::path::PathBuf;

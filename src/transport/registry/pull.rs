@@ -17,7 +17,7 @@ use crate::image::manifest::{self, media, parse_document, Descriptor, Document, 
 use crate::image::reference::{DockerName, DEFAULT_TAG};
 use crate::report::{Event, Reporter};
 use crate::store::{BlobStore, StoreError};
-use crate::transport::{base_from_manifest, follow_to_manifest, read_small_verified, BaseImage, TransportError};
+use crate::transport::{base_from_manifest, follow_to_manifest, read_small_verified, ResolvedImage, TransportError};
 
 const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
 
@@ -75,7 +75,7 @@ impl RegistrySource {
         self.layers.lock().expect("lock").contains(d)
     }
 
-    pub fn resolve(&self, platform: &Platform) -> Result<BaseImage, TransportError> {
+    pub fn resolve(&self, platform: &Platform) -> Result<ResolvedImage, TransportError> {
         let reference = self.describe();
         let top = match (&self.name.digest, &self.name.tag) {
             (Some(d), _) => self.manifest(&d.to_string(), Some((*d, None)), &reference)?,

@@ -43,8 +43,16 @@ pub fn parse(text: &str) -> Result<BTreeMap<String, String>, ProcfileError> {
     Ok(out)
 }
 
+/// What makes a command need a shell.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("it uses {what} (`{char}`)")]
+pub struct NeedsShell {
+    pub what: &'static str,
+    pub char: char,
+}
+
 /// Splits a command into words when it needs no shell; `Err` says what needs one.
-pub fn split_without_shell(cmd: &str) -> Result<Vec<String>, String> {
+pub fn split_without_shell(cmd: &str) -> Result<Vec<String>, NeedsShell> {
     const SHELL: &[(char, &str)] = &[
         ('$', "variable expansion"),
         ('`', "command substitution"),
@@ -62,7 +70,7 @@ pub fn split_without_shell(cmd: &str) -> Result<Vec<String>, String> {
         ('\\', "escaping"),
     ];
     if let Some((c, what)) = SHELL.iter().find(|(c, _)| cmd.contains(*c)) {
-        return Err(format!("it uses {what} (`{c}`)"));
+        return Err(NeedsShell { what, char: *c });
     }
     Ok(cmd.split_whitespace().map(str::to_string).collect())
 }
@@ -86,7 +94,7 @@ mod tests {
     #[test]
     fn shell_detection() {
         assert_eq!(split_without_shell("/app/server --port 80").unwrap(), ["/app/server", "--port", "80"]);
-        assert!(split_without_shell("server --port $PORT").unwrap_err().contains("variable"));
+        assert!(split_without_shell("server --port $PORT").unwrap_err().to_string().contains("variable"));
         assert!(split_without_shell("a && b").is_err());
     }
 }

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use imgforge_layers::{DiffId, Digest};
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use crate::image::manifest::{media, Descriptor, ImageConfig, Platform};
@@ -13,26 +14,45 @@ pub const LABEL_BASE_DIGEST: &str = "org.opencontainers.image.base.digest";
 pub const LABEL_SOURCE: &str = "org.opencontainers.image.source";
 pub const LABEL_REVISION: &str = "org.opencontainers.image.revision";
 
-/// What the build changes in the base image's config.
-#[derive(Debug, Default)]
+/// What a build changes in the base image's config (a value, applied once by
+/// [`compose_config`]). Unset fields keep the base's.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConfigChanges {
     /// Set in order; a key the base already has is replaced in place.
     pub env: Vec<(String, String)>,
     pub entrypoint: Option<Vec<String>>,
     pub cmd: Option<Vec<String>>,
     pub working_dir: Option<String>,
+    /// Added to the base's labels (a key the base has is replaced).
     pub labels: BTreeMap<String, String>,
-    /// Each new layer's diff_id and what made it (history `created_by`).
-    pub new_layers: Vec<(DiffId, String)>,
-    /// RFC 3339.
+    /// `USER`: who processes run as.
+    pub user: Option<String>,
+    /// `EXPOSE`: `PORT/PROTO` entries added to the base's.
+    pub exposed_ports: Vec<String>,
+    /// `VOLUME`: paths added to the base's.
+    pub volumes: Vec<String>,
+    /// `STOPSIGNAL`.
+    pub stop_signal: Option<String>,
+}
+
+/// The history a build adds: each new layer's diff_id and what made it (`created_by`),
+/// all at `created` (RFC 3339).
+#[derive(Debug, Default)]
+pub struct History {
     pub created: String,
+    pub new_layers: Vec<(DiffId, String)>,
 }
 
 /// Keys of the base config carried over; anything else (Docker's `container_config`,
 /// `docker_version`, …) described how the base was built, not this image.
 const KEPT: &[&str] = &["architecture", "os", "os.version", "os.features", "variant", "config", "history", "rootfs"];
 
-pub fn compose_config(base: Option<&ImageConfig>, platform: &Platform, ch: &ConfigChanges) -> Vec<u8> {
+pub fn compose_config(
+    base: Option<&ImageConfig>,
+    platform: &Platform,
+    ch: &ConfigChanges,
+    history: &History,
+) -> Vec<u8> {
     let mut root: Map<String, Value> = base
         .map(|b| {
             b.raw.iter().filter(|(k, _)| KEPT.contains(&k.as_str())).map(|(k, v)| (k.clone(), v.clone())).collect()
@@ -45,7 +65,7 @@ pub fn compose_config(base: Option<&ImageConfig>, platform: &Platform, ch: &Conf
             root.insert("variant".into(), v.clone().into());
         }
     }
-    root.insert("created".into(), ch.created.clone().into());
+    root.insert("created".into(), history.created.clone().into());
 
     let mut config = match root.remove("config") {
         Some(Value::Object(m)) => m,
@@ -71,31 +91,45 @@ pub fn compose_config(base: Option<&ImageConfig>, platform: &Platform, ch: &Conf
     if let Some(w) = &ch.working_dir {
         config.insert("WorkingDir".into(), w.clone().into());
     }
-    if !ch.labels.is_empty() {
-        let mut labels = match config.remove("Labels") {
-            Some(Value::Object(m)) => m,
-            _ => Map::new(),
-        };
-        for (k, v) in &ch.labels {
-            labels.insert(k.clone(), v.clone().into());
-        }
-        config.insert("Labels".into(), labels.into());
+    let labels = ch.labels.iter().map(|(k, v)| (k.clone(), Value::from(v.clone())));
+    merge_object(&mut config, "Labels", labels);
+    if let Some(u) = &ch.user {
+        config.insert("User".into(), u.clone().into());
+    }
+    merge_object(&mut config, "ExposedPorts", ch.exposed_ports.iter().map(|p| (p.clone(), json!({}))));
+    merge_object(&mut config, "Volumes", ch.volumes.iter().map(|v| (v.clone(), json!({}))));
+    if let Some(s) = &ch.stop_signal {
+        config.insert("StopSignal".into(), s.clone().into());
     }
     root.insert("config".into(), config.into());
 
     let mut diff_ids: Vec<Value> =
         base.map(|b| b.diff_ids.iter().map(|d| d.to_string().into()).collect()).unwrap_or_default();
-    let mut history: Vec<Value> = match root.remove("history") {
+    let mut entries: Vec<Value> = match root.remove("history") {
         Some(Value::Array(h)) => h,
         _ => Vec::new(),
     };
-    for (diff_id, created_by) in &ch.new_layers {
+    for (diff_id, created_by) in &history.new_layers {
         diff_ids.push(diff_id.to_string().into());
-        history.push(json!({ "created": ch.created, "created_by": created_by, "comment": "imgforge" }));
+        entries.push(json!({ "created": history.created, "created_by": created_by, "comment": "imgforge" }));
     }
     root.insert("rootfs".into(), json!({ "type": "layers", "diff_ids": diff_ids }));
-    root.insert("history".into(), history.into());
+    root.insert("history".into(), entries.into());
     serde_json::to_vec(&Value::Object(root)).expect("json values serialize")
+}
+
+/// Adds `entries` to the object `config[key]` (made if absent); nothing when there are none.
+fn merge_object(config: &mut Map<String, Value>, key: &str, entries: impl Iterator<Item = (String, Value)>) {
+    let mut entries = entries.peekable();
+    if entries.peek().is_none() {
+        return;
+    }
+    let mut object = match config.remove(key) {
+        Some(Value::Object(m)) => m,
+        _ => Map::new(),
+    };
+    object.extend(entries);
+    config.insert(key.into(), object.into());
 }
 
 pub fn compose_manifest(
@@ -152,14 +186,37 @@ mod tests {
             "t",
         )
         .unwrap();
-        let ch = ConfigChanges {
-            env: vec![("A".into(), "2".into()), ("B".into(), "3".into())],
-            created: rfc3339(0),
-            ..Default::default()
-        };
-        let out: Value = serde_json::from_slice(&compose_config(Some(&base), &Platform::host(), &ch)).unwrap();
+        let ch = ConfigChanges { env: vec![("A".into(), "2".into()), ("B".into(), "3".into())], ..Default::default() };
+        let history = History { created: rfc3339(0), new_layers: Vec::new() };
+        let out: Value =
+            serde_json::from_slice(&compose_config(Some(&base), &Platform::host(), &ch, &history)).unwrap();
         assert_eq!(out["config"]["Env"], json!(["PATH=/bin", "A=2", "B=3"]));
         assert!(out.get("container_config").is_none());
         assert_eq!(out["created"], "1970-01-01T00:00:00Z");
+        for key in ["User", "ExposedPorts", "Volumes", "StopSignal", "Labels"] {
+            assert!(out["config"].get(key).is_none(), "{key} set though nothing asked for it");
+        }
+    }
+
+    #[test]
+    fn dockerfile_settings_extend_the_base() {
+        let base = crate::image::manifest::parse_config(
+            br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]},"config":{"ExposedPorts":{"22/tcp":{}},"User":"root"}}"#,
+            "t",
+        )
+        .unwrap();
+        let ch = ConfigChanges {
+            user: Some("app:app".into()),
+            exposed_ports: vec!["8080/tcp".into()],
+            volumes: vec!["/data".into()],
+            stop_signal: Some("SIGTERM".into()),
+            ..Default::default()
+        };
+        let out: Value =
+            serde_json::from_slice(&compose_config(Some(&base), &Platform::host(), &ch, &History::default())).unwrap();
+        assert_eq!(out["config"]["User"], "app:app");
+        assert_eq!(out["config"]["ExposedPorts"], json!({ "22/tcp": {}, "8080/tcp": {} }));
+        assert_eq!(out["config"]["Volumes"], json!({ "/data": {} }));
+        assert_eq!(out["config"]["StopSignal"], "SIGTERM");
     }
 }

@@ -7,11 +7,40 @@ use std::collections::HashMap;
 use std::fs;
 use std::io::Read;
 
-use imgforge_layers::{decompress, Compression, EntryType, LayerReader, Limits, Owner};
+use imgforge_layers::{decompress, Compression, EntryType, LayerReader, Limits, Owner, ReadError};
 use serde::{Deserialize, Serialize};
 
-use crate::store::{write_hint, BlobStore};
-use crate::transport::{BaseImage, Source};
+use crate::store::{write_hint, BlobStore, StoreError};
+use crate::transport::{ResolvedImage, Source, TransportError};
+
+/// Why a base image's filesystem could not be read. `layer` names the image and the
+/// layer (`REF: layer N (DIGEST)`).
+#[derive(Debug, thiserror::Error)]
+pub enum FactsError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Source(#[from] TransportError),
+    #[error("the thread reading the base image's layers panicked")]
+    Panicked,
+    #[error("{layer}: unsupported media type {media_type}")]
+    MediaType { layer: String, media_type: String },
+    #[error("{layer}: {source}")]
+    Fetch { layer: String, source: TransportError },
+    #[error("{layer}: {source}")]
+    Read { layer: String, source: std::io::Error },
+    #[error("{layer}: {source}")]
+    Tar { layer: String, source: ReadError },
+}
+
+/// A base image's `User` that its accounts do not resolve.
+#[derive(Debug, thiserror::Error)]
+pub enum UserError {
+    #[error("the base image's user {0:?} is not in its /etc/passwd; pass --chown UID:GID")]
+    UnknownUser(String),
+    #[error("the base image's group {0:?} is not in its /etc/group; pass --chown UID:GID")]
+    UnknownGroup(String),
+}
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct BaseFacts {
@@ -50,12 +79,9 @@ enum Node {
     Symlink(Vec<u8>),
 }
 
-pub fn base_facts(source: &Source, base: &BaseImage, store: &BlobStore) -> Result<BaseFacts, String> {
+pub fn base_facts(source: &Source, base: &ResolvedImage, store: &BlobStore) -> Result<BaseFacts, FactsError> {
     let Some(digest) = base.manifest_digest else { return Ok(BaseFacts::default()) };
-    let cache = store
-        .bucket(crate::store::buckets::BASE_FACTS)
-        .map_err(|e| e.to_string())?
-        .join(format!("{}.json", digest.hex()));
+    let cache = store.bucket(crate::store::buckets::BASE_FACTS)?.join(format!("{}.json", digest.hex()));
     if let Some(f) = fs::read(&cache).ok().and_then(|b| serde_json::from_slice(&b).ok()) {
         return Ok(f);
     }
@@ -65,13 +91,16 @@ pub fn base_facts(source: &Source, base: &BaseImage, store: &BlobStore) -> Resul
     let mut os_release: [Option<String>; 2] = [None, None];
     for (i, layer) in base.layers.iter().enumerate() {
         let what = format!("{}: layer {} ({})", base.reference, i + 1, layer.descriptor.digest);
-        let compression = Compression::from_media_type(&layer.descriptor.media_type)
-            .ok_or_else(|| format!("{what}: unsupported media type {}", layer.descriptor.media_type))?;
-        let raw = source.open_verified(&layer.descriptor).map_err(|e| format!("{what}: {e}"))?;
-        let stream = decompress(raw, compression).map_err(|e| format!("{what}: {e}"))?;
+        let media_type = &layer.descriptor.media_type;
+        let compression = Compression::from_media_type(media_type)
+            .ok_or_else(|| FactsError::MediaType { layer: what.clone(), media_type: media_type.clone() })?;
+        let raw = source
+            .open_verified(&layer.descriptor)
+            .map_err(|source| FactsError::Fetch { layer: what.clone(), source })?;
+        let stream = decompress(raw, compression).map_err(|source| FactsError::Read { layer: what.clone(), source })?;
         let mut reader = LayerReader::new(stream, Limits::default());
         let mut added: Vec<(Vec<u8>, Node)> = Vec::new();
-        while let Some(e) = reader.next_entry().map_err(|e| format!("{what}: {e}"))? {
+        while let Some(e) = reader.next_entry().map_err(|source| FactsError::Tar { layer: what.clone(), source })? {
             let name = e.path.rsplit(|&b| b == b'/').next().unwrap_or(&[]).to_vec();
             let parent = &e.path[..e.path.len() - name.len()];
             if name == b".wh..wh..opq" {
@@ -97,7 +126,10 @@ pub fn base_facts(source: &Source, base: &BaseImage, store: &BlobStore) -> Resul
                 && (e.path == b"etc/passwd" || e.path == b"etc/group")
             {
                 let mut text = String::new();
-                reader.data().read_to_string(&mut text).map_err(|err| format!("{what}: {}: {err}", e.path_lossy()))?;
+                reader
+                    .data()
+                    .read_to_string(&mut text)
+                    .map_err(|source| FactsError::Read { layer: format!("{what}: {}", e.path_lossy()), source })?;
                 if e.path == b"etc/passwd" {
                     passwd = Some(text)
                 } else {
@@ -168,7 +200,7 @@ fn resolve<'a>(nodes: &'a HashMap<Vec<u8>, Node>, path: &[u8]) -> Option<&'a Nod
 
 /// Resolves the base image's `User` (`name`, `uid`, `name:group`, `uid:gid`) to numbers,
 /// as Docker does: a named user must exist in /etc/passwd; a numeric user not in it gets gid 0.
-pub fn resolve_user(user: &str, facts: &BaseFacts) -> Result<Owner, String> {
+pub fn resolve_user(user: &str, facts: &BaseFacts) -> Result<Owner, UserError> {
     if user.is_empty() {
         return Ok(Owner { uid: 0, gid: 0 });
     }
@@ -188,16 +220,16 @@ pub fn resolve_user(user: &str, facts: &BaseFacts) -> Result<Owner, String> {
         Ok(uid) => (uid, lookup(passwd, u, 3).and_then(|(_, g)| g).unwrap_or(0)),
         Err(_) => match lookup(passwd, u, 3) {
             Some((Some(uid), Some(gid))) => (uid, gid),
-            _ => return Err(format!("the base image's user {u:?} is not in its /etc/passwd; pass --chown UID:GID")),
+            _ => return Err(UserError::UnknownUser(u.to_string())),
         },
     };
     let gid = match g {
         None => primary_gid,
         Some(g) => match g.parse::<u32>() {
             Ok(gid) => gid,
-            Err(_) => lookup(facts.group.as_deref().unwrap_or(""), g, 2).and_then(|(gid, _)| gid).ok_or_else(|| {
-                format!("the base image's group {g:?} is not in its /etc/group; pass --chown UID:GID")
-            })?,
+            Err(_) => lookup(facts.group.as_deref().unwrap_or(""), g, 2)
+                .and_then(|(gid, _)| gid)
+                .ok_or_else(|| UserError::UnknownGroup(g.to_string()))?,
         },
     };
     Ok(Owner { uid, gid })
@@ -235,7 +267,7 @@ mod tests {
         assert_eq!(resolve_user("4242", &facts).unwrap(), Owner { uid: 4242, gid: 0 });
         assert_eq!(resolve_user("app:staff", &facts).unwrap(), Owner { uid: 1000, gid: 50 });
         assert_eq!(resolve_user("7:8", &facts).unwrap(), Owner { uid: 7, gid: 8 });
-        assert!(resolve_user("nobody", &facts).unwrap_err().contains("--chown"));
+        assert!(resolve_user("nobody", &facts).unwrap_err().to_string().contains("--chown"));
     }
 
     #[test]

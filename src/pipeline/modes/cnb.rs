@@ -1,4 +1,4 @@
-//! Cloud Native Buildpack builds in the pipeline: run the buildpacks (see
+//! Cloud Native Buildpacks as a build mode: run the buildpacks (see
 //! [`crate::buildpack::cnb`]), then turn what they left into image layers, processes, the
 //! launch environment and the labels the lifecycle writes.
 //!
@@ -15,24 +15,30 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use imgforge_layers::{scan_tree, LayerDigests, Tree};
+use imgforge_layers::{scan_tree, LayerDigests};
 use serde_json::{json, Value};
 use sha2::{Digest as _, Sha256};
 
-use super::{io_err, split, BuildError, BuildOptions, LayerCtx, Produced};
+use super::buildpacks::{sweep_trash, DiscardWork, Found};
+use super::isolation::{map_owners, sandbox_for};
+use super::{BuildContext, BuildMode, ModeOutput, NewLayer, PendingCommit, Processes};
 use crate::buildpack::cnb::descriptor::{escape_id, Descriptor};
 use crate::buildpack::cnb::env::{changes_for_layer, Change, Phase};
 use crate::buildpack::cnb::layers::Process;
-use crate::buildpack::cnb::order::Index;
+use crate::buildpack::cnb::order::{self, Index};
 use crate::buildpack::cnb::run::{self, Outcome, Platform, Record, CACHE_DIR, LAYERS};
 use crate::buildpack::cnb::CnbError;
 use crate::buildpack::{self, Selection};
+use crate::pipeline::base::ResolvedBase;
+use crate::pipeline::config::ConfigChanges;
+use crate::pipeline::layers::LayerCtx;
+use crate::pipeline::step_cache::StepCache;
+use crate::pipeline::{io_err, launch, split, BuildError, BuildpackOptions};
 use crate::report::Event;
 use crate::sandbox::{Bind, Runner};
 use crate::store::layer_cache::{digests_from_json, digests_json};
 use crate::store::stat_cache::StatCache;
 use crate::store::BlobStore;
-use crate::transport::{BaseImage, Source};
 
 pub const LABEL_BUILD: &str = "io.buildpacks.build.metadata";
 pub const LABEL_LIFECYCLE: &str = "io.buildpacks.lifecycle.metadata";
@@ -40,36 +46,69 @@ pub const LABEL_PROJECT: &str = "io.buildpacks.project.metadata";
 /// Where SBOM files go in the image.
 pub const SBOM_DIR: &str = "layers/sbom/launch";
 
-/// Which kind the buildpacks of a plan are: `Some(true)` all CNB, `Some(false)` all
-/// Heroku-classic; an error when one group mixes them.
-pub(super) fn is_cnb(plan: &buildpack::Plan) -> Result<bool, BuildError> {
-    let (cnb, classic): (Vec<_>, Vec<_>) =
-        plan.buildpacks.iter().partition(|bp| bp.dir.join(crate::buildpack::cnb::descriptor::DESCRIPTOR).is_file());
-    match (cnb.is_empty(), classic.is_empty()) {
-        (_, true) => Ok(!cnb.is_empty()),
-        (true, false) => Ok(false),
-        (false, false) => {
-            let names = |v: &[&buildpack::Buildpack]| v.iter().map(|b| b.name.clone()).collect::<Vec<_>>().join(", ");
-            Err(BuildError::Invalid(format!(
-                "the buildpacks mix Cloud Native Buildpacks ({}, with buildpack.toml) and Heroku-classic buildpacks ({}, bin/compile): one build runs one kind; split them or use only one kind",
-                names(&cnb),
-                names(&classic)
-            )))
+pub struct Cnb {
+    found: Found,
+}
+
+impl Cnb {
+    pub fn new(found: Found) -> Cnb {
+        Cnb { found }
+    }
+
+    /// Where order entries are looked up: `--buildpacks-dir` and next to each buildpack.
+    fn order_dirs(&self) -> Vec<&Path> {
+        let mut dirs: Vec<&Path> = self.found.plan.buildpacks.iter().filter_map(|b| b.source.parent()).collect();
+        dirs.extend(self.found.options.buildpacks_dir.as_deref());
+        dirs.sort();
+        dirs.dedup();
+        dirs
+    }
+}
+
+impl BuildMode for Cnb {
+    fn name(&self) -> &'static str {
+        "cnb"
+    }
+
+    fn needs_base_facts(&self) -> bool {
+        true
+    }
+
+    fn may_reuse(&self) -> bool {
+        !self.found.options.clear_cache
+    }
+
+    /// The buildpacks, and every buildpack an order entry may name.
+    fn definition(&self, cx: &BuildContext<'_>) -> Result<Value, BuildError> {
+        let mut candidates = Vec::new();
+        for d in self.order_dirs() {
+            candidates
+                .extend(order::buildpack_dirs(d).map_err(|e| cnb_err(&format!("Failed to read {}", d.display()), e))?);
         }
+        self.found.definition(cx, &candidates)
+    }
+
+    fn produce(self: Box<Self>, cx: &mut BuildContext<'_>) -> Result<ModeOutput, BuildError> {
+        sweep_trash(cx.store);
+        let distro = cx.base.facts()?.distro();
+        let Found { work, plan, options } = self.found;
+        let mut out = cnb_layers(cx, &plan, &options, work.path(), distro)?;
+        out.pending.push(Box::new(DiscardWork(work)));
+        Ok(out)
     }
 }
 
 /// What must happen once the image is written: the kept state replaced.
-pub(super) struct Pending {
+struct KeepState {
     outcome: Outcome,
     record: Record,
     work: PathBuf,
     dest: PathBuf,
 }
 
-impl Pending {
-    pub(super) fn commit(self, trash: &Path) -> Result<(), BuildError> {
-        run::commit(&self.outcome, &self.record, &self.work, &self.dest, trash)
+impl PendingCommit for KeepState {
+    fn commit(self: Box<Self>, store: &BlobStore, _: &dyn StepCache) -> Result<(), BuildError> {
+        run::commit(&self.outcome, &self.record, &self.work, &self.dest, &store.trash_dir())
             .map_err(|e| cnb_err("Failed to keep the buildpacks' cache", e))
     }
 }
@@ -78,24 +117,19 @@ fn cnb_err(what: &str, source: CnbError) -> BuildError {
     BuildError::Cnb { what: what.to_string(), source }
 }
 
-#[allow(clippy::too_many_arguments)]
-pub(super) fn cnb_layers(
-    opts: &BuildOptions,
-    ctx: &LayerCtx<'_>,
+fn cnb_layers(
+    cx: &mut BuildContext<'_>,
     plan: &buildpack::Plan,
+    options: &BuildpackOptions,
     work: &Path,
-    tree: &Tree,
-    app_stat: &mut StatCache,
-    workdir: &str,
-    (source, base, platform): (&Source, &BaseImage, &crate::image::manifest::Platform),
-    git: &super::git::GitInfo,
     distro: Option<(String, String)>,
-) -> Result<Produced, BuildError> {
-    let store = ctx.store;
-    let reporter = ctx.reporter;
+) -> Result<ModeOutput, BuildError> {
+    let (opts, store, reporter, workdir, ctx) = (cx.opts, cx.store, cx.reporter, cx.workdir, cx.layers);
+    let base: &ResolvedBase = cx.base;
+    let platform = &base.platform;
     // The buildpacks, and where order entries are looked up.
     let mut index = Index::default();
-    if let Some(dir) = &opts.buildpacks_dir {
+    if let Some(dir) = &options.buildpacks_dir {
         index.add_dir(dir).map_err(|e| cnb_err("Failed to read --buildpacks-dir", e))?;
     }
     let mut top = Vec::new();
@@ -118,12 +152,13 @@ pub(super) fn cnb_layers(
     // The app, a private copy, at its image path during the build.
     let app = work.join("app");
     let mut build_stat = StatCache::ephemeral();
-    split::copy_app(tree, &app, app_stat, &mut build_stat)
+    let (scanned, app_stat) = cx.app.scan_with_stat(ctx)?;
+    split::copy_app(&scanned.tree, &app, app_stat, &mut build_stat)
         .map_err(io_err(format!("Failed to copy the app into {}", app.display())))?;
     std::thread::sleep(std::time::Duration::from_millis(20));
 
     let state = state_dir(store, &ctx.scope)?;
-    let previous = if opts.clear_cache { Record::default() } else { run::load_record(&state) };
+    let previous = if options.clear_cache { Record::default() } else { run::load_record(&state) };
     let cache = state.join(CACHE_DIR);
     let cnb_work = work.join("cnb");
     fs::create_dir_all(&cnb_work).map_err(io_err(format!("Failed to create {}", cnb_work.display())))?;
@@ -133,7 +168,7 @@ pub(super) fn cnb_layers(
     reporter.report(Event::Step("Running buildpacks"));
     // In the build-image sandbox: the layers at /layers, every buildpack an order may name at
     // the lifecycle's /cnb/buildpacks/<id>/<version> (the app and the work dir are bound by
-    // `sandbox_for`). On the host, `run` makes its own namespace.
+    // `sandbox_for`). On the host, a host-tree runner puts the layers and the app there.
     let layers_root = cnb_work.join("layers");
     fs::create_dir_all(&layers_root).map_err(io_err(format!("Failed to create {}", layers_root.display())))?;
     let mut binds = vec![Bind { host: layers_root.clone(), inside: run::LAYERS.into() }];
@@ -141,28 +176,27 @@ pub(super) fn cnb_layers(
         let inside = format!("/cnb/buildpacks/{}/{}", escape_id(&d.info.id), d.info.version.replace('/', "_"));
         binds.push(Bind { host: d.dir.clone(), inside });
     }
-    let runner =
-        match super::sandbox_for(opts, store, plan, work, &app, workdir, (source, base, platform), reporter, binds)? {
-            Some(sb) => Runner::image(sb),
-            // On the host too, the layers and the app must be at their image paths.
-            None => {
-                let root = cnb_work.join("root");
-                fs::create_dir_all(&root).map_err(io_err(format!("Failed to create {}", root.display())))?;
-                let binds = [
-                    Bind { host: layers_root.clone(), inside: LAYERS.into() },
-                    Bind { host: app.clone(), inside: workdir.into() },
-                ];
-                Runner::host_tree(&root, &binds)
-                    .map_err(|e| cnb_err("Buildpack build failed", CnbError::Sandbox(Box::new(e))))?
-            }
-        };
+    let runner = match sandbox_for(cx, plan, work, &app, binds)? {
+        Some(sb) => Runner::image(sb),
+        // On the host too, the layers and the app must be at their image paths.
+        None => {
+            let root = cnb_work.join("root");
+            fs::create_dir_all(&root).map_err(io_err(format!("Failed to create {}", root.display())))?;
+            let binds = [
+                Bind { host: layers_root.clone(), inside: LAYERS.into() },
+                Bind { host: app.clone(), inside: workdir.into() },
+            ];
+            Runner::host_tree(&root, &binds)
+                .map_err(|e| cnb_err("Buildpack build failed", CnbError::Sandbox(Box::new(e))))?
+        }
+    };
     let p = Platform {
         app: &app,
         workdir,
         work: &cnb_work,
         env: &opts.env,
         previous: &previous,
-        cache: (!opts.clear_cache).then_some(cache.as_path()),
+        cache: (!options.clear_cache).then_some(cache.as_path()),
         os: &platform.os,
         arch: &platform.architecture,
         distro: distro.as_ref().map(|(n, v)| (n.as_str(), v.as_str())),
@@ -180,8 +214,8 @@ pub(super) fn cnb_layers(
     let outcome = outcome.map_err(|e| cnb_err("Buildpack build failed", e))?;
     let mut record = run::record(&outcome);
 
-    ctx.reporter.report(Event::Detail("Writing the buildpacks' layers".into()));
-    let mut layers: Vec<(LayerDigests, String)> = Vec::new();
+    reporter.report(Event::Detail("Writing the buildpacks' layers".into()));
+    let mut layers: Vec<NewLayer> = Vec::new();
     let mut lifecycle_bps = Vec::new();
     let mut launch_layers: Vec<(String, PathBuf)> = Vec::new(); // (inside path, host dir for env)
     let mut sboms: Vec<(String, PathBuf)> = Vec::new(); // (path in image, host file)
@@ -240,7 +274,7 @@ pub(super) fn cnb_layers(
                     );
                 }
                 meta["sha"] = json!(digests.diff_id.to_string());
-                layers.push((digests, format!("imgforge build: layer {inside}")));
+                layers.push(NewLayer { name, created_by: format!("imgforge build: layer {inside}"), digests });
                 launch_layers.push((inside, env_dir));
                 for (ext, file) in &l.sboms {
                     sboms.push((format!("{SBOM_DIR}/{esc}/{}/sbom.{ext}", l.name), file.clone()));
@@ -268,7 +302,7 @@ pub(super) fn cnb_layers(
         }
         let digests = layer_from_dir(ctx, "sbom", &dir, SBOM_DIR, None)?;
         lifecycle["sbom"] = json!({ "sha": digests.diff_id.to_string() });
-        layers.push((digests, "imgforge build: SBOM".into()));
+        layers.push(NewLayer { name: "sbom".into(), created_by: "imgforge build: SBOM".into(), digests });
     }
 
     // The app: slices first, then the rest.
@@ -276,20 +310,21 @@ pub(super) fn cnb_layers(
         outcome.built.iter().flat_map(|b| b.output.launch.slices.iter().map(|s| s.paths.clone())).collect();
     let mut built =
         scan_tree(&app, &|_, _| true).map_err(io_err(format!("Failed to read the built app in {}", app.display())))?;
-    super::map_owners(&mut built, &runner);
-    let parts = split::slices(&built, &globs).map_err(BuildError::Invalid)?;
+    map_owners(&mut built, &runner);
+    let parts = split::slices(&built, &globs)?;
     let mut app_shas = Vec::new();
     for part in parts {
         let key = ctx.key(&part.tree, &mut build_stat)?;
         let digests = ctx.cached_layer(&part.name, &part.tree, &key)?;
         app_shas.push(json!({ "sha": digests.diff_id.to_string() }));
-        layers.push((digests, format!("imgforge build: {} at {workdir}", part.name)));
+        let created_by = format!("imgforge build: {} at {workdir}", part.name);
+        layers.push(NewLayer { name: part.name, created_by, digests });
     }
     lifecycle["app"] = json!(app_shas);
-    if let Some(top) = base.layers.last() {
+    if let Some(top) = base.image.layers.last() {
         lifecycle["runImage"] = json!({
             "topLayer": top.diff_id.to_string(),
-            "reference": base.manifest_digest.map(|d| d.to_string()).unwrap_or_default(),
+            "reference": base.image.manifest_digest.map(|d| d.to_string()).unwrap_or_default(),
         });
     }
 
@@ -310,7 +345,7 @@ pub(super) fn cnb_layers(
     let mut build_procs = Vec::new();
     for (kind, bp_id, p) in &procs {
         let (argv, shell) = p.argv();
-        processes.insert(kind.clone(), super::launch::sh_command(&argv, shell, p.working_dir.as_deref()));
+        processes.insert(kind.clone(), launch::sh_command(&argv, shell, p.working_dir.as_deref()));
         let (command, args) = match &p.command {
             crate::buildpack::cnb::layers::Command::List(c) => (json!(c), json!(p.args)),
             crate::buildpack::cnb::layers::Command::One(c) => (json!([c]), json!(p.args)),
@@ -337,7 +372,7 @@ pub(super) fn cnb_layers(
             sources.extend(profile_scripts(inside, host, process));
         }
         sources.push(format!("{workdir}/.profile"));
-        launch_env.insert(name.to_string(), super::launch::cnb_env_script(&changes, &sources));
+        launch_env.insert(name.to_string(), launch::cnb_env_script(&changes, &sources));
     }
 
     let buildpacks: Vec<Value> = outcome
@@ -357,6 +392,7 @@ pub(super) fn cnb_layers(
         json!({ "buildpacks": buildpacks, "processes": build_procs, "bom": null, "launcher": {} }).to_string(),
     );
     labels.insert(LABEL_LIFECYCLE.to_string(), lifecycle.to_string());
+    let git = &cx.app.git;
     let project = match (&git.source, &git.revision) {
         (_, Some(rev)) => {
             json!({ "source": { "type": "git", "version": { "commit": rev }, "metadata": { "repository": git.source } } })
@@ -369,13 +405,12 @@ pub(super) fn cnb_layers(
             labels.insert(l.key.clone(), l.value.clone());
         }
     }
-    Ok(Produced {
+    Ok(ModeOutput {
         layers,
-        processes,
+        config: ConfigChanges { labels, ..Default::default() },
+        processes: Processes { commands: processes, default },
         launch_env,
-        labels,
-        default_process: default,
-        cnb: Some(Pending { outcome, record, work: cnb_work, dest: state }),
+        pending: vec![Box::new(KeepState { outcome, record, work: cnb_work, dest: state })],
         ..Default::default()
     })
 }
@@ -411,18 +446,9 @@ fn layer_from_dir(
 ) -> Result<LayerDigests, BuildError> {
     let mut tree = scan_tree(dir, &|_, _| true).map_err(io_err(format!("Failed to read {}", dir.display())))?;
     if let Some(runner) = runner {
-        super::map_owners(&mut tree, runner);
+        map_owners(&mut tree, runner);
     }
-    let sub = LayerCtx {
-        store: ctx.store,
-        cache: ctx.cache.clone(),
-        rules: ctx.rules,
-        compress: ctx.compress,
-        owner: ctx.owner,
-        prefix: prefix.as_bytes().to_vec(),
-        scope: ctx.scope.clone(),
-        reporter: ctx.reporter,
-    };
+    let sub = ctx.at(prefix);
     let key = sub.key(&tree, &mut StatCache::ephemeral())?;
     sub.cached_layer(name, &tree, &key)
 }

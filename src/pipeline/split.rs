@@ -163,21 +163,29 @@ fn part(built: &Tree, index: &HashMap<&Path, usize>, name: String, mut members: 
     LayerPart { name, tree: Tree { root: built.root.clone(), entries, skipped: Vec::new() } }
 }
 
+/// A `[[slices]]` path that is not a valid glob.
+#[derive(Debug, thiserror::Error)]
+#[error("slice path {path:?}: {source}")]
+pub struct SliceError {
+    pub path: String,
+    pub source: ignore::Error,
+}
+
 /// Splits the app by Cloud Native Buildpacks' `[[slices]]`: each slice's paths are globs
 /// relative to the app directory (gitignore syntax, anchored at the app: `*` stays within
 /// one directory, `**` crosses them, a matched directory takes its whole subtree). An entry
 /// goes to the first slice that matches it; slices that match nothing make no layer;
 /// everything else goes to the last part, `app`. Parts are named `slice-<n>` (from 1).
-pub fn slices(built: &Tree, globs: &[Vec<String>]) -> Result<Vec<LayerPart>, String> {
+pub fn slices(built: &Tree, globs: &[Vec<String>]) -> Result<Vec<LayerPart>, SliceError> {
     let index: HashMap<&Path, usize> = built.entries.iter().enumerate().map(|(i, e)| (e.rel.as_path(), i)).collect();
     let mut matchers = Vec::new();
     for paths in globs {
         let mut b = ignore::gitignore::GitignoreBuilder::new(&built.root);
         for p in paths {
             let anchored = format!("/{}", p.trim_start_matches("./").trim_start_matches('/'));
-            b.add_line(None, &anchored).map_err(|e| format!("slice path {p:?}: {e}"))?;
+            b.add_line(None, &anchored).map_err(|source| SliceError { path: p.clone(), source })?;
         }
-        matchers.push(b.build().map_err(|e| format!("slices: {e}"))?);
+        matchers.push(b.build().map_err(|source| SliceError { path: paths.join(", "), source })?);
     }
     let mut groups: Vec<Vec<usize>> = vec![Vec::new(); matchers.len() + 1];
     for (i, e) in built.entries.iter().enumerate() {
