@@ -48,6 +48,11 @@ pub struct Platform {
     pub variant: Option<String>,
 }
 
+/// A `--platform` that is not `OS/ARCH[/VARIANT]`.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid platform {0:?}: expected OS/ARCH[/VARIANT], e.g. linux/amd64")]
+pub struct PlatformError(pub String);
+
 impl Platform {
     /// linux/<the architecture this binary runs on>, in GOARCH spelling.
     pub fn host() -> Platform {
@@ -65,7 +70,7 @@ impl Platform {
     }
 
     /// `os/arch[/variant]`, e.g. `linux/arm64/v8`.
-    pub fn parse(s: &str) -> Result<Platform, String> {
+    pub fn parse(s: &str) -> Result<Platform, PlatformError> {
         let parts: Vec<&str> = s.split('/').collect();
         let ok = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
         match parts.as_slice() {
@@ -75,7 +80,7 @@ impl Platform {
             [os, arch, v] if ok(os) && ok(arch) && ok(v) => {
                 Ok(Platform { os: os.to_string(), architecture: arch.to_string(), variant: Some(v.to_string()) })
             }
-            _ => Err(format!("invalid platform {s:?}: expected OS/ARCH[/VARIANT], e.g. linux/amd64")),
+            _ => Err(PlatformError(s.to_string())),
         }
     }
 

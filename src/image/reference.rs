@@ -36,8 +36,25 @@ pub enum ReferenceError {
     Invalid { reference: String, why: String },
 }
 
-fn invalid(reference: &str, why: impl Into<String>) -> ReferenceError {
-    ReferenceError::Invalid { reference: reference.chars().take(200).collect(), why: why.into() }
+fn invalid(reference: &str, why: impl fmt::Display) -> ReferenceError {
+    ReferenceError::Invalid { reference: reference.chars().take(200).collect(), why: why.to_string() }
+}
+
+/// Why a name or tag is not valid.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum NameError {
+    #[error("the name is empty")]
+    Empty,
+    #[error(transparent)]
+    Digest(#[from] imgforge_layers::DigestError),
+    #[error("invalid tag {0:?}")]
+    Tag(String),
+    #[error("invalid tag {0:?}: use letters, digits and - . _ : @ / + =")]
+    OciTag(String),
+    #[error("invalid repository name {0:?}: use lowercase letters, digits and . _ - separated by /")]
+    Repository(String),
+    #[error("invalid registry {0:?}")]
+    Registry(String),
 }
 
 /// The default tag where a reference names none (Docker's rule, applied to OCI layouts too).
@@ -177,25 +194,25 @@ impl fmt::Display for ImageRef {
 }
 
 /// OCI `org.opencontainers.image.ref.name` grammar, restricted to what is safe and useful.
-fn validate_oci_ref_name(t: &str) -> Result<(), String> {
+fn validate_oci_ref_name(t: &str) -> Result<(), NameError> {
     let ok =
         !t.is_empty() && t.len() <= 255 && t.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._:@/+=".contains(&b));
     if ok {
         Ok(())
     } else {
-        Err(format!("invalid tag {t:?}: use letters, digits and - . _ : @ / + ="))
+        Err(NameError::OciTag(t.to_string()))
     }
 }
 
 impl DockerName {
     /// Parses with Docker's defaulting rules: no registry → docker.io; a single-component
     /// name on docker.io → `library/NAME`. The tag stays `None` when not given.
-    pub fn parse(s: &str) -> Result<DockerName, String> {
+    pub fn parse(s: &str) -> Result<DockerName, NameError> {
         if s.is_empty() {
-            return Err("the name is empty".into());
+            return Err(NameError::Empty);
         }
         let (rest, digest) = match s.split_once('@') {
-            Some((r, d)) => (r, Some(d.parse::<Digest>().map_err(|e| e.to_string())?)),
+            Some((r, d)) => (r, Some(d.parse::<Digest>()?)),
             None => (s, None),
         };
         // The tag is after the last ':' that comes after the last '/'.
@@ -210,7 +227,7 @@ impl DockerName {
                 && t.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
                 && !t.starts_with(['.', '-']);
             if !valid {
-                return Err(format!("invalid tag {t:?}"));
+                return Err(NameError::Tag(t.to_string()));
             }
         }
         let (registry, repository) = match name.split_once('/') {
@@ -231,12 +248,10 @@ impl DockerName {
                 && c.as_bytes()[c.len() - 1].is_ascii_alphanumeric()
         };
         if repository.is_empty() || !repository.split('/').all(component_ok) {
-            return Err(format!(
-                "invalid repository name {repository:?}: use lowercase letters, digits and . _ - separated by /"
-            ));
+            return Err(NameError::Repository(repository));
         }
         if registry.is_empty() || !registry.bytes().all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b)) {
-            return Err(format!("invalid registry {registry:?}"));
+            return Err(NameError::Registry(registry));
         }
         Ok(DockerName { registry, repository, tag: tag.map(str::to_string), digest })
     }

@@ -198,18 +198,29 @@ impl Descriptor {
     }
 }
 
+/// Why a buildpack id is refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+enum IdError {
+    #[error("is empty")]
+    Empty,
+    #[error("is reserved by the spec")]
+    Reserved,
+    #[error("may hold only letters, digits, '.', '-', '_' and '/'")]
+    Characters,
+}
+
 /// The spec forbids `config` and `app` (reserved directories under /layers) and the id
 /// must be usable as a directory name once `/` is escaped.
-fn check_id(id: &str) -> Result<(), String> {
+fn check_id(id: &str) -> Result<(), IdError> {
     if id.is_empty() {
-        return Err("is empty".into());
+        return Err(IdError::Empty);
     }
     if matches!(id, "app" | "config" | "sbom") {
-        return Err("is reserved by the spec".into());
+        return Err(IdError::Reserved);
     }
     let ok = id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b));
     if !ok || id.starts_with('.') || id.contains("..") {
-        return Err("may hold only letters, digits, '.', '-', '_' and '/'".into());
+        return Err(IdError::Characters);
     }
     Ok(())
 }
