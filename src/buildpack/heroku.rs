@@ -62,6 +62,18 @@ done
 exec "${__imgforge_cmd[@]}"
 "#;
 
+/// Where the buildpacks' caches are kept between builds: `root/<sha256(app_key "\0"
+/// buildpack key)>/`. `root` must be on the same filesystem as the run's `work` for the
+/// commit to be a rename (else it is a copy).
+#[derive(Clone, Copy, Debug)]
+pub struct Caches<'a> {
+    pub root: &'a Path,
+    /// Identifies the app (its caches are its own).
+    pub app_key: &'a str,
+    /// Start every CACHE_DIR empty.
+    pub clear: bool,
+}
+
 /// What Heroku's platform gives the buildpacks.
 #[derive(Clone, Debug, Default)]
 pub struct HerokuEnv {
@@ -130,21 +142,17 @@ struct Ctx<'a> {
 /// `bin/post_compile` (or `bin/post-compile`), then each `bin/release BUILD_DIR`.
 ///
 /// `work` gets `env/` (ENV_DIR) and `cache-<n>/` (each CACHE_DIR: a copy of the kept cache,
-/// or empty with `clear_cache`). Kept caches live in `cache_root/<sha256(app_key "\0"
-/// buildpack key)>/`; `cache_root` must be on the same filesystem as `work` for the commit
-/// to be a rename (else it is a copy). Use one `work` per run.
-#[allow(clippy::too_many_arguments)]
+/// or empty with [`Caches::clear`]). Use one `work` per run.
 pub fn run(
     plan: &Plan,
     build_dir: &Path,
     work: &Path,
-    cache_root: &Path,
-    app_key: &str,
+    caches: &Caches<'_>,
     env: &HerokuEnv,
-    clear_cache: bool,
     reporter: &dyn Reporter,
     runner: &Runner,
 ) -> Result<Outcome, HerokuError> {
+    let Caches { root: cache_root, app_key, clear: clear_cache } = *caches;
     let canonical = |p: &Path| fs::canonicalize(p).map_err(io_err(format!("Failed to resolve {}", p.display())));
     let build_dir = canonical(build_dir)?;
     let work = canonical(work)?;
@@ -522,7 +530,8 @@ mod tests {
         }
 
         fn run_with(&self, plan: &Plan, r: &Collect, env: &HerokuEnv, clear: bool) -> Result<Outcome, HerokuError> {
-            run(plan, &self.app(), &self.work(), &self.cache(), "app-1", env, clear, r, &Runner::host())
+            let caches = Caches { root: &self.cache(), app_key: "app-1", clear };
+            run(plan, &self.app(), &self.work(), &caches, env, r, &Runner::host())
         }
 
         fn read(&self, name: &str) -> String {
@@ -671,7 +680,8 @@ mod tests {
 
         // Another app has its own cache.
         f.rebuild();
-        run(&plan(&f), &f.app(), &f.work(), &f.cache(), "app-2", &env(), false, &r, &Runner::host())
+        let caches = Caches { root: &f.cache(), app_key: "app-2", clear: false };
+        run(&plan(&f), &f.app(), &f.work(), &caches, &env(), &r, &Runner::host())
             .unwrap()
             .commit_caches(&f.work().join("trash"))
             .unwrap();

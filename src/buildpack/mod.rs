@@ -22,7 +22,7 @@ mod plan;
 mod release;
 mod slugignore;
 
-pub use heroku::{run, HerokuEnv, Outcome};
+pub use heroku::{run, Caches, HerokuEnv, Outcome};
 pub use plan::plan;
 pub use slugignore::apply_slugignore;
 

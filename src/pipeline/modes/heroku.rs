@@ -100,17 +100,8 @@ impl BuildMode for Heroku {
         };
         let cache_root = store.bucket(crate::store::buckets::BUILDPACK_CACHE)?;
         let runner = sandbox_for(cx, &plan, work_dir, &build_dir, Vec::new())?.map_or_else(Runner::host, Runner::image);
-        let outcome = buildpack::run(
-            &plan,
-            &build_dir,
-            work_dir,
-            &cache_root,
-            &layers.scope,
-            &env,
-            options.clear_cache,
-            cx.reporter,
-            &runner,
-        );
+        let caches = buildpack::Caches { root: &cache_root, app_key: &layers.scope, clear: options.clear_cache };
+        let outcome = buildpack::run(&plan, &build_dir, work_dir, &caches, &env, cx.reporter, &runner);
         // Files the buildpacks chowned to other uids: readable by us, writable by nobody else;
         // all ours again once the layers are written.
         if let Err(e) = runner.make_host_accessible(work_dir) {
