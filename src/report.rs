@@ -18,15 +18,16 @@ pub enum Event<'a> {
     Destination { reference: &'a str, written: usize, linked: usize, mounted: usize, present: usize, bytes: u64 },
     /// A blob transfer's progress (`action` is "push" or "pull"); `done == total` at the end.
     BlobProgress { action: &'a str, digest: &'a str, done: u64, total: u64 },
-    /// A buildpack's detect answered (`framework` is what it printed, when it applies).
-    Detected { buildpack: &'a str, applies: bool, framework: &'a str },
-    /// A line a buildpack (or app hook) printed while compiling; `----->` headings included.
-    BuildpackOutput { buildpack: &'a str, line: &'a str },
+    /// A candidate of the build mode answered whether it applies (a buildpack's detect;
+    /// `detail` is what it printed, when it applies).
+    Detected { candidate: &'a str, applies: bool, detail: &'a str },
+    /// A line a command of the build printed (a buildpack's script, an app hook), as it came.
+    CommandOutput { from: &'a str, line: &'a str },
     /// The build image's filesystem is ready: unpacked now (taking `millis` for `bytes`
     /// of tar), or reused from the cache.
     BuildImageReady { reference: &'a str, unpacked: bool, millis: u64, bytes: u64 },
-    /// Where buildpacks run: "host", or the sandbox and how it was set up.
-    Isolation(String),
+    /// Where the build's commands run: "on the host", or the sandbox and how it was set up.
+    CommandsRun(String),
     /// Something the user should know; the build goes on.
     Warning(String),
     /// Detail shown with -v.

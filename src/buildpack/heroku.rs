@@ -304,9 +304,9 @@ fn detect_one(bp: &Buildpack, ctx: &Ctx<'_>) -> Result<(bool, DetectAnswer), Her
         _ => err.unwrap_or_default(),
     };
     ctx.reporter.report(Event::Detected {
-        buildpack: &bp.name,
+        candidate: &bp.name,
         applies,
-        framework: if applies { &framework } else { "" },
+        detail: if applies { &framework } else { "" },
     });
     let answer = DetectAnswer { buildpack: bp.name.clone(), status: describe(status), first_line };
     Ok((applies, answer))
@@ -356,7 +356,7 @@ fn release_of(ctx: &Ctx<'_>, bp: &Buildpack) -> Result<Option<Release>, HerokuEr
                 o.1 = true;
             }
         }
-        Stream::Err => ctx.reporter.report(Event::BuildpackOutput { buildpack: &bp.name, line }),
+        Stream::Err => ctx.reporter.report(Event::CommandOutput { from: &bp.name, line }),
     };
     let status = ctx.run(&cmd, &on_line, &format!("buildpack {}", bp.name), &path)?.status;
     if !status.success() {
@@ -410,7 +410,7 @@ impl Ctx<'_> {
         let mut cmd = self.command(&self.bash);
         let exports: Vec<OsString> = exports.iter().map(|e| self.p(e)).collect();
         cmd.arg("-c").arg(self.wrapper).arg("imgforge").arg(exports.len().to_string()).args(&exports).args(argv);
-        let on_line = |_: Stream, line: &str| self.reporter.report(Event::BuildpackOutput { buildpack: who, line });
+        let on_line = |_: Stream, line: &str| self.reporter.report(Event::CommandOutput { from: who, line });
         let exit = self.run(&cmd, &on_line, who, &self.bash)?;
         let (status, abandoned) = (exit.status, exit.abandoned);
         if abandoned {

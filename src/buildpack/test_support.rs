@@ -30,8 +30,8 @@ impl Collect {
 impl Reporter for Collect {
     fn report(&self, event: Event<'_>) {
         let line = match event {
-            Event::Detected { buildpack, applies, framework } => format!("detected {buildpack} {applies} {framework}"),
-            Event::BuildpackOutput { buildpack, line } => format!("{buildpack}| {line}"),
+            Event::Detected { candidate, applies, detail } => format!("detected {candidate} {applies} {detail}"),
+            Event::CommandOutput { from, line } => format!("{from}| {line}"),
             Event::Warning(w) => format!("warning: {w}"),
             Event::Detail(d) => format!("detail: {d}"),
             other => format!("{other:?}"),

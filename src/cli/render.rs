@@ -56,18 +56,18 @@ fn line(event: &Event<'_>, verbose: bool) -> Option<String> {
             }
         }
         Event::BlobProgress { .. } => return None,
-        Event::Detected { buildpack, applies: true, framework } => {
-            format!("Buildpack {buildpack}: detected {framework}").trim_end().to_string()
+        Event::Detected { candidate, applies: true, detail } => {
+            format!("Buildpack {candidate}: detected {detail}").trim_end().to_string()
         }
-        Event::Detected { buildpack, applies: false, .. } => format!("Buildpack {buildpack}: does not apply"),
-        Event::BuildpackOutput { line, .. } => line.to_string(),
+        Event::Detected { candidate, applies: false, .. } => format!("Buildpack {candidate}: does not apply"),
+        Event::CommandOutput { line, .. } => line.to_string(),
         Event::BuildImageReady { reference, unpacked: true, millis, bytes } => {
             format!("Build image {reference}: unpacked ({}) in {:.1} s", mb(*bytes), *millis as f64 / 1000.0)
         }
         Event::BuildImageReady { reference, unpacked: false, .. } => {
             format!("Build image {reference}: reusing its unpacked filesystem")
         }
-        Event::Isolation(how) => format!("Buildpacks run {how}"),
+        Event::CommandsRun(how) => format!("Buildpacks run {how}"),
         Event::Warning(w) => format!("warning: {w}"),
         Event::Detail(d) if verbose => d.clone(),
         Event::Detail(_) => return None,

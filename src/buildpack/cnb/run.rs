@@ -391,9 +391,9 @@ fn detect_one(ctx: &Ctx<'_>, bp: &Descriptor) -> Result<Answer, CnbError> {
         }
     };
     ctx.p.reporter.report(Event::Detected {
-        buildpack: &bp.key(),
+        candidate: &bp.key(),
         applies: matches!(answer, Answer::Pass(_)),
-        framework: if matches!(answer, Answer::Pass(_)) { &bp.info.name } else { "" },
+        detail: if matches!(answer, Answer::Pass(_)) { &bp.info.name } else { "" },
     });
     Ok(answer)
 }
@@ -422,7 +422,7 @@ fn build(ctx: &Ctx<'_>, group: &[Member], mut entries: Vec<Entry>, layers_root: 
         env.vars.insert("CNB_BP_PLAN_PATH".into(), ctx.inside(&plan_path));
         let mut cmd = ctx.command(&path, &env);
         cmd.arg(&inside).arg(ctx.inside(&ctx.platform_dir)).arg(ctx.inside(&plan_path));
-        let on_line = |_: Stream, line: &str| ctx.p.reporter.report(Event::BuildpackOutput { buildpack: &key, line });
+        let on_line = |_: Stream, line: &str| ctx.p.reporter.report(Event::CommandOutput { from: &key, line });
         let Exit { status, abandoned } = ctx.run(&cmd, &on_line, &path, &key)?;
         if abandoned {
             ctx.p.reporter.report(Event::Warning(format!(

@@ -48,7 +48,7 @@ pub fn sandbox_for(
         }
         if auto {
             reporter.report(Event::Warning(format!("buildpacks run on the host: {why}")));
-            reporter.report(Event::Isolation("on the host".into()));
+            reporter.report(Event::CommandsRun("on the host".into()));
             Ok(None)
         } else {
             Err(BuildError::Invalid(format!("--isolation userns: {why}")))
@@ -58,7 +58,7 @@ pub fn sandbox_for(
         if opts.network == Network::None {
             return Err(BuildError::Invalid("--network none needs --isolation userns (or auto)".into()));
         }
-        reporter.report(Event::Isolation("on the host".into()));
+        reporter.report(Event::CommandsRun("on the host".into()));
         return Ok(None);
     }
     if let Err(why) = userns_available() {
@@ -96,7 +96,7 @@ pub fn sandbox_for(
     match Sandbox::new(&rootfs.path, store.tmp_dir(), binds, opts.network) {
         Ok(sb) => {
             let net = if opts.network == Network::None { "no network" } else { "host network" };
-            reporter.report(Event::Isolation(format!(
+            reporter.report(Event::CommandsRun(format!(
                 "in a user namespace on {name} ({} root; {}; {net})",
                 sb.root_kind(),
                 sb.ids.describe()
