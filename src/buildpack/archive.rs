@@ -124,14 +124,35 @@ pub(crate) fn extract(archive: &Path, root: &Path) -> Result<(), HerokuError> {
     Ok(())
 }
 
+/// Why an entry of a buildpack archive is refused.
+#[derive(Debug, thiserror::Error)]
+enum EntryError {
+    #[error("has a '..' component")]
+    DotDot,
+    #[error("its parent {} is not a directory", .0.display())]
+    ParentNotDir(PathBuf),
+    #[error("Failed to create {}: {source}", path.display())]
+    Create { path: PathBuf, source: io::Error },
+    #[error("Failed to set the mode of {}: {source}", path.display())]
+    Mode { path: PathBuf, source: io::Error },
+    #[error("Failed to read {}: {source}", path.display())]
+    Read { path: PathBuf, source: io::Error },
+    #[error("leads outside the buildpack")]
+    Outside,
+    #[error("is part of a symlink loop")]
+    Loop,
+    #[error("leads to an absolute path")]
+    Absolute,
+}
+
 /// The components of a normalized entry name: `.` and empty components dropped, `..`
 /// rejected.
-fn components(path: &[u8]) -> Result<Vec<OsString>, String> {
+fn components(path: &[u8]) -> Result<Vec<OsString>, EntryError> {
     let mut out = Vec::new();
     for c in path.split(|&b| b == b'/') {
         match c {
             b"" | b"." => {}
-            b".." => return Err("has a '..' component".into()),
+            b".." => return Err(EntryError::DotDot),
             c => out.push(OsStr::from_bytes(c).to_os_string()),
         }
     }
@@ -144,19 +165,19 @@ fn join(c: &[OsString]) -> String {
 
 /// Creates the missing parent directories of `rel` under `root`, one at a time, refusing to
 /// go through anything but a real directory. Returns the entry's full path.
-fn make_parents(root: &Path, rel: &[OsString]) -> Result<PathBuf, String> {
+fn make_parents(root: &Path, rel: &[OsString]) -> Result<PathBuf, EntryError> {
     let mut p = root.to_path_buf();
     for c in &rel[..rel.len() - 1] {
         p.push(c);
         match fs::symlink_metadata(&p) {
             Ok(m) if m.is_dir() => {}
-            Ok(_) => return Err(format!("its parent {} is not a directory", p.display())),
+            Ok(_) => return Err(EntryError::ParentNotDir(p)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                fs::create_dir(&p).map_err(|e| format!("Failed to create {}: {e}", p.display()))?;
+                fs::create_dir(&p).map_err(|source| EntryError::Create { path: p.clone(), source })?;
                 fs::set_permissions(&p, fs::Permissions::from_mode(0o755))
-                    .map_err(|e| format!("Failed to set the mode of {}: {e}", p.display()))?;
+                    .map_err(|source| EntryError::Mode { path: p.clone(), source })?;
             }
-            Err(e) => return Err(format!("Failed to read {}: {e}", p.display())),
+            Err(source) => return Err(EntryError::Read { path: p, source }),
         }
     }
     p.push(&rel[rel.len() - 1]);
@@ -170,7 +191,7 @@ fn set_mode(path: &Path, mode: u32) -> Result<(), HerokuError> {
 
 /// Follows `target` from the directory holding `link` the way the kernel would, expanding
 /// the archive's own symlinks on the way, and fails if it ever climbs above the root.
-fn check_link(links: &HashMap<Vec<OsString>, Vec<u8>>, link: &[OsString], target: &[u8]) -> Result<(), String> {
+fn check_link(links: &HashMap<Vec<OsString>, Vec<u8>>, link: &[OsString], target: &[u8]) -> Result<(), EntryError> {
     let mut at: Vec<OsString> = link[..link.len() - 1].to_vec();
     let mut pending: VecDeque<Vec<u8>> = target.split(|&b| b == b'/').map(<[u8]>::to_vec).collect();
     let mut hops = 0;
@@ -179,7 +200,7 @@ fn check_link(links: &HashMap<Vec<OsString>, Vec<u8>>, link: &[OsString], target
             b"" | b"." => {}
             b".." => {
                 if at.pop().is_none() {
-                    return Err("leads outside the buildpack".into());
+                    return Err(EntryError::Outside);
                 }
             }
             name => {
@@ -187,10 +208,10 @@ fn check_link(links: &HashMap<Vec<OsString>, Vec<u8>>, link: &[OsString], target
                 if let Some(next) = links.get(&at) {
                     hops += 1;
                     if hops > MAX_HOPS {
-                        return Err("is part of a symlink loop".into());
+                        return Err(EntryError::Loop);
                     }
                     if next.starts_with(b"/") {
-                        return Err("leads to an absolute path".into());
+                        return Err(EntryError::Absolute);
                     }
                     at.pop();
                     for part in next.split(|&b| b == b'/').rev() {

@@ -366,7 +366,7 @@ fn release_of(ctx: &Ctx<'_>, bp: &Buildpack) -> Result<Option<Release>, HerokuEr
     if too_big {
         return Err(HerokuError::Release { buildpack: bp.name.clone(), why: format!("over {MAX_RELEASE} bytes") });
     }
-    release::parse(&text).map(Some).map_err(|why| HerokuError::Release { buildpack: bp.name.clone(), why })
+    release::parse(&text).map(Some).map_err(|e| HerokuError::Release { buildpack: bp.name.clone(), why: e.to_string() })
 }
 
 impl Ctx<'_> {

@@ -29,35 +29,56 @@ impl EventReceiver for AliasCounter {
     }
 }
 
-/// Parses release output. Errors are messages for the user (the caller names the buildpack).
-pub(crate) fn parse(text: &str) -> Result<Release, String> {
+/// Why `bin/release` output is refused (the caller names the buildpack).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ReleaseError {
+    #[error("invalid YAML ({why}) at line {line_no}: {line:?}")]
+    Yaml { why: String, line_no: usize, line: String },
+    #[error("YAML aliases (*name) are not supported")]
+    Aliases,
+    #[error("expected one YAML document, got {0}")]
+    Documents(usize),
+    #[error("expected a mapping at the top, got {0}")]
+    TopLevel(&'static str),
+    #[error("process type {0:?} in default_process_types: names are letters, digits, '_' and '-'")]
+    ProcessType(String),
+    #[error("config var {0:?}: names are [A-Za-z_][A-Za-z0-9_]*")]
+    VarName(String),
+    #[error("{what}: expected a mapping, got {kind}")]
+    NotMapping { what: &'static str, kind: &'static str },
+    #[error("{what}: a key is {kind}, not a name")]
+    KeyNotName { what: &'static str, kind: &'static str },
+    #[error("{what}: {name}: expected a string, got {kind}")]
+    NotString { what: &'static str, name: String, kind: &'static str },
+}
+
+/// Parses release output.
+pub(crate) fn parse(text: &str) -> Result<Release, ReleaseError> {
     // Aliases are expanded by copying: a few lines can grow into gigabytes. No release
     // output needs them.
     let mut aliases = AliasCounter(0);
     Parser::new_from_str(text).load(&mut aliases, true).map_err(|e| scan_error(text, &e))?;
     if aliases.0 > 0 {
-        return Err("YAML aliases (*name) are not supported".into());
+        return Err(ReleaseError::Aliases);
     }
     let docs = YamlLoader::load_from_str(text).map_err(|e| scan_error(text, &e))?;
     let mut out = Release::default();
     let doc = match docs.as_slice() {
         [] => return Ok(out),
         [d] => d,
-        _ => return Err(format!("expected one YAML document, got {}", docs.len())),
+        _ => return Err(ReleaseError::Documents(docs.len())),
     };
     let map = match doc {
         Yaml::Null => return Ok(out),
         Yaml::Hash(h) => h,
-        other => return Err(format!("expected a mapping at the top, got {}", kind(other))),
+        other => return Err(ReleaseError::TopLevel(kind(other))),
     };
     for (key, value) in map {
         match key.as_str() {
             Some("default_process_types") => {
                 for (name, command) in mapping("default_process_types", value)? {
                     if !valid_process_type(&name) {
-                        return Err(format!(
-                            "process type {name:?} in default_process_types: names are letters, digits, '_' and '-'"
-                        ));
+                        return Err(ReleaseError::ProcessType(name));
                     }
                     out.default_process_types.insert(name, command);
                 }
@@ -65,7 +86,7 @@ pub(crate) fn parse(text: &str) -> Result<Release, String> {
             Some("config_vars") => {
                 for (name, v) in mapping("config_vars", value)? {
                     if !valid_var_name(&name) {
-                        return Err(format!("config var {name:?}: names are [A-Za-z_][A-Za-z0-9_]*"));
+                        return Err(ReleaseError::VarName(name));
                     }
                     out.config_vars.insert(name, v);
                 }
@@ -78,18 +99,18 @@ pub(crate) fn parse(text: &str) -> Result<Release, String> {
 
 /// A mapping of names to scalars (numbers and booleans stringified, null as ""); a null
 /// mapping is empty.
-fn mapping(what: &str, value: &Yaml) -> Result<Vec<(String, String)>, String> {
+fn mapping(what: &'static str, value: &Yaml) -> Result<Vec<(String, String)>, ReleaseError> {
     let h = match value {
         Yaml::Null => return Ok(Vec::new()),
         Yaml::Hash(h) => h,
-        other => return Err(format!("{what}: expected a mapping, got {}", kind(other))),
+        other => return Err(ReleaseError::NotMapping { what, kind: kind(other) }),
     };
     let mut out = Vec::new();
     for (k, v) in h {
-        let name = scalar(k).ok_or_else(|| format!("{what}: a key is {}, not a name", kind(k)))?;
+        let name = scalar(k).ok_or_else(|| ReleaseError::KeyNotName { what, kind: kind(k) })?;
         let v = match v {
             Yaml::Null => String::new(),
-            v => scalar(v).ok_or_else(|| format!("{what}: {name}: expected a string, got {}", kind(v)))?,
+            v => scalar(v).ok_or_else(|| ReleaseError::NotString { what, name: name.clone(), kind: kind(v) })?,
         };
         out.push((name, v));
     }
@@ -119,10 +140,10 @@ fn kind(y: &Yaml) -> &'static str {
     }
 }
 
-fn scan_error(text: &str, e: &yaml_rust2::ScanError) -> String {
+fn scan_error(text: &str, e: &yaml_rust2::ScanError) -> ReleaseError {
     let line_no = e.marker().line();
-    let line = text.lines().nth(line_no.saturating_sub(1)).unwrap_or("");
-    format!("invalid YAML ({}) at line {line_no}: {line:?}", e.info())
+    let line = text.lines().nth(line_no.saturating_sub(1)).unwrap_or("").to_string();
+    ReleaseError::Yaml { why: e.info().to_string(), line_no, line }
 }
 
 #[cfg(test)]
@@ -154,19 +175,19 @@ mod tests {
 
     #[test]
     fn errors() {
-        let e = parse("default_process_types:\n  web: ok\n   bad: [unclosed\n").unwrap_err();
+        let e = parse("default_process_types:\n  web: ok\n   bad: [unclosed\n").unwrap_err().to_string();
         assert!(e.contains("invalid YAML") && e.contains("line 3"), "{e}");
-        let e = parse("default_process_types:\n  \"we b\": x\n").unwrap_err();
+        let e = parse("default_process_types:\n  \"we b\": x\n").unwrap_err().to_string();
         assert!(e.contains("\"we b\""), "{e}");
-        let e = parse("config_vars:\n  1A: x\n").unwrap_err();
+        let e = parse("config_vars:\n  1A: x\n").unwrap_err().to_string();
         assert!(e.contains("\"1A\""), "{e}");
-        let e = parse("default_process_types: [web]\n").unwrap_err();
+        let e = parse("default_process_types: [web]\n").unwrap_err().to_string();
         assert!(e.contains("expected a mapping, got a list"), "{e}");
-        let e = parse("config_vars:\n  A: {b: c}\n").unwrap_err();
+        let e = parse("config_vars:\n  A: {b: c}\n").unwrap_err().to_string();
         assert!(e.contains("A: expected a string, got a mapping"), "{e}");
-        let e = parse("- a\n").unwrap_err();
+        let e = parse("- a\n").unwrap_err().to_string();
         assert!(e.contains("top"), "{e}");
-        let e = parse("a: &x [1, 2]\nb: *x\n").unwrap_err();
+        let e = parse("a: &x [1, 2]\nb: *x\n").unwrap_err().to_string();
         assert!(e.contains("alias"), "{e}");
     }
 }
