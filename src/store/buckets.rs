@@ -10,7 +10,7 @@
 pub struct Bucket(&'static str);
 
 impl Bucket {
-    pub fn name(self) -> &'static str {
+    pub const fn name(self) -> &'static str {
         self.0
     }
 }
@@ -47,3 +47,8 @@ pub const BUILDS: Bucket = Bucket("builds-v1");
 /// layers, config changes, processes, launch env); `scopes/<sha256 of scope>.json` the
 /// last step key of a scope, to explain the next miss.
 pub const STEPS: Bucket = Bucket("steps-v1");
+
+/// Where blobs live on registries (`transport::registry::locations`):
+/// `<registry, ':' as '+'>/<digest hex>` lists the repositories holding the blob, one a line,
+/// oldest first. Only a hint for cross-repository mounts.
+pub const BLOB_LOCATIONS: Bucket = Bucket("blob-locations-v1");

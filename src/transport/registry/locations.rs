@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use imgforge_layers::Digest;
 
 /// The bucket's name in the cache directory.
-pub const BUCKET: &str = "blob-locations-v1";
+pub const BUCKET: &str = crate::store::buckets::BLOB_LOCATIONS.name();
 /// Most repositories kept per blob and registry (the most recent).
 const KEEP: usize = 8;
 /// A file longer than this is compacted to its last [`KEEP`] distinct lines.
