@@ -76,13 +76,16 @@ impl Found {
         }
         let opts = cx.opts;
         let git = &cx.app.git;
+        // Env values may be secrets: the key (kept on disk to explain misses) holds their digests.
+        let env: Vec<(&str, String)> =
+            opts.env.iter().map(|(k, v)| (k.as_str(), imgforge_layers::Sha256Hash::of(v.as_bytes()).hex())).collect();
         Ok(json!({
             "buildpacks": keys,
             "selection": match self.plan.selection {
                 Selection::All => "all",
                 Selection::FirstThatDetects => "first",
             },
-            "env": opts.env,
+            "env": env,
             "git": [git.source, git.revision],
             "isolation": format!("{:?}", opts.isolation),
             "build_image": opts.build_image.as_ref().map(ToString::to_string),
