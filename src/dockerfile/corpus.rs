@@ -72,7 +72,7 @@ fn check_case(dir: &Path, base: &ImageConfig) -> Result<(), String> {
     let file = case.dockerfile.as_deref().unwrap_or("Dockerfile");
     let dockerfile = dir.join(file);
     let text = std::fs::read_to_string(&dockerfile).map_err(|e| format!("{file}: {e}"))?;
-    let platform = Platform::parse(case.platform.as_deref().unwrap_or("linux/amd64"))?;
+    let platform = Platform::parse(case.platform.as_deref().unwrap_or("linux/amd64")).map_err(|e| e.to_string())?;
     let options = BuildOptions {
         build_args: case.build_args.clone(),
         target: case.target.clone(),

@@ -181,7 +181,11 @@ pub fn resolve(df: &Dockerfile, options: &BuildOptions) -> Result<Build, Dockerf
                     Some(p) => {
                         let v = lexer.process_with(p, &vars).map_err(|e| at(l.line, "FROM")(e.into()))?.value;
                         Platform::parse(&v).map_err(|why| {
-                            at(l.line, "FROM")(ErrorKind::BadFlag { flag: "platform".into(), value: v, why })
+                            at(l.line, "FROM")(ErrorKind::BadFlag {
+                                flag: "platform".into(),
+                                value: v,
+                                why: why.to_string(),
+                            })
                         })?
                     }
                 };
