@@ -10,7 +10,7 @@ use imgforge_layers::Digest;
 use crate::image::manifest::{media, Descriptor, Platform};
 use crate::image::reference::{DockerName, ImageRef};
 use crate::report::{Event, Reporter};
-use crate::transport::{self, Blobs, NewImage, Source, TransportError, TransportOptions};
+use crate::transport::{self, Blobs, NewImage, NewIndex, ResolvedImage, Source, TransportError, TransportOptions};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CopyError {
@@ -49,10 +49,15 @@ impl Blobs for SourceBlobs<'_> {
 /// Copies the image `src` names (for `platform`, from a multi-platform index) to `dest`, and
 /// returns the manifest digest written. The manifest's bytes are kept, so the digest stays
 /// the same; a docker-archive, which has no manifest, gets an OCI one.
+///
+/// With `all`, a multi-platform source is copied whole: every image of its index and the
+/// index itself, bytes unchanged (so its digest stays the same), and the index digest is
+/// returned. A single-platform source is copied as without `all`.
 pub fn copy(
     src: &ImageRef,
     dest: &ImageRef,
     platform: &Platform,
+    all: bool,
     opts: &TransportOptions,
     reporter: &dyn Reporter,
 ) -> Result<Digest, CopyError> {
@@ -64,12 +69,69 @@ pub fn copy(
     transport::check_destination(dest).map_err(dest_err)?;
     let source = Source::open(src, opts).map_err(src_err)?;
     reporter.report(Event::Step(&format!("Resolving {src}")));
+    if all && !matches!(source, Source::DockerArchive(_)) {
+        let top = source.top().map_err(src_err)?;
+        if let Some(index) = top.index() {
+            if matches!(dest, ImageRef::DockerArchive { .. }) {
+                return Err(CopyError::Invalid(format!(
+                    "{src} is an index of {} images, and a docker-archive holds single-platform images only: \
+                     copy to oci-archive: or oci: instead, or copy one platform without --all (--platform picks it)",
+                    index.manifests.len()
+                )));
+            }
+            let mut images = Vec::with_capacity(index.manifests.len());
+            for d in &index.manifests {
+                let base = source.image_at(&top, d).map_err(src_err)?;
+                images.push(new_image(src, &base)?);
+            }
+            let media_type = index.media_type.clone();
+            let new = NewIndex { bytes: top.bytes.clone(), digest: top.digest, media_type, images };
+            let layers = new.layers();
+            reporter.report(Event::BaseResolved {
+                reference: &top.reference,
+                digest: Some(top.digest.to_string()),
+                layers: layers.len(),
+            });
+            if !matches!(dest, ImageRef::Registry(_)) {
+                source.prefetch(&layers, reporter).map_err(src_err)?;
+            }
+            reporter.report(Event::Step(&format!("Writing {dest}")));
+            let s = transport::write_index(dest, &new, &SourceBlobs(&source), opts, reporter).map_err(dest_err)?;
+            report_written(dest, &s, reporter);
+            return Ok(new.digest);
+        }
+    }
     let base = source.resolve(platform).map_err(src_err)?;
     reporter.report(Event::BaseResolved {
         reference: &base.reference,
         digest: base.manifest_digest.map(|d| d.to_string()),
         layers: base.layers.len(),
     });
+    let image = new_image(src, &base)?;
+    if !matches!(dest, ImageRef::Registry(_)) {
+        source.prefetch(&image.layers, reporter).map_err(src_err)?;
+    }
+    reporter.report(Event::Step(&format!("Writing {dest}")));
+    let s = transport::write(dest, &image, &SourceBlobs(&source), opts, reporter).map_err(dest_err)?;
+    report_written(dest, &s, reporter);
+    Ok(image.manifest_digest)
+}
+
+fn report_written(dest: &ImageRef, s: &transport::WriteSummary, reporter: &dyn Reporter) {
+    reporter.report(Event::Destination {
+        reference: &dest.to_string(),
+        written: s.blobs_written,
+        linked: s.blobs_linked,
+        mounted: s.blobs_mounted,
+        present: s.blobs_present,
+        bytes: s.bytes_written,
+    });
+}
+
+/// The image to write for a resolved source image: its manifest bytes kept (an OCI manifest
+/// made for a docker-archive, which has none).
+fn new_image(src: &ImageRef, base: &ResolvedImage) -> Result<NewImage, CopyError> {
+    let src_err = |source| CopyError::Source { reference: src.to_string(), source };
     let config = base.config_bytes.clone().ok_or_else(|| CopyError::Invalid(format!("{src} has no config")))?;
     let config_digest = Digest::of(&config);
     let (manifest, manifest_media_type, layers) = match &base.manifest {
@@ -94,26 +156,12 @@ pub fn copy(
     };
     let manifest_media_type =
         if manifest_media_type.is_empty() { media::OCI_MANIFEST.to_string() } else { manifest_media_type };
-    let image = NewImage {
+    Ok(NewImage {
         manifest_digest: Digest::of(&manifest),
         manifest,
         manifest_media_type,
         config,
         config_digest,
         layers,
-    };
-    if !matches!(dest, ImageRef::Registry(_)) {
-        source.prefetch(&image.layers, reporter).map_err(src_err)?;
-    }
-    reporter.report(Event::Step(&format!("Writing {dest}")));
-    let s = transport::write(dest, &image, &SourceBlobs(&source), opts, reporter).map_err(dest_err)?;
-    reporter.report(Event::Destination {
-        reference: &dest.to_string(),
-        written: s.blobs_written,
-        linked: s.blobs_linked,
-        mounted: s.blobs_mounted,
-        present: s.blobs_present,
-        bytes: s.bytes_written,
-    });
-    Ok(image.manifest_digest)
+    })
 }

@@ -8,6 +8,25 @@ use crate::transport::{Source, TransportError, TransportOptions};
 
 pub fn inspect(r: &ImageRef, platform: &Platform, opts: &TransportOptions) -> Result<Value, TransportError> {
     let source = Source::open(r, opts)?;
+    // A multi-platform image: its index's digest and entries, before the one platform shown.
+    let index = match &source {
+        Source::Scratch | Source::DockerArchive(_) => None,
+        _ => source.top().ok().and_then(|top| {
+            let i = top.index()?;
+            let entries: Vec<Value> = i
+                .manifests
+                .iter()
+                .map(|d| {
+                    json!({
+                        "digest": d.digest.to_string(),
+                        "mediaType": d.media_type,
+                        "platform": d.platform.as_ref().map(ToString::to_string),
+                    })
+                })
+                .collect();
+            Some(json!({ "digest": top.digest.to_string(), "mediaType": i.media_type, "manifests": entries }))
+        }),
+    };
     let base = source.resolve(platform)?;
     let layers: Vec<Value> = base
         .layers
@@ -24,5 +43,6 @@ pub fn inspect(r: &ImageRef, platform: &Platform, opts: &TransportOptions) -> Re
         "manifest": base.manifest.as_deref().and_then(|m| serde_json::from_slice::<Value>(m).ok()),
         "config": base.config.map(|c| Value::Object(c.raw)),
         "layers": layers,
+        "index": index,
     }))
 }

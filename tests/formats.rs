@@ -15,12 +15,6 @@ const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+
 const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
 const DOCKER_LAYER: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
 
-fn write_blob(layout: &Path, bytes: &[u8]) -> (String, usize) {
-    let d = sha256_digest(bytes);
-    fs::write(blob_path(layout, &d), bytes).unwrap();
-    (d, bytes.len())
-}
-
 fn write_index(layout: &Path, manifests: Value) {
     let idx =
         json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": manifests});

@@ -51,6 +51,9 @@ enum Command {
         platform: Option<Platform>,
     },
     /// Copy an image between any two transports (registry, OCI layout, archives); prints its digest.
+    ///
+    /// From a multi-platform source, copy takes one platform's image (--platform, default this
+    /// machine's) and writes it as a single-platform image; --all copies the whole index.
     Copy {
         /// Source image (as for inspect).
         #[arg(value_parser = parse_ref)]
@@ -58,10 +61,13 @@ enum Command {
         /// Destination: docker://NAME[:TAG], oci:DIR[:TAG], oci-archive:FILE[:TAG] or docker-archive:FILE[:NAME[:TAG]].
         #[arg(value_parser = parse_ref)]
         destination: ImageRef,
-        /// Platform to pick from a multi-platform source, e.g. linux/arm64.
-        #[arg(long, value_parser = Platform::parse)]
+        /// Platform to pick from a multi-platform source, e.g. linux/arm64 [default: this machine's]. Without --all only that platform's image is copied.
+        #[arg(long, value_parser = Platform::parse, conflicts_with = "all")]
         platform: Option<Platform>,
-        /// Also write the manifest digest to this file.
+        /// Copy every platform of a multi-platform source: its index (digest unchanged) and all its images. A docker-archive cannot hold an index.
+        #[arg(long)]
+        all: bool,
+        /// Also write the manifest digest (the index digest with --all) to this file.
         #[arg(long, value_name = "FILE")]
         digest_file: Option<PathBuf>,
     },
@@ -281,12 +287,13 @@ pub fn main() -> ExitCode {
     }
     let topts = TransportOptions { cache_dir: Some(cache_dir.clone()), registry: registry.clone() };
     match cli.command {
-        Command::Copy { source, destination, platform, digest_file } => {
+        Command::Copy { source, destination, platform, all, digest_file } => {
             let reporter = render::for_stderr(cli.quiet, cli.verbose, std::io::stderr().is_terminal());
             let result = imgforge::copy::copy(
                 &source,
                 &destination,
                 &platform.unwrap_or_else(Platform::host),
+                all,
                 &topts,
                 reporter.as_ref(),
             );

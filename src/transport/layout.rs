@@ -7,7 +7,9 @@ use std::io::Read;
 use imgforge_layers::Digest;
 use serde_json::{json, Value};
 
-use super::{base_from_manifest, follow_to_manifest, read_small_verified, NewImage, ResolvedImage, TransportError};
+use super::{
+    base_from_manifest, follow_to_manifest, read_small_verified, NewImage, NewIndex, ResolvedImage, Top, TransportError,
+};
 use crate::image::manifest::{self, media, parse_document, Descriptor, Document, Index, Platform};
 
 pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
@@ -42,15 +44,15 @@ fn tag_of(d: &Descriptor) -> Option<&str> {
     d.annotations.get(REF_NAME).map(String::as_str)
 }
 
-pub(crate) fn resolve(
-    src: &impl LayoutRead,
-    tag: Option<&str>,
-    platform: &Platform,
-) -> Result<ResolvedImage, TransportError> {
-    let reference = match tag {
+fn reference_of(src: &impl LayoutRead, tag: Option<&str>) -> String {
+    match tag {
         Some(t) => format!("{}:{t}", src.describe()),
         None => src.describe(),
-    };
+    }
+}
+
+/// The entries of `index.json` that `tag` names (with no tag: the only entry, else `latest`).
+fn candidates(src: &impl LayoutRead, tag: Option<&str>) -> Result<Vec<Descriptor>, TransportError> {
     let index = parse_index(&src.read_index()?, &format!("{}/index.json", src.describe()))?;
     let tags: Vec<&str> = index.manifests.iter().filter_map(tag_of).collect();
     let candidates: Vec<Descriptor> = match tag {
@@ -74,19 +76,76 @@ pub(crate) fn resolve(
             ),
         }));
     }
+    Ok(candidates)
+}
+
+pub(crate) fn resolve(
+    src: &impl LayoutRead,
+    tag: Option<&str>,
+    platform: &Platform,
+) -> Result<ResolvedImage, TransportError> {
+    let reference = reference_of(src, tag);
+    let candidates = candidates(src, tag)?;
     let desc =
         Index { media_type: media::OCI_INDEX.into(), manifests: candidates }.select(platform, &reference)?.clone();
     let fetch = |d: &Descriptor, max: u64, what: &str| read_small_verified(src.open_blob(&d.digest)?, d, max, what);
     let (digest, manifest, doc) = follow_to_manifest(&fetch, desc, platform, &reference)?;
-    let Document::Manifest(m) = &doc else { unreachable!("follow_to_manifest returns manifests") };
+    image_of(src, reference, digest, manifest, doc)
+}
+
+/// A manifest already read, with its config, as a [`ResolvedImage`].
+fn image_of(
+    src: &impl LayoutRead,
+    reference: String,
+    digest: Digest,
+    manifest: Vec<u8>,
+    doc: Document,
+) -> Result<ResolvedImage, TransportError> {
+    let Document::Manifest(m) = &doc else {
+        return Err(manifest::format_error(&reference, "expected an image manifest, found an index").into());
+    };
+    let what = format!("{reference}: config {}", m.config.digest);
     let config_bytes =
-        fetch(&m.config, manifest::MAX_CONFIG_BYTES, &format!("{reference}: config {}", m.config.digest))?;
+        read_small_verified(src.open_blob(&m.config.digest)?, &m.config, manifest::MAX_CONFIG_BYTES, &what)?;
     base_from_manifest(reference, digest, manifest, doc, &config_bytes)
+}
+
+/// What the tag names, unresolved: its manifest or index, as read.
+pub(crate) fn top(src: &impl LayoutRead, tag: Option<&str>) -> Result<Top, TransportError> {
+    let reference = reference_of(src, tag);
+    let candidates = candidates(src, tag)?;
+    let [desc] = candidates.as_slice() else {
+        return Err(TransportError::Unsupported(format!(
+            "{reference}: {} entries of index.json carry this tag; one image or one index was expected",
+            candidates.len()
+        )));
+    };
+    let what = format!("{reference}: manifest {}", desc.digest);
+    let bytes = read_small_verified(src.open_blob(&desc.digest)?, desc, manifest::MAX_MANIFEST_BYTES, &what)?;
+    let doc = parse_document(&bytes, Some(&desc.media_type), &what)?;
+    Ok(Top { reference, digest: desc.digest, bytes, doc })
+}
+
+/// The image a descriptor of an index points to (an image manifest, not another index).
+pub(crate) fn image_at(src: &impl LayoutRead, top: &Top, d: &Descriptor) -> Result<ResolvedImage, TransportError> {
+    let what = format!("{}: manifest {}", top.reference, d.digest);
+    let bytes = read_small_verified(src.open_blob(&d.digest)?, d, manifest::MAX_MANIFEST_BYTES, &what)?;
+    let doc = parse_document(&bytes, Some(&d.media_type), &what)?;
+    image_of(src, format!("{}@{}", top.reference, d.digest), d.digest, bytes, doc)
 }
 
 /// The descriptor of a new image's manifest, tagged.
 pub(crate) fn manifest_descriptor(image: &NewImage, tag: &str) -> Descriptor {
-    let mut d = Descriptor::new(&image.manifest_media_type, image.manifest_digest, image.manifest.len() as u64);
+    tagged(&image.manifest_media_type, image.manifest_digest, image.manifest.len(), tag)
+}
+
+/// The descriptor of a new index, tagged.
+pub(crate) fn index_descriptor(index: &NewIndex, tag: &str) -> Descriptor {
+    tagged(&index.media_type, index.digest, index.bytes.len(), tag)
+}
+
+fn tagged(media_type: &str, digest: Digest, size: usize, tag: &str) -> Descriptor {
+    let mut d = Descriptor::new(media_type, digest, size as u64);
     d.annotations = BTreeMap::from([(REF_NAME.to_string(), tag.to_string())]);
     d
 }

@@ -130,6 +130,71 @@ pub struct NewImage {
     pub layers: Vec<ImageLayer>,
 }
 
+/// What a reference names before any platform is chosen: an image manifest or an index,
+/// with its bytes as read (verified against its digest).
+#[derive(Clone, Debug)]
+pub struct Top {
+    pub reference: String,
+    pub digest: Digest,
+    pub bytes: Vec<u8>,
+    pub doc: Document,
+}
+
+impl Top {
+    /// The index's entries, if this is an index.
+    pub fn index(&self) -> Option<&manifest::Index> {
+        match &self.doc {
+            Document::Index(i) => Some(i),
+            Document::Manifest(_) => None,
+        }
+    }
+}
+
+/// A finished multi-platform image: an index and the images it lists, in its order.
+#[derive(Clone, Debug)]
+pub struct NewIndex {
+    pub bytes: Vec<u8>,
+    pub digest: Digest,
+    pub media_type: String,
+    pub images: Vec<NewImage>,
+}
+
+impl NewIndex {
+    /// A new OCI index of `images`, each with its platform. Reproducible: the entries are
+    /// ordered by platform (os, then architecture, then variant, a missing variant first),
+    /// so the same images give the same bytes whatever order they were made in.
+    pub fn of(mut images: Vec<(Platform, NewImage)>) -> NewIndex {
+        images
+            .sort_by(|(a, _), (b, _)| (&a.os, &a.architecture, &a.variant).cmp(&(&b.os, &b.architecture, &b.variant)));
+        let manifests: Vec<serde_json::Value> = images
+            .iter()
+            .map(|(p, i)| {
+                let mut d = Descriptor::new(&i.manifest_media_type, i.manifest_digest, i.manifest.len() as u64);
+                d.platform = Some(p.clone());
+                d.to_json()
+            })
+            .collect();
+        let bytes = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": manifest::media::OCI_INDEX,
+            "manifests": manifests,
+        }))
+        .expect("json values serialize");
+        NewIndex {
+            digest: Digest::of(&bytes),
+            bytes,
+            media_type: manifest::media::OCI_INDEX.into(),
+            images: images.into_iter().map(|(_, i)| i).collect(),
+        }
+    }
+
+    /// Every layer of every image, each digest once, in order.
+    pub fn layers(&self) -> Vec<ImageLayer> {
+        let mut seen = std::collections::HashSet::new();
+        self.images.iter().flat_map(|i| i.layers.iter()).filter(|l| seen.insert(l.descriptor.digest)).cloned().collect()
+    }
+}
+
 /// Gives destinations the bytes of blobs they lack.
 pub trait Blobs: Sync {
     /// Raw blob bytes, verified against the descriptor as they are read.
@@ -173,6 +238,39 @@ impl Source {
             Source::OciArchive(s) => layout::resolve(s, s.tag(), platform),
             Source::DockerArchive(s) => s.resolve(),
             Source::Registry(s) => s.resolve(platform),
+        }
+    }
+
+    /// What the reference names, unresolved: a manifest or an index (for `copy --all` and
+    /// `inspect`).
+    pub fn top(&self) -> Result<Top, TransportError> {
+        match self {
+            Source::Scratch => Err(TransportError::Unsupported("scratch has no manifest".into())),
+            Source::OciDir(s) => layout::top(s, s.tag()),
+            Source::OciArchive(s) => layout::top(s, s.tag()),
+            Source::DockerArchive(_) => Err(TransportError::Unsupported(format!(
+                "{}: a docker-archive has no manifest of its own",
+                self.describe()
+            ))),
+            Source::Registry(s) => s.top(),
+        }
+    }
+
+    /// The image an entry of the index `top` points to.
+    pub fn image_at(&self, top: &Top, d: &Descriptor) -> Result<ResolvedImage, TransportError> {
+        if !matches!(d.media_type.as_str(), manifest::media::OCI_MANIFEST | manifest::media::DOCKER_MANIFEST) {
+            return Err(TransportError::Unsupported(format!(
+                "{}: entry {} is a {:?}, not an image manifest (nested indexes and artifacts are not copied)",
+                top.reference, d.digest, d.media_type
+            )));
+        }
+        match self {
+            Source::OciDir(s) => layout::image_at(s, top, d),
+            Source::OciArchive(s) => layout::image_at(s, top, d),
+            Source::Registry(s) => s.image_at(top, d),
+            Source::Scratch | Source::DockerArchive(_) => {
+                Err(TransportError::Unsupported(format!("{}: holds no index", self.describe())))
+            }
         }
     }
 
@@ -248,6 +346,30 @@ pub fn write(
         ImageRef::OciLayout { dir, .. } => oci_dir::write(dir, dest.tag_or_default(), image, blobs),
         ImageRef::OciArchive { file, .. } => oci_archive::write(file, dest.tag_or_default(), image, blobs),
         ImageRef::DockerArchive { file, name } => docker_archive::write(file, name.as_ref(), image, blobs),
+        ImageRef::Scratch => write_unsupported(dest).map(|()| WriteSummary::default()),
+    }
+}
+
+/// Writes a multi-platform image to `dest`: every image's blobs and manifest, then the
+/// index, which the destination's tag names. A docker-archive cannot hold an index.
+pub fn write_index(
+    dest: &ImageRef,
+    index: &NewIndex,
+    blobs: &dyn Blobs,
+    opts: &TransportOptions,
+    reporter: &dyn Reporter,
+) -> Result<WriteSummary, TransportError> {
+    match dest {
+        ImageRef::Registry(n) => {
+            registry::push_index(n, index, blobs, &opts.registry, opts.cache_dir.as_deref(), reporter)
+        }
+        ImageRef::OciLayout { dir, .. } => oci_dir::write_index(dir, dest.tag_or_default(), index, blobs),
+        ImageRef::OciArchive { file, .. } => oci_archive::write_index(file, dest.tag_or_default(), index, blobs),
+        ImageRef::DockerArchive { .. } => Err(TransportError::Unsupported(format!(
+            "{dest}: a docker-archive holds single-platform images only, not an index of {} platforms; \
+             write an oci-archive: or oci: instead, or copy one platform (without --all, with --platform)",
+            index.images.len()
+        ))),
         ImageRef::Scratch => write_unsupported(dest).map(|()| WriteSummary::default()),
     }
 }
@@ -366,4 +488,34 @@ pub(crate) fn follow_to_manifest(
         }
     }
     Err(manifest::format_error(reference, format!("indexes nested deeper than {}", manifest::MAX_INDEX_DEPTH)).into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image(arch: &str) -> (Platform, NewImage) {
+        let manifest = format!("{{\"arch\":\"{arch}\"}}").into_bytes();
+        let image = NewImage {
+            manifest_digest: Digest::of(&manifest),
+            manifest,
+            manifest_media_type: manifest::media::OCI_MANIFEST.into(),
+            config: Vec::new(),
+            config_digest: Digest::of(b""),
+            layers: Vec::new(),
+        };
+        (Platform::parse(arch).unwrap(), image)
+    }
+
+    #[test]
+    fn an_index_is_ordered_by_platform_whatever_the_order_given() {
+        let a = NewIndex::of(vec![image("linux/arm64/v8"), image("linux/amd64"), image("linux/arm/v7")]);
+        let b = NewIndex::of(vec![image("linux/amd64"), image("linux/arm/v7"), image("linux/arm64/v8")]);
+        assert_eq!(a.bytes, b.bytes);
+        assert_eq!(a.digest, Digest::of(&a.bytes));
+        let Document::Index(i) = parse_document(&a.bytes, None, "i").unwrap() else { panic!("an index") };
+        let order: Vec<String> = i.manifests.iter().map(|d| d.platform.as_ref().unwrap().to_string()).collect();
+        assert_eq!(order, ["linux/amd64", "linux/arm/v7", "linux/arm64/v8"]);
+        assert_eq!(a.images[0].manifest, br#"{"arch":"linux/amd64"}"#);
+    }
 }

@@ -9,7 +9,7 @@ use imgforge_layers::{Digest, Normalize, Owner, TarWriter};
 
 use super::layout::{self, LayoutRead, WriteSummary, OCI_LAYOUT_FILE};
 use super::tar_index::TarIndex;
-use super::{io_error, Blobs, NewImage, TransportError};
+use super::{io_error, Blobs, NewImage, NewIndex, TransportError};
 use crate::image::manifest::{self, media, Descriptor};
 use crate::store::sync_dir;
 
@@ -59,6 +59,47 @@ pub(super) fn write(
     image: &NewImage,
     blobs: &dyn Blobs,
 ) -> Result<WriteSummary, TransportError> {
+    let mut entries = Vec::new();
+    image_entries(image, &mut entries);
+    write_archive(file, entries, layout::manifest_descriptor(image, tag), blobs)
+}
+
+/// Every image of `index` and the index, which `tag` names.
+pub(super) fn write_index(
+    file: &Path,
+    tag: &str,
+    index: &NewIndex,
+    blobs: &dyn Blobs,
+) -> Result<WriteSummary, TransportError> {
+    let mut entries = Vec::new();
+    for image in &index.images {
+        image_entries(image, &mut entries);
+    }
+    entries.push((Descriptor::new(&index.media_type, index.digest, index.bytes.len() as u64), Some(&index.bytes)));
+    write_archive(file, entries, layout::index_descriptor(index, tag), blobs)
+}
+
+/// A blob of the archive: its descriptor, and its bytes when they are in memory.
+type Entry<'a> = (Descriptor, Option<&'a [u8]>);
+
+fn image_entries<'a>(image: &'a NewImage, entries: &mut Vec<Entry<'a>>) {
+    entries.extend(image.layers.iter().map(|l| (l.descriptor.clone(), None)));
+    entries.push((
+        Descriptor::new(media::OCI_CONFIG, image.config_digest, image.config.len() as u64),
+        Some(&image.config),
+    ));
+    entries.push((
+        Descriptor::new(media::OCI_MANIFEST, image.manifest_digest, image.manifest.len() as u64),
+        Some(&image.manifest),
+    ));
+}
+
+fn write_archive(
+    file: &Path,
+    mut entries: Vec<Entry<'_>>,
+    tagged: Descriptor,
+    blobs: &dyn Blobs,
+) -> Result<WriteSummary, TransportError> {
     let dir = file.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let what = format!("oci-archive:{}", file.display());
     let tmp = tempfile::Builder::new().prefix(".imgforge-").tempfile_in(dir).map_err(io_error(&what))?;
@@ -68,16 +109,6 @@ pub(super) fn write(
     let mut summary = WriteSummary::default();
 
     // Canonical order: blobs/ (sorted by digest), index.json, oci-layout.
-    let mut entries: Vec<(Descriptor, Option<&[u8]>)> =
-        image.layers.iter().map(|l| (l.descriptor.clone(), None)).collect();
-    entries.push((
-        Descriptor::new(media::OCI_CONFIG, image.config_digest, image.config.len() as u64),
-        Some(&image.config),
-    ));
-    entries.push((
-        Descriptor::new(media::OCI_MANIFEST, image.manifest_digest, image.manifest.len() as u64),
-        Some(&image.manifest),
-    ));
     entries.sort_by_key(|e| e.0.digest.hex());
     entries.dedup_by_key(|e| e.0.digest);
 
@@ -94,7 +125,7 @@ pub(super) fn write(
             summary.blobs_written += 1;
             summary.bytes_written += d.size;
         }
-        let index = layout::index_json(&[layout::manifest_descriptor(image, tag)]);
+        let index = layout::index_json(&[tagged]);
         tar.file(b"index.json", 0o644, root, index.len() as u64, &mut &index[..]).map_err(io_error(&what))?;
         tar.file(b"oci-layout", 0o644, root, OCI_LAYOUT_FILE.len() as u64, &mut &OCI_LAYOUT_FILE[..])
             .map_err(io_error(&what))?;

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use imgforge_layers::Digest;
 
 use super::layout::{self, LayoutRead, WriteSummary, OCI_LAYOUT_FILE, REF_NAME};
-use super::{io_error, Blobs, NewImage, TransportError};
+use super::{io_error, Blobs, NewImage, NewIndex, TransportError};
 use crate::image::manifest::{self, Descriptor};
 use crate::store::{sync_dir, write_atomic};
 
@@ -89,28 +89,65 @@ pub(super) fn write(
     image: &NewImage,
     blobs: &dyn Blobs,
 ) -> Result<WriteSummary, TransportError> {
+    let mut summary = WriteSummary::default();
+    put_image(dir, image, blobs, &mut summary)?;
+    set_tag(dir, tag, layout::manifest_descriptor(image, tag))?;
+    Ok(summary)
+}
+
+/// Writes every image of `index`, then the index, and tags the index.
+pub(super) fn write_index(
+    dir: &Path,
+    tag: &str,
+    index: &NewIndex,
+    blobs: &dyn Blobs,
+) -> Result<WriteSummary, TransportError> {
+    let mut summary = WriteSummary::default();
+    for image in &index.images {
+        put_image(dir, image, blobs, &mut summary)?;
+    }
+    put_bytes(&dir.join("blobs/sha256"), &index.bytes, index.digest, &mut summary)?;
+    set_tag(dir, tag, layout::index_descriptor(index, tag))?;
+    Ok(summary)
+}
+
+/// One image's layers, config and manifest into the layout's blobs (nothing tagged yet).
+fn put_image(
+    dir: &Path,
+    image: &NewImage,
+    blobs: &dyn Blobs,
+    summary: &mut WriteSummary,
+) -> Result<(), TransportError> {
     let blob_dir = dir.join("blobs/sha256");
     fs::create_dir_all(&blob_dir).map_err(io_error(blob_dir.display()))?;
     let layout_file = dir.join("oci-layout");
     if !layout_file.exists() {
         write_atomic(&layout_file, OCI_LAYOUT_FILE).map_err(io_error(layout_file.display()))?;
     }
-    let mut summary = WriteSummary::default();
     for layer in &image.layers {
-        put_blob(&blob_dir, &layer.descriptor, blobs, &mut summary)?;
+        put_blob(&blob_dir, &layer.descriptor, blobs, summary)?;
     }
     for (bytes, digest) in [(&image.config, image.config_digest), (&image.manifest, image.manifest_digest)] {
-        let dest = blob_dir.join(digest.hex());
-        if dest.exists() {
-            summary.blobs_present += 1;
-        } else {
-            write_atomic(&dest, bytes).map_err(io_error(dest.display()))?;
-            summary.blobs_written += 1;
-            summary.bytes_written += bytes.len() as u64;
-        }
+        put_bytes(&blob_dir, bytes, digest, summary)?;
     }
-    // index.json: read-modify-write under the directory lock, so concurrent writers of one
-    // layout never lose each other's tags.
+    Ok(())
+}
+
+fn put_bytes(blob_dir: &Path, bytes: &[u8], digest: Digest, summary: &mut WriteSummary) -> Result<(), TransportError> {
+    let dest = blob_dir.join(digest.hex());
+    if dest.exists() {
+        summary.blobs_present += 1;
+    } else {
+        write_atomic(&dest, bytes).map_err(io_error(dest.display()))?;
+        summary.blobs_written += 1;
+        summary.bytes_written += bytes.len() as u64;
+    }
+    Ok(())
+}
+
+/// Points `tag` at `desc` in index.json: read-modify-write under the directory lock, so
+/// concurrent writers of one layout never lose each other's tags.
+fn set_tag(dir: &Path, tag: &str, desc: Descriptor) -> Result<(), TransportError> {
     let _lock = lock_dir(dir)?;
     let index_path = dir.join("index.json");
     let mut manifests = if index_path.exists() {
@@ -123,9 +160,8 @@ pub(super) fn write(
         Vec::new()
     };
     manifests.retain(|d| d.annotations.get(REF_NAME).map(String::as_str) != Some(tag));
-    manifests.push(layout::manifest_descriptor(image, tag));
-    write_atomic(&index_path, &layout::index_json(&manifests)).map_err(io_error(index_path.display()))?;
-    Ok(summary)
+    manifests.push(desc);
+    write_atomic(&index_path, &layout::index_json(&manifests)).map_err(io_error(index_path.display()))
 }
 
 /// Puts one blob into a layout's blob dir: hard link from a local copy when possible, else a

@@ -537,6 +537,13 @@ pub fn blob_path(layout: &Path, digest: &str) -> PathBuf {
     layout.join("blobs/sha256").join(&digest[7..])
 }
 
+/// Writes `bytes` as a blob of the layout; returns its digest and size.
+pub fn write_blob(layout: &Path, bytes: &[u8]) -> (String, usize) {
+    let d = sha256_digest(bytes);
+    fs::write(blob_path(layout, &d), bytes).unwrap();
+    (d, bytes.len())
+}
+
 /// Bytes of a blob, checked against its digest.
 pub fn read_blob(layout: &Path, digest: &str) -> Vec<u8> {
     let p = blob_path(layout, digest);

@@ -23,7 +23,7 @@ mod pull;
 mod push;
 
 pub use pull::RegistrySource;
-pub use push::push;
+pub use push::{push, push_index};
 
 /// How to talk to registries.
 #[derive(Clone, Debug)]

@@ -17,7 +17,9 @@ use crate::image::manifest::{self, media, parse_document, Descriptor, Document, 
 use crate::image::reference::{DockerName, DEFAULT_TAG};
 use crate::report::{Event, Reporter};
 use crate::store::{BlobStore, StoreError};
-use crate::transport::{base_from_manifest, follow_to_manifest, read_small_verified, ResolvedImage, TransportError};
+use crate::transport::{
+    base_from_manifest, follow_to_manifest, read_small_verified, ResolvedImage, Top, TransportError,
+};
 
 const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
 
@@ -75,7 +77,8 @@ impl RegistrySource {
         self.layers.lock().expect("lock").contains(d)
     }
 
-    pub fn resolve(&self, platform: &Platform) -> Result<ResolvedImage, TransportError> {
+    /// What the name points to: a manifest or an index, unresolved.
+    pub fn top(&self) -> Result<Top, TransportError> {
         let reference = self.describe();
         let top = match (&self.name.digest, &self.name.tag) {
             (Some(d), _) => self.manifest(&d.to_string(), Some((*d, None)), &reference)?,
@@ -83,24 +86,57 @@ impl RegistrySource {
         };
         let (digest, bytes, content_type) = top;
         let doc = parse_document(&bytes, content_type.as_deref(), &format!("{reference}: manifest {digest}"))?;
+        Ok(Top { reference, digest, bytes, doc })
+    }
+
+    /// The image an entry of the index `top` points to.
+    pub fn image_at(&self, top: &Top, d: &Descriptor) -> Result<ResolvedImage, TransportError> {
+        let what = format!("{}: manifest {}", top.reference, d.digest);
+        let (digest, bytes, _) = self.manifest_at(d, manifest::MAX_MANIFEST_BYTES, &what)?;
+        let doc = parse_document(&bytes, Some(&d.media_type), &what)?;
+        self.image_of(format!("{}@{}", top.reference, d.digest), digest, bytes, doc)
+    }
+
+    fn manifest_at(
+        &self,
+        d: &Descriptor,
+        max: u64,
+        what: &str,
+    ) -> Result<(Digest, Vec<u8>, Option<String>), TransportError> {
+        if d.size > max {
+            return Err(manifest::format_error(
+                what,
+                format!("descriptor size {} exceeds the {max}-byte limit", d.size),
+            )
+            .into());
+        }
+        self.manifest(&d.digest.to_string(), Some((d.digest, Some(d.size))), what)
+    }
+
+    pub fn resolve(&self, platform: &Platform) -> Result<ResolvedImage, TransportError> {
+        let Top { reference, digest, bytes, doc } = self.top()?;
         let (digest, bytes, doc) = match doc {
             Document::Manifest(_) => (digest, bytes, doc),
             Document::Index(idx) => {
                 let desc = idx.select(platform, &format!("{reference}: index {digest}"))?.clone();
-                let fetch = |d: &Descriptor, max: u64, what: &str| {
-                    if d.size > max {
-                        return Err(manifest::format_error(
-                            what,
-                            format!("descriptor size {} exceeds the {max}-byte limit", d.size),
-                        )
-                        .into());
-                    }
-                    self.manifest(&d.digest.to_string(), Some((d.digest, Some(d.size))), what).map(|(_, b, _)| b)
-                };
+                let fetch = |d: &Descriptor, max: u64, what: &str| self.manifest_at(d, max, what).map(|(_, b, _)| b);
                 follow_to_manifest(&fetch, desc, platform, &reference)?
             }
         };
-        let Document::Manifest(m) = &doc else { unreachable!("a manifest by now") };
+        self.image_of(reference, digest, bytes, doc)
+    }
+
+    /// A manifest already fetched, with its config; its blobs become mountable from here.
+    fn image_of(
+        &self,
+        reference: String,
+        digest: Digest,
+        bytes: Vec<u8>,
+        doc: Document,
+    ) -> Result<ResolvedImage, TransportError> {
+        let Document::Manifest(m) = &doc else {
+            return Err(manifest::format_error(&reference, "expected an image manifest, found an index").into());
+        };
         let config = self.small_blob(
             &m.config,
             manifest::MAX_CONFIG_BYTES,

@@ -17,7 +17,7 @@ use super::RegistryOptions;
 use crate::image::manifest::Descriptor;
 use crate::image::reference::{DockerName, DEFAULT_TAG};
 use crate::report::{Event, Reporter};
-use crate::transport::{Blobs, NewImage, TransportError, WriteSummary};
+use crate::transport::{Blobs, NewImage, NewIndex, TransportError, WriteSummary};
 
 /// Where this process has seen blobs: (registry, digest) → repository. A second `-t` to
 /// another repository of the same registry mounts instead of uploading again.
@@ -131,7 +131,7 @@ pub fn push(
     })?;
     remember(&name.registry, config.digest, repo, locations.as_ref());
     tally(o);
-    p.manifest(image)?;
+    p.manifest(&image.manifest, &image.manifest_media_type, image.manifest_digest)?;
     Ok(WriteSummary {
         blobs_written: counts.uploaded.into_inner(),
         blobs_linked: 0,
@@ -139,6 +139,37 @@ pub fn push(
         blobs_present: counts.present.into_inner(),
         bytes_written: counts.bytes.into_inner(),
     })
+}
+
+/// Pushes every image of `index` by digest, then the index under `name`'s tag (or digest).
+pub fn push_index(
+    name: &DockerName,
+    index: &NewIndex,
+    blobs: &dyn Blobs,
+    opts: &RegistryOptions,
+    cache_dir: Option<&Path>,
+    reporter: &dyn Reporter,
+) -> Result<WriteSummary, TransportError> {
+    if name.digest.is_some_and(|d| d != index.digest) {
+        return Err(TransportError::Unsupported(format!(
+            "docker://{name}: the destination names a digest, but the index is {}; name a tag instead",
+            index.digest
+        )));
+    }
+    let mut total = WriteSummary::default();
+    for image in &index.images {
+        let by_digest = DockerName { tag: None, digest: Some(image.manifest_digest), ..name.clone() };
+        let s = push(&by_digest, image, blobs, opts, cache_dir, reporter)?;
+        total.blobs_written += s.blobs_written;
+        total.blobs_mounted += s.blobs_mounted;
+        total.blobs_present += s.blobs_present;
+        total.bytes_written += s.bytes_written;
+    }
+    let client =
+        Arc::new(Client::new(&name.registry, opts, vec![format!("repository:{}:pull,push", name.repository)])?);
+    let p = Pusher { client, name, opts, reporter };
+    p.manifest(&index.bytes, &index.media_type, index.digest)?;
+    Ok(total)
 }
 
 type Opener<'o> = dyn FnMut() -> Result<Box<dyn Read + Send + 'o>, TransportError> + 'o;
@@ -267,7 +298,7 @@ impl Pusher<'_> {
         Ok(())
     }
 
-    fn manifest(&self, image: &NewImage) -> Result<(), TransportError> {
+    fn manifest(&self, bytes: &[u8], media_type: &str, digest: Digest) -> Result<(), TransportError> {
         let c = &self.client;
         let reference = match &self.name.digest {
             Some(d) => d.to_string(),
@@ -275,21 +306,14 @@ impl Pusher<'_> {
         };
         let op = format!("PUT manifest {}:{reference}", self.repo_ref());
         let url = c.url(&format!("/v2/{}/manifests/{reference}", self.name.repository));
-        let r = c.send(
-            "PUT",
-            &url,
-            &[("content-type", image.manifest_media_type.clone())],
-            Body::Bytes(&image.manifest),
-            &op,
-        )?;
+        let r = c.send("PUT", &url, &[("content-type", media_type.to_string())], Body::Bytes(bytes), &op)?;
         if r.status().as_u16() != 201 {
             return Err(c.status_error(r, &op).into());
         }
         if let Some(h) = client::header(&r, "docker-content-digest") {
-            if h != image.manifest_digest.to_string() {
+            if h != digest.to_string() {
                 return Err(super::RegistryError::Protocol(format!(
-                    "{op}: the registry stored the manifest as {h}, not {}",
-                    image.manifest_digest
+                    "{op}: the registry stored the manifest as {h}, not {digest}"
                 ))
                 .into());
             }
