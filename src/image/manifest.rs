@@ -468,6 +468,18 @@ mod tests {
     }
 
     #[test]
+    fn arm64_accepts_its_v8_variant_and_none() {
+        let p = |s| Platform::parse(s).unwrap();
+        let arm64 = p("linux/arm64");
+        assert!(arm64.accepts(&p("linux/arm64/v8")), "Docker Hub lists arm64 with variant v8");
+        assert!(arm64.accepts(&p("linux/arm64")));
+        assert!(p("linux/arm64/v8").accepts(&p("linux/arm64")));
+        assert!(!arm64.accepts(&p("linux/arm/v8")));
+        assert!(!arm64.accepts(&p("linux/amd64")));
+        assert!(!p("linux/arm/v7").accepts(&p("linux/arm/v6")));
+    }
+
+    #[test]
     fn config_diff_ids_are_strict() {
         let ok = format!(
             r#"{{"architecture":"amd64","os":"linux","rootfs":{{"type":"layers","diff_ids":["{D}"]}},"config":{{"Env":["A=1"]}}}}"#
