@@ -34,6 +34,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
+pub mod emulation;
 pub mod host_tree;
 pub mod process;
 pub mod rootfs;
