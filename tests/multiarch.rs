@@ -196,3 +196,35 @@ fn copy_all_through_a_registry_keeps_the_digest_and_skopeo_round_trips_it() {
     c.args(["--tls-verify=false", "copy", "--all", &again]).arg(format!("oci:{}:y", t.join("pulled").display()));
     assert_eq!(build_ok(&mut c), index_digest, "imgforge pulls the whole index back");
 }
+
+/// The test setup's Debian index (tests/run.sh: amd64, and arm64 made with debootstrap
+/// under qemu-user): skopeo sees both platforms, an app built for linux/arm64 on it gets the
+/// arm64 base and says arm64 in its config, and podman runs it under emulation.
+#[test]
+fn the_debian_index_holds_both_platforms_and_an_arm64_build_runs_under_emulation() {
+    let t = TestDir::new();
+    let base = multiarch_base();
+    let entries = index_entries(&skopeo_raw_manifest(&base));
+    assert_eq!(entries.iter().map(|e| e.0.as_str()).collect::<Vec<_>>(), ["linux/amd64", "linux/arm64/v8"]);
+    assert_eq!(skopeo_arch(&base, "arm64"), "arm64");
+
+    t.write("app/hello.txt", "hello from arm64\n");
+    let out = t.join("out");
+    let digest = build_ok(
+        t.imgforge()
+            .args(["build"])
+            .arg(t.join("app"))
+            .args(["--base", &base, "--platform", "linux/arm64", "-t"])
+            .arg(format!("oci:{}:arm", out.display())),
+    );
+    let image = format!("oci:{}:arm", out.display());
+    assert_eq!(skopeo_digest(&image), digest);
+    let config = skopeo_inspect_config(&image);
+    assert_eq!(config["architecture"], "arm64");
+    assert_eq!(config["variant"], "v8");
+    let base_digest = config["config"]["Labels"]["org.opencontainers.image.base.digest"].as_str().unwrap().to_string();
+    assert_eq!(base_digest, entries[1].1, "the arm64 entry is the base");
+
+    let ran = podman_run_ok(&image, &["sh", "-c", "uname -m; cat /workspace/hello.txt"]);
+    assert_eq!(ran, "aarch64\nhello from arm64\n");
+}

@@ -10,7 +10,9 @@
 #      with subordinate uid/gid ranges and an XDG_RUNTIME_DIR, and checks that
 #      rootless podman works for it (choosing the storage driver);
 #   2b. makes (once; cached) a Debian bookworm base image with python3 and nodejs
-#      for tests/buildpacks.rs and exports IMGFORGE_TEST_DEBIAN_BASE;
+#      for tests/buildpacks.rs and exports IMGFORGE_TEST_DEBIAN_BASE; registers
+#      qemu-aarch64 in binfmt_misc, makes a Debian arm64 base under it and an OCI
+#      index of both, and exports IMGFORGE_TEST_MULTIARCH_BASE;
 #   3. runs cargo fmt --check, cargo clippy -D warnings and cargo test
 #      (--no-fail-fast).
 # Run as a normal user, it installs nothing: it says what is missing and exits 1,
@@ -60,7 +62,8 @@ declare -A tool_pkg=(
   [fuse-overlayfs]=fuse-overlayfs [pigz]=pigz [zstd]=zstd [git]=git
   [docker-registry]=docker-registry [/usr/bin/time]=time [python3]=python3
   [runuser]=util-linux [useradd]=passwd [tar]=tar [gzip]=gzip [catatonit]=catatonit
-  [openssl]=openssl [htpasswd]=apache2-utils
+  [openssl]=openssl [htpasswd]=apache2-utils [qemu-aarch64-static]=qemu-user-static
+  [debootstrap]=debootstrap
 )
 missing_pkgs=()
 for tool in "${!tool_pkg[@]}"; do
@@ -209,52 +212,61 @@ else
   echo "podman ${podman_flags[*]} ${driver_flag[*]} works"
 fi
 
-# --- 2b. Debian base image for tests/buildpacks.rs ---------------------------------
+# --- 2b. Debian base images for tests/buildpacks.rs and tests/multiarch.rs ------------
 # The Python and Node sample apps run on a real Debian (bookworm minbase + python3 +
-# python3-pip + nodejs: buildpacks compile inside it, in the userns sandbox), made once with shared/bench/make-base.sh (debootstrap, so root and network
-# to the Debian mirror) and cached as an OCI layout. The tests read its reference from
-# IMGFORGE_TEST_DEBIAN_BASE. Delete the cache directory to rebuild it.
-section "Debian base image (bookworm + python3, python3-pip, nodejs)"
-debian_extra=python3,python3-pip,nodejs
+# python3-pip + nodejs: buildpacks compile inside it, in the userns sandbox), made once
+# with tests/make-base.sh (debootstrap, so root and network to the Debian mirror) and
+# cached as an OCI layout. The tests read its reference from IMGFORGE_TEST_DEBIAN_BASE.
+# The multi-platform tests also get a Debian arm64 root (minbase only: its packages are
+# configured under qemu-user, which is slow) and an OCI index of both (amd64 with the
+# extras, arm64/v8), IMGFORGE_TEST_MULTIARCH_BASE. Delete a cache directory to rebuild it.
 debian_root=${IMGFORGE_TEST_BASE_DIR:-/var/tmp/imgforge-test-base}
-# the name carries everything that changes the contents: bump v1 when make-base.sh changes
-debian_layout=$debian_root/debian-bookworm-${debian_extra//,/-}-v1
-debian_ready() { [[ -f $debian_layout/index.json ]] && grep -q '"bookworm"' "$debian_layout/index.json"; }
-if debian_ready; then
-  echo "cached: $debian_layout"
-else
-  make_base=$repo/../shared/bench/make-base.sh
-  [[ -f $make_base ]] || make_base=/work/shared/bench/make-base.sh
-  [[ -f $make_base ]] || die "make-base.sh not found at $repo/../shared/bench/ or /work/shared/bench/"
-  if ((!is_root)); then
-    die "the Debian base image $debian_layout is missing and making it needs root (debootstrap): run tests/run.sh once as root, or point IMGFORGE_TEST_BASE_DIR at a directory that has it"
+
+# cached_layout DIR WHAT COMMAND...: runs COMMAND with the temporary layout path appended,
+# once; DIR counts as made when its index.json names the bookworm tag.
+layout_ready() { [[ -f $1/index.json ]] && grep -q '"bookworm"' "$1/index.json"; }
+cached_layout() {
+  local layout=$1 what=$2 lock tmp
+  shift 2
+  if layout_ready "$layout"; then
+    echo "cached: $layout"
+    return
   fi
+  ((is_root)) || die "$what $layout is missing and making it needs root (debootstrap): run tests/run.sh once as root, or point IMGFORGE_TEST_BASE_DIR at a directory that has it"
   mkdir -p "$debian_root"
   chmod 0755 "$debian_root"
   # one builder at a time; a second run.sh waits and then finds it cached
-  exec {debian_lock}>"$debian_root/.lock"
-  flock "$debian_lock"
-  if debian_ready; then
-    echo "cached (made by a concurrent run): $debian_layout"
+  exec {lock}>"$debian_root/.lock"
+  flock "$lock"
+  if layout_ready "$layout"; then
+    echo "cached (made by a concurrent run): $layout"
   else
-    echo "making it with $make_base (debootstrap; takes a few minutes)"
-    debian_tmp=$debian_layout.tmp-$$
-    rm -rf "$debian_tmp"
-    if ! bash "$make_base" "$debian_tmp" "$debian_extra"; then
-      rm -rf "$debian_tmp"
-      die "make-base.sh failed (see above)"
+    echo "making $what with tests/make-base.sh (debootstrap; takes a few minutes)"
+    tmp=$layout.tmp-$$
+    rm -rf "$tmp"
+    if ! "$@" "$tmp"; then
+      rm -rf "$tmp"
+      die "making $what failed (see above)"
     fi
     # the unprivileged test user reads it (imgforge as that user, umoci, podman)
-    chmod -R a+rX "$debian_tmp"
-    chmod 0755 "$debian_tmp"
-    rm -rf "$debian_layout"
-    mv "$debian_tmp" "$debian_layout"   # atomic: a half-made layout is never "cached"
-    echo "made $debian_layout ($(du -sh "$debian_layout" | cut -f1))"
+    chmod -R a+rX "$tmp"
+    chmod 0755 "$tmp"
+    rm -rf "$layout"
+    mv "$tmp" "$layout"   # atomic: a half-made layout is never "cached"
+    echo "made $layout ($(du -sh "$layout" | cut -f1))"
   fi
-  flock -u "$debian_lock"
-  exec {debian_lock}>&-
-fi
+  flock -u "$lock"
+  exec {lock}>&-
+}
+make_base() { bash "$repo/tests/make-base.sh" "$3" "$1" "$2"; } # PACKAGES ARCH DIR
+
+section "Debian base image (bookworm + python3, python3-pip, nodejs)"
+debian_extra=python3,python3-pip,nodejs
+# the name carries everything that changes the contents: bump v1 when make-base.sh changes
+debian_layout=$debian_root/debian-bookworm-${debian_extra//,/-}-v1
+cached_layout "$debian_layout" "the Debian base image" make_base "$debian_extra" ""
 export IMGFORGE_TEST_DEBIAN_BASE=oci:$debian_layout:bookworm
+
 # The sample Python buildpack (testdata/buildpacks/python) installs from a local
 # wheelhouse with `python3 -m pip`: the base's in the sandbox, the host's with
 # --isolation host.
@@ -272,6 +284,42 @@ if ! python3 -m pip --version >/dev/null 2>&1; then
   fi
 fi
 echo "IMGFORGE_TEST_DEBIAN_BASE=$IMGFORGE_TEST_DEBIAN_BASE"
+
+section "Debian arm64 base image and the multi-platform index (qemu-user)"
+# qemu-user through binfmt_misc, registered with the F flag (the kernel opens the
+# interpreter once, so it works inside any root file system and user namespace).
+binfmt=/proc/sys/fs/binfmt_misc
+if ((is_root)); then
+  [[ -f $binfmt/register ]] || mount -t binfmt_misc binfmt_misc "$binfmt" ||
+    die "cannot mount binfmt_misc on $binfmt (a container without it cannot emulate arm64)"
+  if [[ -f $binfmt/qemu-aarch64 ]] && ! grep -q '^flags:.*F' "$binfmt/qemu-aarch64"; then
+    echo "re-registering qemu-aarch64 with the F flag"
+    echo -1 >"$binfmt/qemu-aarch64"
+  fi
+  if [[ ! -f $binfmt/qemu-aarch64 ]]; then
+    cat /usr/lib/binfmt.d/qemu-aarch64.conf >"$binfmt/register"
+    echo "registered qemu-aarch64 (qemu-user-static) in binfmt_misc"
+  fi
+fi
+grep -qx enabled "$binfmt/qemu-aarch64" 2>/dev/null && grep -q '^flags:.*F' "$binfmt/qemu-aarch64" ||
+  die "no qemu-aarch64 interpreter registered in binfmt_misc with the F flag: as root, apt-get install qemu-user-static, then cat /usr/lib/binfmt.d/qemu-aarch64.conf > $binfmt/register (or run tests/run.sh as root)"
+echo "binfmt_misc: qemu-aarch64 $(sed -n 's/^flags: //p' "$binfmt/qemu-aarch64")"
+arm64_layout=$debian_root/debian-bookworm-arm64-v1
+cached_layout "$arm64_layout" "the Debian arm64 base image" make_base "" arm64
+# The index only links the two layouts' blobs (a second): remade whenever either is newer.
+multi_layout=$debian_root/debian-bookworm-amd64-${debian_extra//,/-}+arm64-v1
+if [[ -f $multi_layout/index.json && ! $debian_layout/index.json -nt $multi_layout/index.json &&
+      ! $arm64_layout/index.json -nt $multi_layout/index.json ]]; then
+  echo "cached: $multi_layout"
+else
+  python3 "$repo/tests/make-index.py" "$multi_layout.tmp-$$" bookworm \
+    "$debian_layout:bookworm" "$arm64_layout:bookworm:v8" || die "tests/make-index.py failed"
+  chmod -R a+rX "$multi_layout.tmp-$$"
+  rm -rf "$multi_layout"
+  mv "$multi_layout.tmp-$$" "$multi_layout"
+fi
+export IMGFORGE_TEST_MULTIARCH_BASE=oci:$multi_layout:bookworm
+echo "IMGFORGE_TEST_MULTIARCH_BASE=$IMGFORGE_TEST_MULTIARCH_BASE"
 
 # --- 3. Rust checks ----------------------------------------------------------------
 if [[ ${IMGFORGE_SKIP_LINT:-} != 1 ]]; then

@@ -907,6 +907,17 @@ pub fn podman_serve_http_path(image_ref: &str, args: &[&str], port: u16, path: &
 // the Debian base image (tests/buildpacks.rs)
 // ---------------------------------------------------------------------------
 
+/// Env var with the multi-platform Debian base made by tests/run.sh: an OCI index of the
+/// amd64 Debian base and a Debian arm64 (minbase) image, `oci:DIR:bookworm`.
+pub const MULTIARCH_BASE_ENV: &str = "IMGFORGE_TEST_MULTIARCH_BASE";
+
+/// `oci:<dir>:bookworm`, the multi-platform Debian base (linux/amd64 and linux/arm64/v8)
+/// tests/run.sh makes once and exports as `$IMGFORGE_TEST_MULTIARCH_BASE`. Panics when it
+/// is not set: the tests that need it fail rather than skip.
+pub fn multiarch_base() -> String {
+    env_layout(MULTIARCH_BASE_ENV, "the Debian arm64 base under qemu-user and an index of it and the amd64 base")
+}
+
 /// Env var with the Debian base made by tests/run.sh (bookworm minbase with
 /// python3 and nodejs, an `oci:DIR:bookworm` reference).
 pub const DEBIAN_BASE_ENV: &str = "IMGFORGE_TEST_DEBIAN_BASE";
@@ -915,20 +926,23 @@ pub const DEBIAN_BASE_ENV: &str = "IMGFORGE_TEST_DEBIAN_BASE";
 /// `$IMGFORGE_TEST_BASE_DIR`) and exports as `$IMGFORGE_TEST_DEBIAN_BASE`.
 /// Panics when it is not set: the tests that need it fail rather than skip.
 pub fn debian_base() -> String {
-    match std::env::var(DEBIAN_BASE_ENV) {
+    env_layout(DEBIAN_BASE_ENV, "the Debian base image (bookworm + python3, nodejs)")
+}
+
+/// The `oci:` reference in `$var`, checked to be a layout; panics naming tests/run.sh,
+/// which makes `what` once and exports it, when it is not set.
+fn env_layout(var: &str, what: &str) -> String {
+    match std::env::var(var) {
         Ok(r) if !r.is_empty() => {
             if let Some(p) = transport_path(&r) {
                 assert!(
                     p.join("index.json").is_file(),
-                    "{DEBIAN_BASE_ENV}={r}: {} is not an OCI layout; run tests/run.sh",
+                    "{var}={r}: {} is not an OCI layout; run tests/run.sh",
                     p.display()
                 );
             }
             r
         }
-        _ => panic!(
-            "{DEBIAN_BASE_ENV} is not set: run tests/run.sh, which makes the Debian base image \
-             (bookworm + python3, nodejs) once and exports it"
-        ),
+        _ => panic!("{var} is not set: run tests/run.sh, which makes {what} once and exports it"),
     }
 }
