@@ -283,7 +283,7 @@ pub fn main() -> ExitCode {
     }
     match imgforge::transport::registry::Limits::with_overrides(|k| std::env::var(k).ok()) {
         Ok(l) => registry.limits = l,
-        Err(e) => return usage_error(&e),
+        Err(e) => return usage_error(&e.to_string()),
     }
     let topts = TransportOptions { cache_dir: Some(cache_dir.clone()), registry: registry.clone() };
     match cli.command {

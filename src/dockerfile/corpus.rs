@@ -64,7 +64,18 @@ fn context_files(context: &Path, dockerfile: &Path) -> Vec<String> {
     out
 }
 
-fn check_case(dir: &Path, base: &ImageConfig) -> Result<(), String> {
+/// How a case differs from what it expects (the test lists them all).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Mismatch(String);
+
+impl From<String> for Mismatch {
+    fn from(s: String) -> Mismatch {
+        Mismatch(s)
+    }
+}
+
+fn check_case(dir: &Path, base: &ImageConfig) -> Result<(), Mismatch> {
     let case: Case = match std::fs::read_to_string(dir.join("case.toml")) {
         Ok(t) => toml::from_str(&t).map_err(|e| format!("case.toml: {e}"))?,
         Err(_) => Case::default(),
@@ -90,15 +101,17 @@ fn check_case(dir: &Path, base: &ImageConfig) -> Result<(), String> {
     let expected = dir.join("expected");
     if let Ok(err_text) = std::fs::read_to_string(expected.join("error.txt")) {
         if case.error_phase.as_deref() == Some("build") {
-            return result.map(|_| ()).map_err(|e| format!("the front end should succeed (error-phase = build): {e}"));
+            return result
+                .map(|_| ())
+                .map_err(|e| Mismatch(format!("the front end should succeed (error-phase = build): {e}")));
         }
         let message = match result {
-            Ok(_) => return Err(format!("expected an error containing {err_text:?}, got success")),
+            Ok(_) => return Err(Mismatch(format!("expected an error containing {err_text:?}, got success"))),
             Err(e) => e.to_string(),
         };
         for line in err_text.lines().filter(|l| !l.is_empty()) {
             if !message.contains(line) {
-                return Err(format!("error {message:?} does not contain {line:?}"));
+                return Err(Mismatch(format!("error {message:?} does not contain {line:?}")));
             }
         }
         return Ok(());
@@ -108,19 +121,19 @@ fn check_case(dir: &Path, base: &ImageConfig) -> Result<(), String> {
     let config = serde_json::to_value(&target.config).unwrap();
     let want: serde_json::Value = read_json(&expected.join("config.json"));
     if config != want {
-        return Err(format!("config:\n  got  {config}\n  want {want}"));
+        return Err(Mismatch(format!("config:\n  got  {config}\n  want {want}")));
     }
     let history: Vec<History> =
         target.steps.iter().map(|s| History { created_by: s.created_by.clone(), empty_layer: s.empty_layer }).collect();
     let want: Vec<History> = read_json(&expected.join("history.json"));
     if history != want {
-        return Err(format!("history:\n  got  {history:?}\n  want {want:?}"));
+        return Err(Mismatch(format!("history:\n  got  {history:?}\n  want {want:?}")));
     }
     if let Ok(want) = std::fs::read_to_string(expected.join("context.txt")) {
         let got = context_files(&dir.join("context"), &dockerfile);
         let want: Vec<&str> = want.lines().filter(|l| !l.is_empty()).collect();
         if got != want {
-            return Err(format!("context after .dockerignore:\n  got  {got:?}\n  want {want:?}"));
+            return Err(Mismatch(format!("context after .dockerignore:\n  got  {got:?}\n  want {want:?}")));
         }
     }
     Ok(())

@@ -18,13 +18,33 @@ use regex::Regex;
 #[derive(Debug, thiserror::Error)]
 pub enum IgnoreError {
     #[error("{file}:{line}: invalid pattern {pattern:?}: {why}")]
-    BadPattern { file: String, line: usize, pattern: String, why: String },
+    BadPattern {
+        file: String,
+        line: usize,
+        pattern: String,
+        #[source]
+        why: PatternError,
+    },
     #[error("reading {path}: {source}")]
     Read {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
+}
+
+/// Why one pattern is not valid.
+#[derive(Debug, thiserror::Error)]
+pub enum PatternError {
+    #[error("an exception (!) needs a pattern")]
+    EmptyException,
+    #[error("a trailing \\ escapes nothing")]
+    TrailingBackslash,
+    #[error("unterminated [ character class")]
+    UnterminatedClass,
+    /// The regex crate's message is several lines; its last one says what is wrong.
+    #[error("{}", source.to_string().lines().last().unwrap_or_default().trim())]
+    Regex { source: regex::Error },
 }
 
 /// The patterns of one ignore file, ready to match context-relative paths.
@@ -116,20 +136,20 @@ impl DockerIgnore {
             if exclusion {
                 p = p[1..].trim();
             }
-            let bad = |why: &str| IgnoreError::BadPattern {
+            let bad = |why: PatternError| IgnoreError::BadPattern {
                 file: file.to_string(),
                 line: i + 1,
                 pattern: raw.trim().to_string(),
-                why: why.to_string(),
+                why,
             };
             if p.is_empty() {
-                return Err(bad("an exception (!) needs a pattern"));
+                return Err(bad(PatternError::EmptyException));
             }
             let mut cleaned = clean_path(p);
             if cleaned.len() > 1 && cleaned.starts_with('/') {
                 cleaned.remove(0);
             }
-            let kind = compile(&cleaned).map_err(|why| bad(&why))?;
+            let kind = compile(&cleaned).map_err(bad)?;
             patterns.push(Pattern { exclusion, cleaned, kind });
         }
         Ok(DockerIgnore { file: file.to_string(), patterns })
@@ -188,7 +208,7 @@ impl Pattern {
 }
 
 /// patternmatcher's translation of a pattern to a match rule.
-fn compile(pattern: &str) -> Result<MatchKind, String> {
+fn compile(pattern: &str) -> Result<MatchKind, PatternError> {
     validate(pattern)?;
     #[derive(PartialEq)]
     enum Kind {
@@ -260,27 +280,25 @@ fn compile(pattern: &str) -> Result<MatchKind, String> {
         Kind::Suffix => MatchKind::Suffix(pattern[2..].to_string()),
         Kind::Regex => {
             re.push('$');
-            MatchKind::Regex(
-                Regex::new(&re).map_err(|e| e.to_string().lines().last().unwrap_or_default().trim().to_string())?,
-            )
+            MatchKind::Regex(Regex::new(&re).map_err(|source| PatternError::Regex { source })?)
         }
     })
 }
 
 /// The syntax errors Go's `filepath.Match` reports: a trailing `\`, an unclosed `[`.
-fn validate(pattern: &str) -> Result<(), String> {
+fn validate(pattern: &str) -> Result<(), PatternError> {
     let mut chars = pattern.chars();
     let mut in_class = false;
     while let Some(c) = chars.next() {
         match c {
-            '\\' if chars.next().is_none() => return Err("a trailing \\ escapes nothing".into()),
+            '\\' if chars.next().is_none() => return Err(PatternError::TrailingBackslash),
             '[' if !in_class => in_class = true,
             ']' if in_class => in_class = false,
             _ => {}
         }
     }
     if in_class {
-        return Err("unterminated [ character class".into());
+        return Err(PatternError::UnterminatedClass);
     }
     Ok(())
 }

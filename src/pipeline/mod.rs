@@ -18,7 +18,7 @@ use crate::buildpack;
 use crate::image::manifest::Platform;
 use crate::image::reference::ImageRef;
 use crate::report::Reporter;
-use crate::sandbox::{rootfs::RootfsError, Isolation, Network, SandboxError};
+use crate::sandbox::{rootfs::RootfsError, Isolation, Network, SandboxError, UsernsError};
 use crate::store::{BlobStore, StoreError};
 use crate::transport::{self, TransportError};
 
@@ -66,9 +66,27 @@ pub enum BuildError {
     BuildImage { reference: String, source: Box<RootfsError> },
     #[error("--isolation userns: the sandbox cannot be set up")]
     Sandbox { source: Box<SandboxError> },
+    #[error("--network none needs the userns sandbox, which is not available: {source}")]
+    NetworkNeedsSandbox { source: NoSandbox },
+    #[error("--isolation userns: {source}")]
+    IsolationUserns { source: NoSandbox },
     /// A usage or validation error: the message says what to change.
     #[error("{0}")]
     Invalid(String),
+}
+
+/// Why commands cannot run in the build-image sandbox (with `--isolation auto`, they then
+/// run on the host).
+#[derive(Debug, thiserror::Error)]
+pub enum NoSandbox {
+    #[error(transparent)]
+    Userns(#[from] UsernsError),
+    #[error("the build image {0} is empty (scratch)")]
+    EmptyBuildImage(String),
+    #[error("the build image {0} has no /bin/sh")]
+    NoShell(String),
+    #[error(transparent)]
+    Setup(Box<SandboxError>),
 }
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> BuildError {

@@ -32,7 +32,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 pub mod emulation;
 pub mod host_tree;
@@ -164,10 +164,19 @@ fn find_tool(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// Why this kernel does not let this user create a user namespace.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum UsernsError {
+    #[error("a probe in a new user namespace failed ({0})")]
+    ProbeFailed(std::process::ExitStatus),
+    #[error("the kernel refuses unprivileged user namespaces ({source})")]
+    Refused { source: Arc<io::Error> },
+}
+
 /// Whether this kernel lets this user create a user namespace with a mount namespace
 /// (cached for the process). `Err` says why not.
-pub fn userns_available() -> Result<(), String> {
-    static PROBE: OnceLock<Result<(), String>> = OnceLock::new();
+pub fn userns_available() -> Result<(), UsernsError> {
+    static PROBE: OnceLock<Result<(), UsernsError>> = OnceLock::new();
     PROBE
         .get_or_init(|| {
             let mut cmd = Command::new("/bin/true");
@@ -182,8 +191,8 @@ pub fn userns_available() -> Result<(), String> {
             }
             match cmd.status() {
                 Ok(s) if s.success() => Ok(()),
-                Ok(s) => Err(format!("a probe in a new user namespace failed ({s})")),
-                Err(e) => Err(format!("the kernel refuses unprivileged user namespaces ({e})")),
+                Ok(s) => Err(UsernsError::ProbeFailed(s)),
+                Err(e) => Err(UsernsError::Refused { source: Arc::new(e) }),
             }
         })
         .clone()
@@ -523,7 +532,7 @@ pub(crate) fn nul(p: &Path) -> SandboxError {
 
 /// What a sandboxed command needs in imgforge until it was spawned.
 pub struct SandboxGuard {
-    helper: Option<std::thread::JoinHandle<Result<(), String>>>,
+    helper: Option<std::thread::JoinHandle<Result<(), MapIdsError>>>,
     /// The child's ends of the sync pipes: closed in imgforge once the child has them.
     child_fds: Vec<OwnedFd>,
     status: Option<OwnedFd>,
@@ -571,8 +580,19 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), SandboxError> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
+/// Why the child's id maps could not be written.
+#[derive(Debug, thiserror::Error)]
+enum MapIdsError {
+    #[error("Failed to run {tool}: {source}")]
+    Spawn { tool: String, source: io::Error },
+    #[error("{tool} failed ({status}): {stderr}")]
+    Tool { tool: String, status: std::process::ExitStatus, stderr: String },
+    #[error("Failed to write /proc/{pid}/{file}: {source}")]
+    Write { pid: i32, file: &'static str, source: io::Error },
+}
+
 /// Runs in imgforge: waits for the child's pid, writes its id maps, lets it go on.
-fn map_ids(pid_r: OwnedFd, go_w: OwnedFd, ids: &IdMap) -> Result<(), String> {
+fn map_ids(pid_r: OwnedFd, go_w: OwnedFd, ids: &IdMap) -> Result<(), MapIdsError> {
     let mut pid_r = fs::File::from(pid_r);
     let mut go_w = fs::File::from(go_w);
     let mut buf = [0u8; 4];
@@ -585,8 +605,8 @@ fn map_ids(pid_r: OwnedFd, go_w: OwnedFd, ids: &IdMap) -> Result<(), String> {
     r
 }
 
-fn write_maps(pid: i32, ids: &IdMap) -> Result<(), String> {
-    let run = |tool: &str, own: u32, sub: (u32, u32)| -> Result<(), String> {
+fn write_maps(pid: i32, ids: &IdMap) -> Result<(), MapIdsError> {
+    let run = |tool: &str, own: u32, sub: (u32, u32)| -> Result<(), MapIdsError> {
         let out = Command::new(find_tool(tool).unwrap_or_else(|| PathBuf::from(tool)))
             .args([
                 pid.to_string(),
@@ -598,9 +618,13 @@ fn write_maps(pid: i32, ids: &IdMap) -> Result<(), String> {
                 sub.1.to_string(),
             ])
             .output()
-            .map_err(|e| format!("Failed to run {tool}: {e}"))?;
+            .map_err(|source| MapIdsError::Spawn { tool: tool.into(), source })?;
         if !out.status.success() {
-            return Err(format!("{tool} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim()));
+            return Err(MapIdsError::Tool {
+                tool: tool.into(),
+                status: out.status,
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            });
         }
         Ok(())
     };
@@ -610,9 +634,12 @@ fn write_maps(pid: i32, ids: &IdMap) -> Result<(), String> {
             run("newgidmap", ids.gid, g)
         }
         _ => {
-            let w = |file: &str, text: String| {
-                fs::write(format!("/proc/{pid}/{file}"), text)
-                    .map_err(|e| format!("Failed to write /proc/{pid}/{file}: {e}"))
+            let w = |file: &'static str, text: String| {
+                fs::write(format!("/proc/{pid}/{file}"), text).map_err(|source| MapIdsError::Write {
+                    pid,
+                    file,
+                    source,
+                })
             };
             w("setgroups", "deny".into())?;
             w("uid_map", format!("0 {} 1\n", ids.uid))?;

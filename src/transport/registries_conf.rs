@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::image::reference::DockerName;
+use crate::image::reference::{DockerName, NameError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistriesConfError {
@@ -34,10 +34,31 @@ pub enum RegistriesConfError {
     },
     #[error("{}: {why}", path.display())]
     Invalid { path: PathBuf, why: String },
+    #[error("{}: {source}", path.display())]
+    Location {
+        path: PathBuf,
+        #[source]
+        source: LocationError,
+    },
     #[error("CONTAINERS_REGISTRIES_CONF names {}, which does not exist: fix the variable or unset it", path.display())]
     Missing { path: PathBuf },
     #[error("pulling {reference} is blocked by the [[registry]] with prefix {prefix:?} in {}", path.display())]
     Blocked { reference: String, prefix: String, path: PathBuf },
+}
+
+/// Why a registry or mirror location is not usable.
+#[derive(Debug, thiserror::Error)]
+pub enum LocationError {
+    #[error("{0:?}: a registry location has no scheme (write host[:port][/path])")]
+    HasScheme(String),
+    #[error("{0:?} has no repository")]
+    NoRepository(String),
+    #[error("{full:?}: {source}")]
+    BadName {
+        full: String,
+        #[source]
+        source: NameError,
+    },
 }
 
 /// Which mirrors serve which references.
@@ -154,6 +175,7 @@ impl RegistriesConf {
     /// Parses and checks a file's text (`path` is for messages).
     pub fn parse(text: &str, path: &Path) -> Result<RegistriesConf, RegistriesConfError> {
         let invalid = |why: String| RegistriesConfError::Invalid { path: path.to_path_buf(), why };
+        let location = |source| RegistriesConfError::Location { path: path.to_path_buf(), source };
         let file: File =
             toml::from_str(text).map_err(|source| RegistriesConfError::Parse { path: path.to_path_buf(), source })?;
         if file.registries.is_some() {
@@ -164,8 +186,8 @@ impl RegistriesConf {
         }
         let mut registries = Vec::new();
         for mut r in file.registry {
-            r.location = normalize_location(&r.location).map_err(&invalid)?;
-            r.prefix = normalize_location(&r.prefix).map_err(&invalid)?;
+            r.location = normalize_location(&r.location).map_err(location)?;
+            r.prefix = normalize_location(&r.prefix).map_err(location)?;
             if r.prefix.is_empty() {
                 if r.location.is_empty() {
                     return Err(invalid("a [[registry]] needs a prefix or a location".into()));
@@ -186,7 +208,7 @@ impl RegistriesConf {
                 r.location = r.prefix.clone();
             }
             for m in &mut r.mirrors {
-                m.location = normalize_location(&m.location).map_err(&invalid)?;
+                m.location = normalize_location(&m.location).map_err(location)?;
                 if m.location.is_empty() {
                     return Err(invalid(format!("a mirror of {:?} has no location", r.prefix)));
                 }
@@ -269,7 +291,7 @@ impl RegistriesConf {
             });
         }
         let rest = &reference[len..];
-        let invalid = |why: String| RegistriesConfError::Invalid { path: self.path.clone().unwrap_or_default(), why };
+        let invalid = |source| RegistriesConfError::Location { path: self.path.clone().unwrap_or_default(), source };
         let mut out = Vec::new();
         for m in &reg.mirrors {
             let rule = if reg.mirror_by_digest_only {
@@ -312,10 +334,13 @@ impl RegistriesConf {
 
 /// `location + rest` as a [`DockerName`], the location's first component always the
 /// registry (no Docker defaulting of `library/`).
-fn rewrite(location: &str, rest: &str) -> Result<DockerName, String> {
+fn rewrite(location: &str, rest: &str) -> Result<DockerName, LocationError> {
     let full = format!("{location}{rest}");
-    let (registry, remainder) = full.split_once('/').ok_or_else(|| format!("{full:?} has no repository"))?;
-    let mut name = DockerName::parse(&format!("registry.invalid/{remainder}")).map_err(|e| format!("{full:?}: {e}"))?;
+    let Some((registry, remainder)) = full.split_once('/') else {
+        return Err(LocationError::NoRepository(full));
+    };
+    let mut name = DockerName::parse(&format!("registry.invalid/{remainder}"))
+        .map_err(|source| LocationError::BadName { full: full.clone(), source })?;
     name.registry = registry.to_string();
     Ok(name)
 }
@@ -338,10 +363,10 @@ fn prefix_match(reference: &str, prefix: &str) -> Option<usize> {
     rest.starts_with(['/', ':', '@']).then_some(prefix.len())
 }
 
-fn normalize_location(s: &str) -> Result<String, String> {
+fn normalize_location(s: &str) -> Result<String, LocationError> {
     let t = s.trim().trim_end_matches('/');
     if t.starts_with("http://") || t.starts_with("https://") {
-        return Err(format!("{s:?}: a registry location has no scheme (write host[:port][/path])"));
+        return Err(LocationError::HasScheme(s.to_string()));
     }
     Ok(t.to_string())
 }

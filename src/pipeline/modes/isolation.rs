@@ -8,7 +8,7 @@ use imgforge_layers::{Owner, Tree};
 
 use super::BuildContext;
 use crate::buildpack;
-use crate::pipeline::{base_facts, BuildError};
+use crate::pipeline::{base_facts, BuildError, NoSandbox};
 use crate::report::Event;
 use crate::sandbox::{Isolation, Network};
 use crate::transport::Source;
@@ -40,18 +40,16 @@ pub fn sandbox_for(
     let (opts, store, reporter, workdir) = (cx.opts, cx.store, cx.reporter, cx.workdir);
     let (base_source, base, platform) = (&cx.base.source, &cx.base.image, &cx.base.platform);
     let auto = opts.isolation == Isolation::Auto;
-    let host = |why: String| -> Result<Option<Sandbox>, BuildError> {
+    let host = |why: NoSandbox| -> Result<Option<Sandbox>, BuildError> {
         if opts.network == Network::None {
-            return Err(BuildError::Invalid(format!(
-                "--network none needs the userns sandbox, which is not available: {why}"
-            )));
+            return Err(BuildError::NetworkNeedsSandbox { source: why });
         }
         if auto {
             reporter.report(Event::Warning(format!("buildpacks run on the host: {why}")));
             reporter.report(Event::CommandsRun("on the host".into()));
             Ok(None)
         } else {
-            Err(BuildError::Invalid(format!("--isolation userns: {why}")))
+            Err(BuildError::IsolationUserns { source: why })
         }
     };
     if opts.isolation == Isolation::Host {
@@ -62,7 +60,7 @@ pub fn sandbox_for(
         return Ok(None);
     }
     if let Err(why) = userns_available() {
-        return host(why);
+        return host(why.into());
     }
     let separate;
     let (source, image, name) = match &opts.build_image {
@@ -76,12 +74,12 @@ pub fn sandbox_for(
         None => (base_source, base, opts.base_name.clone()),
     };
     if image.manifest_digest.is_none() {
-        return host(format!("the build image {name} is empty (scratch)"));
+        return host(NoSandbox::EmptyBuildImage(name));
     }
     let facts = base_facts::base_facts(source, image, store)
         .map_err(|e| BuildError::BaseFacts { reference: name.clone(), source: Arc::new(e) })?;
     if !facts.has_shell {
-        return host(format!("the build image {name} has no /bin/sh"));
+        return host(NoSandbox::NoShell(name));
     }
     let rootfs = rootfs::rootfs(source, image, store, reporter)
         .map_err(|e| BuildError::BuildImage { reference: name.clone(), source: Box::new(e) })?;
@@ -103,7 +101,7 @@ pub fn sandbox_for(
             )));
             Ok(Some(sb))
         }
-        Err(e) if auto || opts.network == Network::None => host(e.to_string()),
+        Err(e) if auto || opts.network == Network::None => host(NoSandbox::Setup(Box::new(e))),
         Err(e) => Err(BuildError::Sandbox { source: Box::new(e) }),
     }
 }

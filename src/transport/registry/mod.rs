@@ -83,6 +83,13 @@ impl Default for Limits {
     }
 }
 
+/// A limit override that is not usable.
+#[derive(Debug, thiserror::Error)]
+pub enum LimitError {
+    #[error("{name}={value:?} is not a positive number")]
+    NotPositive { name: &'static str, value: String },
+}
+
 impl Limits {
     /// The environment variables that override each limit, with what they set.
     pub const ENV: [(&'static str, &'static str); 6] = [
@@ -96,7 +103,7 @@ impl Limits {
 
     /// The defaults with the overrides `get` finds (by the names in [`Limits::ENV`]);
     /// an error names a value that is not a positive number.
-    pub fn with_overrides(get: impl Fn(&str) -> Option<String>) -> Result<Limits, String> {
+    pub fn with_overrides(get: impl Fn(&str) -> Option<String>) -> Result<Limits, LimitError> {
         let mut l = Limits::default();
         for (name, _) in Self::ENV {
             let Some(v) = get(name) else { continue };
@@ -105,7 +112,7 @@ impl Limits {
                 .parse()
                 .ok()
                 .filter(|n: &f64| n.is_finite() && *n > 0.0 && *n < 1e9)
-                .ok_or_else(|| format!("{name}={v:?} is not a positive number"))?;
+                .ok_or_else(|| LimitError::NotPositive { name, value: v.clone() })?;
             let secs = Duration::from_secs_f64(n);
             match name {
                 "IMGFORGE_REGISTRY_CONNECT_TIMEOUT" => l.connect = secs,
@@ -226,6 +233,7 @@ mod tests {
         assert_eq!(l.min_rate, 4096);
         assert_eq!(l.connect, Limits::default().connect);
         let e = Limits::with_overrides(|k| (k == "IMGFORGE_REGISTRY_ATTEMPTS").then(|| "-1".into())).unwrap_err();
+        let e = e.to_string();
         assert!(e.contains("IMGFORGE_REGISTRY_ATTEMPTS"), "{e}");
     }
 
