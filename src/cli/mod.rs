@@ -111,6 +111,13 @@ struct BuildArgs {
     /// Read K=V lines into the image environment (# comments and blank lines skipped).
     #[arg(long, value_name = "FILE")]
     env_file: Vec<PathBuf>,
+    /// A build-only variable for buildpacks (repeatable; `K` alone copies it from here): in
+    /// ENV_DIR and CNB's platform env, never in the image, the caches or the output.
+    #[arg(long = "build-env", value_name = "K=V")]
+    build_env: Vec<String>,
+    /// Read K=V lines into the build-only variables (as --env-file does for --env).
+    #[arg(long, value_name = "FILE")]
+    build_env_file: Vec<PathBuf>,
     /// The process that runs when the image runs without arguments [default: web, or the only one].
     #[arg(long, value_name = "TYPE")]
     default_process: Option<String>,
@@ -165,8 +172,8 @@ enum ArgError {
     Owner(String),
     #[error("{from}: invalid variable name {name:?}")]
     EnvName { from: String, name: String },
-    #[error("--env-file {}: {source}", path.display())]
-    EnvFile { path: PathBuf, source: std::io::Error },
+    #[error("{flag} {}: {source}", path.display())]
+    EnvFile { flag: &'static str, path: PathBuf, source: std::io::Error },
     #[error("SOURCE_DATE_EPOCH={0:?} is not a whole number of seconds since 1970")]
     SourceDateEpoch(String),
 }
@@ -229,10 +236,15 @@ fn parse_env_item(item: &str, from: &str) -> Result<Option<(String, String)>, Ar
     })
 }
 
-fn collect_env(a: &BuildArgs) -> Result<Vec<(String, String)>, ArgError> {
+/// The variables of `files` (then `items`): `flag` names the options in messages.
+fn collect_env(files: &[PathBuf], items: &[String], flag: &'static str) -> Result<Vec<(String, String)>, ArgError> {
     let mut env = Vec::new();
-    for f in &a.env_file {
-        let text = std::fs::read_to_string(f).map_err(|source| ArgError::EnvFile { path: f.clone(), source })?;
+    for f in files {
+        let text = std::fs::read_to_string(f).map_err(|source| ArgError::EnvFile {
+            flag: if flag == "--env" { "--env-file" } else { "--build-env-file" },
+            path: f.clone(),
+            source,
+        })?;
         for (i, line) in text.lines().enumerate() {
             let line = line.trim_start();
             if line.is_empty() || line.starts_with('#') {
@@ -241,8 +253,8 @@ fn collect_env(a: &BuildArgs) -> Result<Vec<(String, String)>, ArgError> {
             env.extend(parse_env_item(line, &format!("{} line {}", f.display(), i + 1))?);
         }
     }
-    for e in &a.env {
-        env.extend(parse_env_item(e, "--env")?);
+    for e in items {
+        env.extend(parse_env_item(e, flag)?);
     }
     Ok(env)
 }
@@ -373,7 +385,11 @@ pub fn main() -> ExitCode {
                 Ok(b) => b,
                 Err(e) => return usage_error(&format!("--base: {e}")),
             };
-            let env = match collect_env(&a) {
+            let env = match collect_env(&a.env_file, &a.env, "--env") {
+                Ok(e) => e,
+                Err(e) => return usage_error(&e.to_string()),
+            };
+            let build_env = match collect_env(&a.build_env_file, &a.build_env, "--build-env") {
                 Ok(e) => e,
                 Err(e) => return usage_error(&e.to_string()),
             };
@@ -401,6 +417,7 @@ pub fn main() -> ExitCode {
                     buildpacks_dir: a.buildpacks_dir.clone(),
                     stack: a.stack.clone(),
                     clear_cache: a.clear_cache,
+                    build_env,
                 },
                 registry,
                 isolation: match a.isolation.as_str() {

@@ -133,9 +133,17 @@ pub struct BuildpackOptions {
     pub stack: Option<String>,
     /// Start the buildpacks' caches empty (and reuse no earlier result).
     pub clear_cache: bool,
+    /// Build-only variables (`--build-env`): the buildpacks see them (ENV_DIR, CNB's platform
+    /// env) after the `--env` ones, but they reach neither the image nor any cache or record.
+    pub build_env: Vec<(String, String)>,
 }
 
 impl BuildOptions {
+    /// What buildpacks see as config vars: `--env`, then `--build-env` (a later one wins).
+    pub fn buildpack_vars(&self) -> Vec<(String, String)> {
+        self.env.iter().chain(&self.buildpacks.build_env).cloned().collect()
+    }
+
     fn transport(&self) -> transport::TransportOptions {
         transport::TransportOptions { cache_dir: Some(self.cache_dir.clone()), registry: self.registry.clone() }
     }

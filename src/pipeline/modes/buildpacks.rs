@@ -77,15 +77,17 @@ impl Found {
         let opts = cx.opts;
         let git = &cx.app.git;
         // Env values may be secrets: the key (kept on disk to explain misses) holds their digests.
-        let env: Vec<(&str, String)> =
-            opts.env.iter().map(|(k, v)| (k.as_str(), imgforge_layers::Sha256Hash::of(v.as_bytes()).hex())).collect();
+        let digests = |vars: &[(String, String)]| -> Vec<(String, String)> {
+            vars.iter().map(|(k, v)| (k.clone(), imgforge_layers::Sha256Hash::of(v.as_bytes()).hex())).collect()
+        };
         Ok(json!({
             "buildpacks": keys,
             "selection": match self.plan.selection {
                 Selection::All => "all",
                 Selection::FirstThatDetects => "first",
             },
-            "env": env,
+            "env": digests(&opts.env),
+            "build_env": digests(&opts.buildpacks.build_env),
             "git": [git.source, git.revision],
             "isolation": format!("{:?}", opts.isolation),
             "build_image": opts.build_image.as_ref().map(ToString::to_string),

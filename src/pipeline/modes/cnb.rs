@@ -190,11 +190,12 @@ fn cnb_layers(
                 .map_err(|e| cnb_err("Buildpack build failed", CnbError::Sandbox(Box::new(e))))?
         }
     };
+    let vars = opts.buildpack_vars();
     let p = Platform {
         app: &app,
         workdir,
         work: &cnb_work,
-        env: &opts.env,
+        env: &vars,
         previous: &previous,
         cache: (!options.clear_cache).then_some(cache.as_path()),
         os: &platform.os,

@@ -94,7 +94,7 @@ impl BuildMode for Heroku {
         }
         cx.reporter.report(Event::Step("Running buildpacks"));
         let env = buildpack::HerokuEnv {
-            config_vars: opts.env.clone(),
+            config_vars: opts.buildpack_vars(),
             stack: stack.to_string(),
             source_version: cx.app.git.revision.clone(),
         };
