@@ -3,14 +3,16 @@
 //! are fetched only when the destination lacks them.
 
 use std::io::Read;
-use std::path::PathBuf;
 
 use imgforge_layers::Digest;
 
 use crate::image::manifest::{media, Descriptor, Platform};
 use crate::image::reference::{DockerName, ImageRef};
 use crate::report::{Event, Reporter};
-use crate::transport::{self, Blobs, NewImage, NewIndex, ResolvedImage, Source, TransportError, TransportOptions};
+use crate::store::BlobStore;
+use crate::transport::{
+    self, Blobs, LocalBlob, NewImage, NewIndex, ResolvedImage, Source, TransportError, TransportOptions,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CopyError {
@@ -30,15 +32,21 @@ pub enum CopyError {
     Invalid(String),
 }
 
-struct SourceBlobs<'a>(&'a Source);
+/// The source's blobs; those a registry source pulled are in the store.
+struct SourceBlobs<'a>(&'a Source, Option<BlobStore>);
 
 impl Blobs for SourceBlobs<'_> {
     fn open(&self, d: &Descriptor) -> Result<Box<dyn Read + Send + '_>, TransportError> {
         self.0.open_verified(d)
     }
 
-    fn local_path(&self, d: &Digest) -> Option<PathBuf> {
-        self.0.local_path(d)
+    fn local_file(&self, d: &Descriptor) -> Result<Option<LocalBlob<'_>>, TransportError> {
+        if let Some(store) = &self.1 {
+            if let Some((f, id)) = store.local_file(&d.digest, d.size)? {
+                return Ok(Some(LocalBlob::new(f, id, store.verified())));
+            }
+        }
+        self.0.local_file(d)
     }
 
     fn mount_source(&self, d: &Digest) -> Option<DockerName> {
@@ -96,7 +104,8 @@ pub fn copy(
                 source.prefetch(&layers, reporter).map_err(src_err)?;
             }
             reporter.report(Event::Step(&format!("Writing {dest}")));
-            let s = transport::write_index(dest, &new, &SourceBlobs(&source), opts, reporter).map_err(dest_err)?;
+            let s = transport::write_index(dest, &new, &source_blobs(&source, opts).map_err(src_err)?, opts, reporter)
+                .map_err(dest_err)?;
             report_written(dest, &s, reporter);
             return Ok(new.digest);
         }
@@ -112,9 +121,19 @@ pub fn copy(
         source.prefetch(&image.layers, reporter).map_err(src_err)?;
     }
     reporter.report(Event::Step(&format!("Writing {dest}")));
-    let s = transport::write(dest, &image, &SourceBlobs(&source), opts, reporter).map_err(dest_err)?;
+    let s = transport::write(dest, &image, &source_blobs(&source, opts).map_err(src_err)?, opts, reporter)
+        .map_err(dest_err)?;
     report_written(dest, &s, reporter);
     Ok(image.manifest_digest)
+}
+
+/// The source's blobs, with the store a registry source pulls into.
+fn source_blobs<'a>(source: &'a Source, opts: &TransportOptions) -> Result<SourceBlobs<'a>, TransportError> {
+    let store = match (source, &opts.cache_dir) {
+        (Source::Registry(_), Some(dir)) => Some(BlobStore::open(dir)?),
+        _ => None,
+    };
+    Ok(SourceBlobs(source, store))
 }
 
 fn report_written(dest: &ImageRef, s: &transport::WriteSummary, reporter: &dyn Reporter) {

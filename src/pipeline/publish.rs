@@ -2,7 +2,6 @@
 //! from the base's source (fetched only for destinations that need their bytes).
 
 use std::io::Read;
-use std::path::PathBuf;
 
 use imgforge_layers::Digest;
 
@@ -60,11 +59,11 @@ impl Blobs for BuildBlobs<'_> {
         self.source.open_verified(d)
     }
 
-    fn local_path(&self, d: &Digest) -> Option<PathBuf> {
-        if self.store.contains(d) {
-            return Some(self.store.blob_path(d));
+    fn local_file(&self, d: &Descriptor) -> Result<Option<transport::LocalBlob<'_>>, TransportError> {
+        match self.store.local_file(&d.digest, d.size)? {
+            Some((f, id)) => Ok(Some(transport::LocalBlob::new(f, id, self.store.verified()))),
+            None => self.source.local_file(d),
         }
-        self.source.local_path(d)
     }
 
     fn mount_source(&self, d: &Digest) -> Option<crate::image::reference::DockerName> {

@@ -52,3 +52,8 @@ pub const STEPS: Bucket = Bucket("steps-v1");
 /// `<registry, ':' as '+'>/<digest hex>` lists the repositories holding the blob, one a line,
 /// oldest first. Only a hint for cross-repository mounts.
 pub const BLOB_LOCATIONS: Bucket = Bucket("blob-locations-v1");
+
+/// Local files found to hold a blob (`store::VerifyCache`): `<digest hex>`, one line per
+/// file identity (`dev ino size mtime_ns ctime_ns`) whose bytes hashed to that digest, so
+/// a layout's blob is read once, not at every build that hard-links it.
+pub const VERIFIED: Bucket = Bucket("verified-v1");

@@ -22,7 +22,7 @@ pub mod stat_cache;
 pub mod swap;
 pub mod trash;
 mod verify;
-pub use verify::VerifiedReader;
+pub use verify::{FileId, VerifiedReader, VerifyCache};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -49,6 +49,7 @@ pub struct BlobStore {
     root: PathBuf,
     blobs: PathBuf,
     tmp: PathBuf,
+    verified: VerifyCache,
 }
 
 /// A blob being written: a temp file in the store that becomes `blobs/sha256/<digest>` on commit.
@@ -68,7 +69,7 @@ impl BlobStore {
         for d in [&blobs, &tmp] {
             fs::create_dir_all(d).map_err(io_err(d))?;
         }
-        Ok(BlobStore { root: root.to_path_buf(), blobs, tmp })
+        Ok(BlobStore { root: root.to_path_buf(), blobs, tmp, verified: VerifyCache::new(Some(root)) })
     }
 
     pub fn root(&self) -> &Path {
@@ -126,8 +127,12 @@ impl BlobStore {
             return Ok(dest);
         }
         set_read_only(pending.file.as_file());
-        pending.file.persist(&dest).map_err(|e| StoreError::Io { path: dest.clone(), source: e.error })?;
+        let f = pending.file.persist(&dest).map_err(|e| StoreError::Io { path: dest.clone(), source: e.error })?;
         sync_dir(&self.blobs).map_err(io_err(&self.blobs))?;
+        // Hashed as it was written: no need to read it again to hard-link it.
+        if let Ok(m) = f.metadata() {
+            self.verified.remember(FileId::of(&m), digest);
+        }
         Ok(dest)
     }
 
@@ -172,14 +177,32 @@ impl BlobStore {
     /// Opens a blob for reading; the reader fails at EOF if the bytes do not match.
     pub fn open_blob(&self, digest: &Digest, size: Option<u64>) -> Result<VerifiedReader<File>, StoreError> {
         let path = self.blob_path(digest);
-        let f = File::open(&path).map_err(io_err(&path))?;
+        let f = open_regular_beneath(&self.blobs, &[&digest.hex()]).map_err(io_err(&path))?;
         Ok(VerifiedReader::new(f, *digest, size, path.display().to_string()))
+    }
+
+    /// The store's file of a blob, opened without following links and verified (once per
+    /// file identity, see [`VerifyCache`]), to hard-link into a destination; `None` if absent.
+    pub fn local_file(&self, digest: &Digest, size: u64) -> Result<Option<(File, FileId)>, StoreError> {
+        let path = self.blob_path(digest);
+        let mut f = match open_regular_beneath(&self.blobs, &[&digest.hex()]) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(StoreError::Io { path, source: e }),
+        };
+        let id = self.verified.check(&mut f, digest, size, &path.display().to_string()).map_err(io_err(&path))?;
+        Ok(Some((f, id)))
+    }
+
+    /// The store's record of verified files, for other local files (a layout's blobs).
+    pub fn verified(&self) -> &VerifyCache {
+        &self.verified
     }
 
     /// Reads a whole small blob, verified, refusing more than `max` bytes.
     pub fn read_small(&self, digest: &Digest, max: u64) -> Result<Vec<u8>, StoreError> {
         let path = self.blob_path(digest);
-        let f = File::open(&path).map_err(io_err(&path))?;
+        let f = open_regular_beneath(&self.blobs, &[&digest.hex()]).map_err(io_err(&path))?;
         let mut buf = Vec::new();
         HashingReader::new(f).take(max + 1).read_to_end(&mut buf).map_err(io_err(&path))?;
         let actual = Digest::of(&buf);
@@ -208,6 +231,58 @@ impl PendingBlob {
 fn set_read_only(f: &File) {
     use std::os::unix::fs::PermissionsExt;
     let _ = f.set_permissions(fs::Permissions::from_mode(0o444));
+}
+
+/// Opens the regular file `dir/<components joined by />` for reading without following a
+/// symbolic link at any component below `dir` (`dir` itself, named by the user, may be
+/// one), and without blocking on a FIFO. A symlink, FIFO, device or directory is refused
+/// with an error saying which path is what: local layouts and caches are not trusted to
+/// point only where they should.
+pub fn open_regular_beneath(dir: &Path, components: &[&str]) -> io::Result<File> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    use std::os::unix::ffi::OsStrExt;
+    let mut cur = File::open(dir)?;
+    let mut at = dir.to_path_buf();
+    for (i, c) in components.iter().enumerate() {
+        at.push(c);
+        let last = i + 1 == components.len();
+        let kind = if last { libc::O_NONBLOCK | libc::O_NOCTTY } else { libc::O_DIRECTORY };
+        let name = std::ffi::CString::new(std::ffi::OsStr::new(c).as_bytes())?;
+        // SAFETY: a valid directory descriptor and a NUL-terminated name that outlive the call.
+        let fd = unsafe {
+            libc::openat(cur.as_raw_fd(), name.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW | kind)
+        };
+        if fd < 0 {
+            let e = io::Error::last_os_error();
+            return Err(match e.raw_os_error() {
+                Some(libc::ELOOP | libc::ENOTDIR) => not_regular(&at, last),
+                _ => io::Error::new(e.kind(), format!("{}: {e}", at.display())),
+            });
+        }
+        // SAFETY: `fd` was just opened and is owned by nothing else.
+        cur = unsafe { File::from_raw_fd(fd) };
+    }
+    if !cur.metadata()?.is_file() {
+        return Err(not_regular(&at, true));
+    }
+    // SAFETY: fcntl on a descriptor we own; clears O_NONBLOCK (meaningless on regular files).
+    unsafe { libc::fcntl(cur.as_raw_fd(), libc::F_SETFL, 0) };
+    Ok(cur)
+}
+
+fn not_regular(path: &Path, last: bool) -> io::Error {
+    let kind = match fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => "a symbolic link",
+        Ok(m) if m.is_dir() => "a directory",
+        Ok(m) if m.is_file() => "a regular file",
+        Ok(_) => "a special file (FIFO, socket or device)",
+        Err(_) => "not readable",
+    };
+    let want = if last { "a regular file" } else { "a directory" };
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("{} is {kind}, not {want}: refusing to follow or read it", path.display()),
+    )
 }
 
 /// fsync a directory so a rename in it survives a crash.
@@ -338,5 +413,39 @@ mod tests {
         });
         let store = BlobStore::open(dir.path()).unwrap();
         assert_eq!(store.read_small(&want, 2 << 20).unwrap(), data);
+    }
+}
+
+#[cfg(test)]
+mod open_tests {
+    use super::*;
+
+    #[test]
+    fn only_regular_files_are_opened_and_no_link_is_followed() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("root");
+        fs::create_dir_all(root.join("blobs")).unwrap();
+        fs::write(d.path().join("secret"), "s").unwrap();
+        fs::write(root.join("blobs/ok"), "x").unwrap();
+        std::os::unix::fs::symlink(d.path().join("secret"), root.join("blobs/link")).unwrap();
+        std::os::unix::fs::symlink(root.join("blobs"), root.join("dirlink")).unwrap();
+        fs::create_dir(root.join("blobs/dir")).unwrap();
+        let fifo = std::ffi::CString::new(root.join("blobs/fifo").as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+        let mut s = String::new();
+        open_regular_beneath(&root, &["blobs", "ok"]).unwrap().read_to_string(&mut s).unwrap();
+        assert_eq!(s, "x");
+        for (path, says) in [
+            (&["blobs", "link"][..], "blobs/link is a symbolic link, not a regular file"),
+            (&["dirlink", "ok"][..], "dirlink is a symbolic link, not a directory"),
+            (&["blobs", "dir"][..], "blobs/dir is a directory, not a regular file"),
+            (&["blobs", "fifo"][..], "blobs/fifo is a special file"),
+        ] {
+            let err = open_regular_beneath(&root, path).unwrap_err();
+            assert!(err.to_string().contains(says), "{path:?}: {err}");
+        }
+        let err = open_regular_beneath(&root, &["blobs", "missing"]).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::NotFound);
     }
 }

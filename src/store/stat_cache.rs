@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{write_hint, BlobStore, StoreError};
 
-const RACY_NS: i128 = 2_000_000_000;
+pub(crate) const RACY_NS: i128 = 2_000_000_000;
 const HASH_THREADS: usize = 4;
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]

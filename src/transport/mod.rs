@@ -15,7 +15,7 @@ use crate::image::manifest::{
     self, parse_config, parse_document, Descriptor, Document, FormatError, ImageConfig, Platform,
 };
 use crate::image::reference::ImageRef;
-use crate::store::{StoreError, VerifiedReader};
+use crate::store::{FileId, StoreError, VerifiedReader, VerifyCache};
 
 mod docker_archive;
 mod layout;
@@ -199,11 +199,38 @@ impl NewIndex {
 pub trait Blobs: Sync {
     /// Raw blob bytes, verified against the descriptor as they are read.
     fn open(&self, d: &Descriptor) -> Result<Box<dyn Read + Send + '_>, TransportError>;
-    /// A local file holding exactly this blob, if there is one (to hard-link instead of copy).
-    fn local_path(&self, d: &Digest) -> Option<PathBuf>;
+    /// A local file holding exactly this blob, opened without following links and verified,
+    /// to hard-link instead of copy; `None` if there is none.
+    fn local_file(&self, d: &Descriptor) -> Result<Option<LocalBlob<'_>>, TransportError>;
     /// A repository this blob can be mounted from (the base image's, on a registry).
     fn mount_source(&self, _d: &Digest) -> Option<crate::image::reference::DockerName> {
         None
+    }
+}
+
+/// A verified local file of a blob, for a destination to hard-link.
+pub struct LocalBlob<'a> {
+    pub file: std::fs::File,
+    id: FileId,
+    verified: &'a VerifyCache,
+}
+
+impl<'a> LocalBlob<'a> {
+    pub fn new(file: std::fs::File, id: FileId, verified: &'a VerifyCache) -> LocalBlob<'a> {
+        LocalBlob { file, id, verified }
+    }
+
+    /// Whether hard-linking it is safe: a file of another user could be changed by them
+    /// under the destination's name afterwards.
+    pub fn linkable(&self) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        // SAFETY: geteuid has no preconditions.
+        self.file.metadata().is_ok_and(|m| m.uid() == unsafe { libc::geteuid() })
+    }
+
+    /// After a hard link: remembers the file's new ctime as verified too.
+    pub fn linked(&self, d: &Digest) {
+        self.verified.relinked(&self.file, self.id, d);
     }
 }
 
@@ -220,7 +247,9 @@ impl Source {
     pub fn open(r: &ImageRef, opts: &TransportOptions) -> Result<Source, TransportError> {
         Ok(match r {
             ImageRef::Scratch => Source::Scratch,
-            ImageRef::OciLayout { dir, tag } => Source::OciDir(OciDirSource::open(dir, tag.clone())?),
+            ImageRef::OciLayout { dir, tag } => {
+                Source::OciDir(OciDirSource::open(dir, tag.clone(), opts.cache_dir.as_deref())?)
+            }
             ImageRef::OciArchive { file, tag } => Source::OciArchive(OciArchiveSource::open(file, tag.clone())?),
             ImageRef::DockerArchive { file, name } => {
                 Source::DockerArchive(DockerArchiveSource::open(file, name.clone())?)
@@ -295,11 +324,12 @@ impl Source {
         Ok(Box::new(VerifiedReader::new(raw, d.digest, Some(d.size), self.describe())))
     }
 
-    pub fn local_path(&self, d: &Digest) -> Option<PathBuf> {
+    /// A verified local file of the blob (an `oci:` layout's). A registry's blobs are in
+    /// the store, which callers ask first.
+    pub fn local_file(&self, d: &Descriptor) -> Result<Option<LocalBlob<'_>>, TransportError> {
         match self {
-            Source::OciDir(s) => s.blob_path(d),
-            Source::Registry(s) => s.local_path(d),
-            _ => None,
+            Source::OciDir(s) => s.local_blob(d).map(Some),
+            _ => Ok(None),
         }
     }
 
@@ -311,13 +341,20 @@ impl Source {
         }
     }
 
-    /// Fetches, `jobs` at once, the layers a destination other than a registry will need.
+    /// Fetches, `jobs` at once, the layers a destination other than a registry will need;
+    /// verifies an `oci:` layout's (once per file, see [`VerifyCache`]), so that a tampered
+    /// layer fails the write before any destination is touched.
     pub fn prefetch(&self, layers: &[ImageLayer], reporter: &dyn Reporter) -> Result<(), TransportError> {
         match self {
             Source::Registry(s) => {
                 let d: Vec<Descriptor> = layers.iter().map(|l| l.descriptor.clone()).collect();
                 s.prefetch(&d, reporter)
             }
+            // Layers not in the layout (the build's own) are the store's.
+            Source::OciDir(s) => layers.iter().try_for_each(|l| match s.local_blob(&l.descriptor) {
+                Err(TransportError::NotFound(_)) | Ok(_) => Ok(()),
+                Err(e) => Err(e),
+            }),
             _ => Ok(()),
         }
     }

@@ -7,24 +7,27 @@ use std::path::{Path, PathBuf};
 use imgforge_layers::Digest;
 
 use super::layout::{self, LayoutRead, WriteSummary, OCI_LAYOUT_FILE, REF_NAME};
-use super::{io_error, Blobs, NewImage, NewIndex, TransportError};
+use super::{io_error, Blobs, LocalBlob, NewImage, NewIndex, TransportError};
 use crate::image::manifest::{self, Descriptor};
-use crate::store::{sync_dir, write_atomic};
+use crate::store::{open_regular_beneath, sync_dir, write_atomic, VerifyCache};
 
 pub struct OciDirSource {
     dir: PathBuf,
     tag: Option<String>,
+    verified: VerifyCache,
 }
 
 impl OciDirSource {
-    pub fn open(dir: &Path, tag: Option<String>) -> Result<OciDirSource, TransportError> {
-        if !dir.join("index.json").is_file() {
+    /// The layout at `dir`; blobs it lends for hard links are remembered as verified in the
+    /// cache at `cache_root`.
+    pub fn open(dir: &Path, tag: Option<String>, cache_root: Option<&Path>) -> Result<OciDirSource, TransportError> {
+        if fs::symlink_metadata(dir.join("index.json")).is_err() {
             return Err(TransportError::NotFound(format!(
                 "oci:{}: not an OCI image layout (no index.json there)",
                 dir.display()
             )));
         }
-        Ok(OciDirSource { dir: dir.to_path_buf(), tag })
+        Ok(OciDirSource { dir: dir.to_path_buf(), tag, verified: VerifyCache::new(cache_root) })
     }
 
     pub fn dir(&self) -> &Path {
@@ -35,26 +38,35 @@ impl OciDirSource {
         self.tag.as_deref()
     }
 
-    pub fn blob_path(&self, d: &Digest) -> Option<PathBuf> {
-        let p = self.dir.join("blobs/sha256").join(d.hex());
-        p.is_file().then_some(p)
+    /// A blob's file, opened without following a link anywhere below the layout's directory
+    /// and refused unless it is a regular file.
+    fn open_file(&self, d: &Digest) -> Result<File, TransportError> {
+        open_regular_beneath(&self.dir, &["blobs", "sha256", &d.hex()]).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => {
+                TransportError::NotFound(format!("oci:{}: blob {d} is missing", self.dir.display()))
+            }
+            _ => TransportError::Io { what: format!("oci:{}: blob {d}", self.dir.display()), source: e },
+        })
+    }
+
+    /// A blob's file, verified against its descriptor (read once per file identity).
+    pub fn local_blob(&self, d: &Descriptor) -> Result<LocalBlob<'_>, TransportError> {
+        let mut f = self.open_file(&d.digest)?;
+        let what = format!("oci:{}", self.dir.display());
+        let id = self.verified.check(&mut f, &d.digest, d.size, "the layout").map_err(io_error(what))?;
+        Ok(LocalBlob::new(f, id, &self.verified))
     }
 }
 
 impl LayoutRead for OciDirSource {
     fn read_index(&self) -> Result<Vec<u8>, TransportError> {
-        read_capped(&self.dir.join("index.json"), manifest::MAX_MANIFEST_BYTES)
+        let what = format!("oci:{}: index.json", self.dir.display());
+        let f = open_regular_beneath(&self.dir, &["index.json"]).map_err(io_error(&what))?;
+        read_capped(f, &what, manifest::MAX_MANIFEST_BYTES)
     }
 
     fn open_blob(&self, d: &Digest) -> Result<Box<dyn Read + Send + '_>, TransportError> {
-        let p = self.dir.join("blobs/sha256").join(d.hex());
-        let f = File::open(&p).map_err(|e| match e.kind() {
-            io::ErrorKind::NotFound => {
-                TransportError::NotFound(format!("oci:{}: blob {d} is missing", self.dir.display()))
-            }
-            _ => TransportError::Io { what: p.display().to_string(), source: e },
-        })?;
-        Ok(Box::new(f))
+        Ok(Box::new(self.open_file(d)?))
     }
 
     fn describe(&self) -> String {
@@ -62,11 +74,9 @@ impl LayoutRead for OciDirSource {
     }
 }
 
-fn read_capped(p: &Path, max: u64) -> Result<Vec<u8>, TransportError> {
-    let what = p.display().to_string();
-    let f = File::open(p).map_err(io_error(&what))?;
+fn read_capped(f: File, what: &str, max: u64) -> Result<Vec<u8>, TransportError> {
     let mut buf = Vec::new();
-    f.take(max + 1).read_to_end(&mut buf).map_err(io_error(&what))?;
+    f.take(max + 1).read_to_end(&mut buf).map_err(io_error(what))?;
     if buf.len() as u64 > max {
         return Err(manifest::format_error(what, format!("larger than the {max}-byte limit")).into());
     }
@@ -151,11 +161,9 @@ fn set_tag(dir: &Path, tag: &str, desc: Descriptor) -> Result<(), TransportError
     let _lock = lock_dir(dir)?;
     let index_path = dir.join("index.json");
     let mut manifests = if index_path.exists() {
-        layout::parse_index(
-            &read_capped(&index_path, manifest::MAX_MANIFEST_BYTES)?,
-            &index_path.display().to_string(),
-        )?
-        .manifests
+        let what = index_path.display().to_string();
+        let f = File::open(&index_path).map_err(io_error(&what))?;
+        layout::parse_index(&read_capped(f, &what, manifest::MAX_MANIFEST_BYTES)?, &what)?.manifests
     } else {
         Vec::new()
     };
@@ -177,9 +185,11 @@ fn put_blob(
         summary.blobs_present += 1;
         return Ok(());
     }
-    if let Some(src) = blobs.local_path(&d.digest) {
-        match fs::hard_link(&src, &dest) {
+    if let Some(local) = blobs.local_file(d)?.filter(LocalBlob::linkable) {
+        // The very file that was verified, by its descriptor: a path could be swapped meanwhile.
+        match link_fd(&local.file, &dest) {
             Ok(()) => {
+                local.linked(&d.digest);
                 sync_dir(blob_dir).map_err(io_error(blob_dir.display()))?;
                 summary.blobs_linked += 1;
                 return Ok(());
@@ -188,7 +198,7 @@ fn put_blob(
                 summary.blobs_present += 1;
                 return Ok(());
             }
-            Err(_) => {} // another filesystem, or not allowed: copy instead
+            Err(_) => {} // another filesystem, no /proc, or not allowed: copy instead
         }
     }
     let mut tmp =
@@ -205,4 +215,20 @@ fn put_blob(
     summary.blobs_written += 1;
     summary.bytes_written += n;
     Ok(())
+}
+
+/// Hard-links the open file `f` at `dest` (through `/proc/self/fd`, which any user may do).
+fn link_fd(f: &File, dest: &Path) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    let src = std::ffi::CString::new(format!("/proc/self/fd/{}", f.as_raw_fd()))?;
+    let dst = std::ffi::CString::new(dest.as_os_str().as_bytes())?;
+    // SAFETY: two valid NUL-terminated paths that outlive the call.
+    let r =
+        unsafe { libc::linkat(libc::AT_FDCWD, src.as_ptr(), libc::AT_FDCWD, dst.as_ptr(), libc::AT_SYMLINK_FOLLOW) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }

@@ -3,7 +3,9 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{BufReader, Read, Seek, SeekFrom};
+use std::io::{self, BufReader, Read};
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
 
 use imgforge_layers::{EntryType, LayerReader, Limits};
 use std::path::{Path, PathBuf};
@@ -14,6 +16,9 @@ const MAX_ENTRIES: usize = 1_000_000;
 
 pub struct TarIndex {
     path: PathBuf,
+    /// The archive as it was indexed: entries are read from this open file, never by
+    /// opening the path again (which may have been replaced since).
+    file: Arc<File>,
     entries: HashMap<String, (u64, u64)>,
 }
 
@@ -22,8 +27,8 @@ impl TarIndex {
     /// lengths, size disagreements and truncation refused), never the lenient one.
     pub fn open(path: &Path) -> Result<TarIndex, TransportError> {
         let what = path.display().to_string();
-        let file = File::open(path).map_err(io_error(&what))?;
-        let mut reader = LayerReader::new(BufReader::new(file), Limits::default());
+        let file = Arc::new(File::open(path).map_err(io_error(&what))?);
+        let mut reader = LayerReader::new(BufReader::new(&*file), Limits::default());
         let mut entries = HashMap::new();
         loop {
             let entry = match reader.next_entry() {
@@ -46,7 +51,8 @@ impl TarIndex {
                 )));
             }
         }
-        Ok(TarIndex { path: path.to_path_buf(), entries })
+        drop(reader);
+        Ok(TarIndex { path: path.to_path_buf(), file, entries })
     }
 
     pub fn path(&self) -> &Path {
@@ -61,10 +67,7 @@ impl TarIndex {
         let (offset, size) = *self.entries.get(name).ok_or_else(|| {
             TransportError::NotFound(format!("{}: no file {name:?} in the archive", self.path.display()))
         })?;
-        let what = format!("{}: {name}", self.path.display());
-        let mut f = File::open(&self.path).map_err(io_error(&what))?;
-        f.seek(SeekFrom::Start(offset)).map_err(io_error(&what))?;
-        Ok(Box::new(f.take(size)))
+        Ok(Box::new(EntryReader { file: self.file.clone(), pos: offset, end: offset + size }))
     }
 
     pub fn read_small(&self, name: &str, max: u64) -> Result<Vec<u8>, TransportError> {
@@ -80,5 +83,30 @@ impl TarIndex {
         let mut buf = Vec::with_capacity(size as usize);
         self.open_file(name)?.read_to_end(&mut buf).map_err(io_error(format!("{}: {name}", self.path.display())))?;
         Ok(buf)
+    }
+}
+
+/// One entry's bytes, read by position from the shared archive file.
+struct EntryReader {
+    file: Arc<File>,
+    pos: u64,
+    end: u64,
+}
+
+impl Read for EntryReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let want = buf.len().min((self.end - self.pos) as usize);
+        if want == 0 {
+            return Ok(0);
+        }
+        let n = self.file.read_at(&mut buf[..want], self.pos)?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the archive is shorter than when it was indexed",
+            ));
+        }
+        self.pos += n as u64;
+        Ok(n)
     }
 }
