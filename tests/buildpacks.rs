@@ -738,3 +738,98 @@ fn node_sample_installs_vendored_dependencies_and_serves_http_on_debian() {
     let ((d3, _), _) = b("v2");
     assert_eq!(d2, d3, "a no-op rebuild gives the same image");
 }
+
+/// A buildpack whose compile prints what would retitle the window (OSC 0/2), write the
+/// clipboard (OSC 52), move the cursor, erase, overwrite a line (`\r`), back up, ring the
+/// bell, open a C1 CSI, and a colour. Returns (buildpack, app).
+fn hostile_printer(t: &TestDir) -> (PathBuf, PathBuf) {
+    let bp = t.join("buildpacks/hostile");
+    fs::create_dir_all(bp.join("bin")).unwrap();
+    let scripts = [
+        ("detect", "#!/bin/sh\necho Hostile\n"),
+        (
+            "compile",
+            concat!(
+                "#!/bin/sh\n",
+                "printf 'osc0 \\033]0;pwned-title\\007 osc2 \\033]2;pwned2\\033\\\\ end\\n'\n",
+                "printf 'clip \\033]52;c;cm0gLXJmIH4=\\007 end\\n'\n",
+                "printf 'move \\033[2A\\033[10;1H erase \\033[2K\\033[J end\\n'\n",
+                "printf 'fake\\rimgforge: all good\\n'\n",
+                "printf 'back\\010\\010\\010 bell\\007 c1 \\302\\23331m end\\n'\n",
+                "printf 'bad utf8 \\377\\376 end\\n'\n",
+                "printf '\\033[1;32mgreen-text\\033[0m\\n'\n",
+            ),
+        ),
+    ];
+    for (name, body) in scripts {
+        let p = bp.join("bin").join(name);
+        fs::write(&p, body).unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    share(&bp);
+    let app = write_app(t, "app", &[("Procfile", APP_PROCFILE), ("hello.txt", "hi\n")]);
+    (bp, app)
+}
+
+#[test]
+fn buildpack_output_cannot_drive_the_terminal() {
+    let t = TestDir::new();
+    let (bp, app) = hostile_printer(&t);
+    let base = t.busybox_copy();
+    let mut c = build_cmd(&t, &app, &base);
+    with_buildpacks(&mut c, &[&bp]).arg("-t").arg(out_ref(&t, "plain"));
+    let out = run(&mut c);
+    assert!(out.status.success(), "{}", report(&c, &out));
+    // Plain output (a pipe, as in CI): no control character at all but newlines.
+    let raw = &out.stderr;
+    for (b, what) in [(0x1bu8, "ESC"), (b'\r', "CR"), (0x07, "BEL"), (0x08, "BS"), (0x9b, "C1 CSI (UTF-8 c2 9b)")] {
+        assert!(!raw.contains(&b), "raw {what} on stderr\n{}", report(&c, &out));
+    }
+    let err = stderr_str(&out);
+    for shown in [
+        "osc0 \\x1b]0;pwned-title\\x07 osc2 \\x1b]2;pwned2\\x1b\\ end",
+        "clip \\x1b]52;c;cm0gLXJmIH4=\\x07 end",
+        "move \\x1b[2A\\x1b[10;1H erase \\x1b[2K\\x1b[J end",
+        "fake\\rimgforge: all good",
+        "back\\x08\\x08\\x08 bell\\x07 c1 \\u{9b}31m end",
+        "bad utf8 \u{fffd}\u{fffd} end",
+        "\\x1b[1;32mgreen-text\\x1b[0m",
+    ] {
+        assert_has(&err, shown, "plain output shows the sequence escaped");
+    }
+
+    // On a terminal (a pseudo-terminal made by python3's pty): colours pass, nothing else.
+    new_revision(&app, "2");
+    let harness = concat!(
+        "import os, pty, sys\n",
+        "pid, fd = pty.fork()\n",
+        "if pid == 0:\n    os.execv(sys.argv[1], sys.argv[1:])\n",
+        "out = b''\n",
+        "while True:\n",
+        "    try:\n        d = os.read(fd, 65536)\n",
+        "    except OSError:\n        break\n",
+        "    if not d:\n        break\n",
+        "    out += d\n",
+        "_, st = os.waitpid(pid, 0)\n",
+        "sys.stdout.buffer.write(out)\n",
+        "sys.exit(os.waitstatus_to_exitcode(st))\n",
+    );
+    let mut tty = Command::new("python3");
+    tty.arg("-c").arg(harness).arg(c.get_program()).args(c.get_args());
+    tty.arg("-t").arg(out_ref(&t, "tty"));
+    for (k, v) in c.get_envs() {
+        match v {
+            Some(v) => tty.env(k, v),
+            None => tty.env_remove(k),
+        };
+    }
+    let out = run(&mut tty);
+    assert!(out.status.success(), "{}", report(&tty, &out));
+    let screen = &out.stdout;
+    let has = |needle: &[u8]| screen.windows(needle.len()).any(|w| w == needle);
+    for raw in [&b"\x1b]"[..], b"\x1b[10;1H", b"\x1b[J", b"\x07", b"\x08", b"\xc2\x9b", b"fake\rimgforge"] {
+        assert!(!has(raw), "raw {:?} reached the terminal\n{}", String::from_utf8_lossy(raw), report(&tty, &out));
+    }
+    assert!(has(b"\x1b[1;32mgreen-text\x1b[0m"), "colours are kept on a terminal\n{}", report(&tty, &out));
+    assert!(has(b"\\x1b]52;c;cm0gLXJmIH4=\\x07"), "{}", report(&tty, &out));
+}

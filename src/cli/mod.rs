@@ -13,6 +13,7 @@ use imgforge::sandbox::{Isolation, Network};
 use imgforge::store::default_cache_dir;
 use imgforge::transport::{RegistryOptions, TransportOptions};
 
+mod escape;
 mod render;
 
 #[derive(Parser)]
@@ -274,9 +275,10 @@ fn usage_error(msg: &str) -> ExitCode {
 }
 
 fn fail(err: &anyhow::Error) -> ExitCode {
-    eprintln!("error: {err}");
+    // Messages may quote what a buildpack, layer or registry said: no control sequence passes.
+    eprintln!("error: {}", escape::escape_controls(&err.to_string(), false));
     for cause in err.chain().skip(1) {
-        eprintln!("  caused by: {cause}");
+        eprintln!("  caused by: {}", escape::escape_controls(&cause.to_string(), false));
     }
     ExitCode::from(1)
 }

@@ -5,6 +5,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use imgforge::report::{Event, Reporter, Silent};
+
+use super::escape::escape_controls;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 pub fn for_stderr(quiet: bool, verbose: bool, tty: bool) -> Box<dyn Reporter> {
@@ -81,7 +83,7 @@ struct Plain {
 impl Reporter for Plain {
     fn report(&self, event: Event<'_>) {
         if let Some(l) = line(&event, self.verbose) {
-            eprintln!("imgforge: {l}");
+            eprintln!("imgforge: {}", escape_controls(&l, false));
         }
     }
 }
@@ -143,6 +145,7 @@ impl Reporter for Terminal {
             return;
         }
         if let Some(l) = line(&event, self.verbose) {
+            let l = escape_controls(&l, true).into_owned();
             if let Event::LayerDone { .. } = event {
                 if let Some(b) = bar.take() {
                     b.finish_and_clear();
