@@ -833,3 +833,22 @@ fn buildpack_output_cannot_drive_the_terminal() {
     assert!(has(b"\x1b[1;32mgreen-text\x1b[0m"), "colours are kept on a terminal\n{}", report(&tty, &out));
     assert!(has(b"\\x1b]52;c;cm0gLXJmIH4=\\x07"), "{}", report(&tty, &out));
 }
+
+#[test]
+fn a_release_process_type_no_file_system_can_hold_fails_the_build() {
+    let t = TestDir::new();
+    let bp = buildpack(&t, "releaser");
+    let long = "p".repeat(300);
+    let release = format!("#!/bin/sh\nprintf 'default_process_types:\\n  {long}: echo hi\\n'\n");
+    fs::write(bp.join("bin/release"), release).unwrap();
+    let app = write_app(&t, "app", &[("hello.txt", "hi\n")]);
+    let out_dir = t.join("out");
+    let mut c = build_cmd(&t, &app, &t.busybox_copy());
+    with_buildpacks(&mut c, &[&bp]).arg("-t").arg(out_ref(&t, "x"));
+    let out = build_fails(&mut c);
+    let err = stderr_str(&out);
+    for needed in ["releaser", "default_process_types", "(300 bytes)", "names are 1 to 63"] {
+        assert_has(&err, needed, "the error names the buildpack, the source and the rule");
+    }
+    assert!(!out_dir.join("index.json").exists(), "an image was written\n{}", report(&c, &out));
+}

@@ -7,16 +7,12 @@ use yaml_rust2::parser::{Event, EventReceiver, Parser};
 use yaml_rust2::{Yaml, YamlLoader};
 
 use super::valid_var_name;
+use crate::pipeline::procfile::check_process_type;
 
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(crate) struct Release {
     pub default_process_types: BTreeMap<String, String>,
     pub config_vars: BTreeMap<String, String>,
-}
-
-/// Process type names: `[A-Za-z0-9_-]+`.
-pub(crate) fn valid_process_type(name: &str) -> bool {
-    !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 struct AliasCounter(usize);
@@ -40,7 +36,8 @@ pub enum ReleaseError {
     Documents(usize),
     #[error("expected a mapping at the top, got {0}")]
     TopLevel(&'static str),
-    #[error("process type {0:?} in default_process_types: names are letters, digits, '_' and '-'")]
+    /// The name breaks the one rule for process types ([`check_process_type`]).
+    #[error("default_process_types: {0}")]
     ProcessType(String),
     #[error("config var {0:?}: names are [A-Za-z_][A-Za-z0-9_]*")]
     VarName(String),
@@ -77,9 +74,7 @@ pub(crate) fn parse(text: &str) -> Result<Release, ReleaseError> {
         match key.as_str() {
             Some("default_process_types") => {
                 for (name, command) in mapping("default_process_types", value)? {
-                    if !valid_process_type(&name) {
-                        return Err(ReleaseError::ProcessType(name));
-                    }
+                    check_process_type(&name).map_err(ReleaseError::ProcessType)?;
                     out.default_process_types.insert(name, command);
                 }
             }
@@ -179,6 +174,11 @@ mod tests {
         assert!(e.contains("invalid YAML") && e.contains("line 3"), "{e}");
         let e = parse("default_process_types:\n  \"we b\": x\n").unwrap_err().to_string();
         assert!(e.contains("\"we b\""), "{e}");
+        // The Procfile's rule, length included: a 300-byte type is no file name.
+        for bad in ["..", "-x", &"w".repeat(64), &"w".repeat(300)] {
+            let e = parse(&format!("default_process_types:\n  \"{bad}\": x\n")).unwrap_err().to_string();
+            assert!(e.contains("default_process_types") && e.contains("names are 1 to 63"), "{bad}: {e}");
+        }
         let e = parse("config_vars:\n  1A: x\n").unwrap_err().to_string();
         assert!(e.contains("\"1A\""), "{e}");
         let e = parse("default_process_types: [web]\n").unwrap_err().to_string();

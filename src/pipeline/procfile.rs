@@ -9,9 +9,30 @@ pub struct ProcfileError {
     pub why: String,
 }
 
-/// A valid process type name: safe as a file name and as a command-line word.
-pub fn valid_process_type(t: &str) -> bool {
-    !t.is_empty() && t.len() <= 63 && t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+/// The longest process type name: it becomes a file name (`/imgforge/processes/<type>`),
+/// which a file system may cap at 255 bytes, and a word users type.
+pub const MAX_PROCESS_TYPE: usize = 63;
+
+/// The one rule for process type names, whatever declares them (Procfile, a Heroku
+/// buildpack's `bin/release`, a CNB `launch.toml`): 1 to 63 of `[A-Za-z0-9_.-]`, not
+/// starting with `.` or `-`. Safe as a file name (never `.`, `..` or hidden) and as a
+/// command-line word (never an option). `Err` says what is wrong, for the caller to
+/// name the source.
+pub fn check_process_type(t: &str) -> Result<(), String> {
+    let rule = "names are 1 to 63 letters, digits, '_', '-' and '.', not starting with '.' or '-'";
+    let shown = if t.chars().count() > 80 {
+        format!("{:?}…", t.chars().take(40).collect::<String>())
+    } else {
+        format!("{t:?}")
+    };
+    if t.is_empty() || t.len() > MAX_PROCESS_TYPE {
+        return Err(format!("invalid process type {shown} ({} bytes): {rule}", t.len()));
+    }
+    let ok_char = |b: u8| b.is_ascii_alphanumeric() || b"_.-".contains(&b);
+    if !t.bytes().all(ok_char) || t.starts_with(['.', '-']) {
+        return Err(format!("invalid process type {shown}: {rule}"));
+    }
+    Ok(())
 }
 
 /// Parses a Procfile. Blank lines and `#` comments are skipped; a repeated type is an error
@@ -27,12 +48,7 @@ pub fn parse(text: &str) -> Result<BTreeMap<String, String>, ProcfileError> {
         let (t, cmd) =
             l.split_once(':').ok_or_else(|| ProcfileError { line, why: "expected `type: command`".into() })?;
         let (t, cmd) = (t.trim(), cmd.trim());
-        if !valid_process_type(t) {
-            return Err(ProcfileError {
-                line,
-                why: format!("invalid process type {t:?}: use letters, digits, _ and -"),
-            });
-        }
+        check_process_type(t).map_err(|why| ProcfileError { line, why })?;
         if cmd.is_empty() {
             return Err(ProcfileError { line, why: format!("process {t:?} has no command") });
         }
@@ -87,8 +103,24 @@ mod tests {
         assert_eq!(parse("web gunicorn").unwrap_err().line, 1);
         assert!(parse("we b: x").unwrap_err().why.contains("invalid process type"));
         assert!(parse("../x: y").is_err());
+        assert!(parse(&format!("{}: y", "a".repeat(64))).unwrap_err().why.contains("64 bytes"));
+        assert_eq!(parse("web.v2: y").unwrap()["web.v2"], "y");
         assert!(parse("web:\n").unwrap_err().why.contains("no command"));
         assert!(parse("web: a\nweb: b").unwrap_err().why.contains("twice"));
+    }
+
+    #[test]
+    fn one_rule_for_process_types() {
+        for ok in ["web", "worker_2", "a-b", "release.v1", "_x", "W", &"a".repeat(63)] {
+            assert_eq!(check_process_type(ok), Ok(()), "{ok}");
+        }
+        let long = "a".repeat(64);
+        let huge = "b".repeat(300);
+        for bad in ["", ".", "..", ".hidden", "-x", "a b", "a/b", "../x", "ünï", "a\nb", "a:b", &long, &huge] {
+            let why = check_process_type(bad).unwrap_err();
+            assert!(why.contains("names are 1 to 63"), "{bad:?}: {why}");
+            assert!(why.len() < 200, "a long name is shortened in the message: {why}");
+        }
     }
 
     #[test]

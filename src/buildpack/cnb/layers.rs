@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use super::descriptor::Api;
 use super::{io_err, read_toml, CnbError};
+use crate::pipeline::procfile::check_process_type;
 
 /// The files in a layers directory that are not layers.
 pub const LAUNCH_TOML: &str = "launch.toml";
@@ -200,9 +201,8 @@ pub fn read_output(dir: &Path, api: Api, who: &str) -> Result<Output, CnbError> 
             path: dir.join(LAUNCH_TOML),
             why: format!("{who}: process {:?} {why}", p.kind),
         };
-        if p.kind.is_empty() || !p.kind.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
-            return Err(bad("has a type that is not letters, digits, '.', '-' and '_'"));
-        }
+        check_process_type(&p.kind)
+            .map_err(|why| CnbError::File { path: dir.join(LAUNCH_TOML), why: format!("{who}: {why}") })?;
         match &p.command {
             Command::List(c) if c.is_empty() => return Err(bad("has an empty command")),
             Command::One(_) if api >= Api { major: 0, minor: 9 } => {
@@ -276,5 +276,12 @@ mod tests {
         fs::write(t.path().join(LAUNCH_TOML), "[[processes]]\ntype = \"a b\"\ncommand = [\"x\"]\n").unwrap();
         let e = read_output(t.path(), V10, "bp").unwrap_err().to_string();
         assert!(e.contains("\"a b\""), "{e}");
+        // The Procfile's rule, length included: a 300-byte type is no file name.
+        for bad in ["..", &"p".repeat(300)] {
+            fs::write(t.path().join(LAUNCH_TOML), format!("[[processes]]\ntype = \"{bad}\"\ncommand = [\"x\"]\n"))
+                .unwrap();
+            let e = read_output(t.path(), V10, "bp").unwrap_err().to_string();
+            assert!(e.contains("launch.toml") && e.contains("names are 1 to 63"), "{e}");
+        }
     }
 }
