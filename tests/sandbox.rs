@@ -378,3 +378,57 @@ fn killing_imgforge_mid_compile_leaves_no_process_of_the_sandbox_behind() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
+
+/// A work directory as a killed build leaves it in `<cache>/tmp`: a tree with mode-000
+/// directories (which a buildpack may make), beside its lock file.
+fn leftover(tmp: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let dir = tmp.join(name);
+    fs::create_dir_all(dir.join("app/locked/deeper")).unwrap();
+    fs::write(dir.join("app/locked/deeper/file"), "x").unwrap();
+    let lock = tmp.join(format!("{name}.lock"));
+    fs::write(&lock, "").unwrap();
+    (dir, lock)
+}
+
+#[test]
+fn a_later_build_removes_what_dead_builds_left_but_not_what_a_live_one_holds() {
+    use std::os::unix::fs::PermissionsExt;
+    let t = TestDir::new();
+    let mut cmd = user_imgforge(&t); // makes the user's cache dir
+    let tmp = user_cache(&t).join("tmp");
+    fs::create_dir_all(&tmp).unwrap();
+    let (dead_build, dead_build_lock) = leftover(&tmp, "build-dead01");
+    let (dead_sandbox, _) = leftover(&tmp, "sandbox-dead02");
+    let (live, live_lock) = leftover(&tmp, "build-live03");
+    if let Some(u) = test_user() {
+        run_ok(Command::new("chown").arg("-R").arg(format!("{}:{}", u.uid, u.gid)).arg(user_cache(&t)));
+    }
+    for d in [&dead_build, &dead_sandbox, &live] {
+        for sub in ["app/locked/deeper", "app/locked"] {
+            fs::set_permissions(d.join(sub), fs::Permissions::from_mode(0o000)).unwrap();
+        }
+    }
+    // A live build holds its lock (this process, for the test).
+    let held = fs::File::open(&live_lock).unwrap();
+    held.try_lock().unwrap();
+
+    let bp = probe_buildpack(&t);
+    let app = app(&t, "app", "1");
+    let out = t.user_dir("out");
+    cmd.arg("build").arg(&app).args(["--base", &t.busybox_copy(), "--isolation", "userns", "--buildpack"]).arg(&bp);
+    cmd.arg("-t").arg(format!("oci:{}:x", out.display()));
+    let o = run_ok(&mut cmd);
+    let ctx = || report(&cmd, &o);
+    // The sweep runs beside the build, which takes longer than removing a few files.
+    assert!(!dead_build.exists() && !dead_build_lock.exists(), "a dead build's directory is left\n{}", ctx());
+    assert!(!dead_sandbox.exists(), "a dead sandbox's directory is left\n{}", ctx());
+    assert!(live.join("app").exists() && live_lock.exists(), "a live build's directory was removed\n{}", ctx());
+    // And this build left nothing of its own.
+    let mut names: Vec<String> =
+        fs::read_dir(&tmp).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    assert_eq!(names, ["build-live03", "build-live03.lock"], "{}", ctx());
+    drop(held);
+    fs::set_permissions(live.join("app/locked"), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::set_permissions(live.join("app/locked/deeper"), fs::Permissions::from_mode(0o755)).unwrap();
+}

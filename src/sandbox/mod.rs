@@ -237,16 +237,14 @@ pub struct Sandbox {
     binds: Vec<Bind>,
     pub network: Network,
     pub ids: IdMap,
-    _dir: tempfile::TempDir,
+    _dir: crate::store::WorkDir,
 }
 
 impl Sandbox {
     /// A sandbox over the unpacked build image `rootfs`, with its private state in a new
     /// directory under `tmp`.
     pub fn new(rootfs: &Path, tmp: &Path, binds: Vec<Bind>, network: Network) -> Result<Sandbox, SandboxError> {
-        let dir = tempfile::Builder::new()
-            .prefix("sandbox-")
-            .tempdir_in(tmp)
+        let dir = crate::store::WorkDir::new(tmp, "sandbox-")
             .map_err(io_err(format!("Failed to make a sandbox directory in {}", tmp.display())))?;
         let mnt = dir.path().join("root");
         let upper = dir.path().join("upper");

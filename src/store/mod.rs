@@ -3,8 +3,11 @@
 //! Layout of the cache directory:
 //! ```text
 //! blobs/sha256/<hex>   blob bytes; present only once complete and verified
-//! tmp/                 temp files, same filesystem as blobs/ so rename is atomic
+//! tmp/                 temp files, same filesystem as blobs/ so rename is atomic; work
+//!                      directories of builds and sandboxes, each locked while in use
+//!                      (work_dir.rs), swept when their process is gone
 //! trash/               trees waiting to be deleted by a background thread
+//! verified-v1/<hex>    identities of local files found to hold that blob (verify.rs)
 //! lock                 shared by builds, exclusive for maintenance
 //! <bucket>-v<N>/       everything else: one versioned bucket per kind, listed in [`buckets`]
 //! ```
@@ -22,7 +25,9 @@ pub mod stat_cache;
 pub mod swap;
 pub mod trash;
 mod verify;
+pub mod work_dir;
 pub use verify::{FileId, VerifiedReader, VerifyCache};
+pub use work_dir::WorkDir;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -88,6 +93,21 @@ impl BlobStore {
 
     pub fn tmp_dir(&self) -> &Path {
         &self.tmp
+    }
+
+    /// A new private work directory in `tmp/`, held (locked) until dropped ([`work_dir`]).
+    pub fn work_dir(&self, prefix: &str) -> io::Result<WorkDir> {
+        WorkDir::new(&self.tmp, prefix)
+    }
+
+    /// Deletes, in a detached thread, what earlier builds left: the trash, and the work
+    /// directories of builds that died.
+    pub fn sweep(&self) {
+        let (trash, tmp) = (self.trash_dir(), self.tmp.clone());
+        let _ = std::thread::Builder::new().name("imgforge-sweep".into()).spawn(move || {
+            work_dir::sweep_dead(&tmp);
+            trash::sweep_now(&trash);
+        });
     }
 
     /// Where trees wait to be deleted ([`trash`]); same file system as everything else here.

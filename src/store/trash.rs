@@ -1,12 +1,13 @@
 //! Deleting big trees off the critical path: a tree to delete is renamed into the store's
 //! `trash/` (one rename, same file system) and deleted later by a background thread, which a
-//! build starts as it begins. A process that ends first leaves the rest to the next build:
-//! entries in the trash are garbage whatever state they are in.
+//! build starts as it begins ([`crate::store::BlobStore::sweep`]). A process that ends first
+//! leaves the rest to the next build: entries in the trash are garbage whatever state they
+//! are in.
 
 use std::fs;
 use std::io;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use walkdir::WalkDir;
@@ -24,15 +25,13 @@ pub fn discard(trash: &Path, path: &Path) -> io::Result<()> {
     }
 }
 
-/// Deletes everything in `trash` in a detached thread.
-pub fn sweep(trash: PathBuf) {
-    let _ = std::thread::Builder::new().name("imgforge-trash".into()).spawn(move || {
-        let Ok(listing) = fs::read_dir(&trash) else { return };
-        for entry in listing.flatten() {
-            // Another build may be sweeping the same entry: errors only mean it got there first.
-            let _ = remove_all(&entry.path());
-        }
-    });
+/// Deletes everything in `trash`.
+pub fn sweep_now(trash: &Path) {
+    let Ok(listing) = fs::read_dir(trash) else { return };
+    for entry in listing.flatten() {
+        // Another build may be sweeping the same entry: errors only mean it got there first.
+        let _ = remove_all(&entry.path());
+    }
 }
 
 /// Removes `path` and everything under it; a missing path is fine. Directories without write
@@ -53,17 +52,27 @@ pub fn remove_all(path: &Path) -> io::Result<()> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(e),
     }
-    for entry in WalkDir::new(path).follow_links(false).into_iter().flatten() {
-        // A directory entry from lstat: set_permissions cannot be redirected through a link.
-        if entry.file_type().is_dir() {
-            if let Ok(m) = entry.metadata() {
-                let _ = fs::set_permissions(entry.path(), fs::Permissions::from_mode(m.mode() & 0o7777 | 0o700));
+    // Each pass opens what the one before made searchable: a mode-000 directory inside a
+    // mode-000 directory is reached on the second. A pass that opens nothing ends it.
+    loop {
+        let mut opened = false;
+        for entry in WalkDir::new(path).follow_links(false).into_iter().flatten() {
+            // A directory entry from lstat: set_permissions cannot be redirected through a link.
+            if entry.file_type().is_dir() {
+                if let Ok(m) = entry.metadata() {
+                    if m.mode() & 0o700 != 0o700 {
+                        let fixed = fs::Permissions::from_mode(m.mode() & 0o7777 | 0o700);
+                        opened |= fs::set_permissions(entry.path(), fixed).is_ok();
+                    }
+                }
             }
         }
-    }
-    match fs::remove_dir_all(path) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
+        match fs::remove_dir_all(path) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied && opened => {}
+            Err(e) => return Err(e),
+        }
     }
 }
 
@@ -84,11 +93,7 @@ mod tests {
         assert_eq!(fs::read_dir(&trash).unwrap().count(), 1);
         discard(&trash, &d.path().join("missing")).unwrap();
 
-        sweep(trash.clone());
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while fs::read_dir(&trash).unwrap().count() > 0 {
-            assert!(std::time::Instant::now() < deadline, "trash not swept");
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
+        sweep_now(&trash);
+        assert_eq!(fs::read_dir(&trash).unwrap().count(), 0, "trash not swept");
     }
 }

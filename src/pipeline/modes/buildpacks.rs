@@ -6,9 +6,9 @@ use std::fs::File;
 use std::io;
 use std::path::Path;
 
+use crate::store::WorkDir;
 use imgforge_layers::{CompressOptions, Normalize, Owner};
 use serde_json::json;
-use tempfile::TempDir;
 
 use super::{BuildContext, PendingCommit};
 use crate::buildpack::{self, Buildpack, Plan, Selection};
@@ -22,7 +22,7 @@ use crate::store::{trash, BlobStore};
 pub struct Found {
     /// The build's scratch directory (in the cache, on the same file system as its buckets):
     /// the buildpacks' copies, the app's build copy, the new caches until committed.
-    pub work: TempDir,
+    pub work: WorkDir,
     pub plan: Plan,
     pub options: BuildpackOptions,
 }
@@ -30,10 +30,7 @@ pub struct Found {
 impl Found {
     /// Finds the buildpacks and copies them somewhere writable.
     pub fn plan(opts: &crate::pipeline::BuildOptions, store: &BlobStore) -> Result<Found, BuildError> {
-        let work = tempfile::Builder::new()
-            .prefix("build-")
-            .tempdir_in(store.tmp_dir())
-            .map_err(io_err("Failed to make a build directory in the cache"))?;
+        let work = store.work_dir("build-").map_err(io_err("Failed to make a build directory in the cache"))?;
         let bp = &opts.buildpacks;
         let plan = buildpack::plan(&bp.buildpacks, &opts.app_dir, bp.buildpacks_dir.as_deref(), work.path())
             .map_err(|e| BuildError::Buildpack { what: "Failed to find the buildpacks".into(), source: e })?;
@@ -96,9 +93,10 @@ impl Found {
     }
 }
 
-/// Real work ahead: deletes what earlier builds left in the trash beside it.
+/// Real work ahead: deletes what earlier builds left in the trash beside it, and the work
+/// directories of builds that died.
 pub fn sweep_trash(store: &BlobStore) {
-    trash::sweep(store.trash_dir());
+    store.sweep();
 }
 
 /// Identity of a buildpack source: its tree (through a stat cache) or its archive's bytes.
@@ -122,7 +120,7 @@ fn source_key(store: &BlobStore, path: &Path) -> Result<String, BuildError> {
 
 /// The scratch directory, thousands of files: moved to the trash (deleted off the critical
 /// path) once the build succeeded; deleted at once when it fails.
-pub struct DiscardWork(pub TempDir);
+pub struct DiscardWork(pub WorkDir);
 
 impl PendingCommit for DiscardWork {
     fn commit(self: Box<Self>, store: &BlobStore, _: &dyn StepCache) -> Result<(), BuildError> {
