@@ -852,3 +852,44 @@ fn a_release_process_type_no_file_system_can_hold_fails_the_build() {
     }
     assert!(!out_dir.join("index.json").exists(), "an image was written\n{}", report(&c, &out));
 }
+
+#[test]
+fn clear_cache_frees_a_huge_kept_cache_even_when_the_build_then_fails() {
+    let t = TestDir::new();
+    let bp = t.join("buildpacks/filler");
+    fs::create_dir_all(bp.join("bin")).unwrap();
+    let compile = concat!(
+        "#!/bin/sh\n",
+        "echo \"kept: $(ls \"$2\" | tr '\\n' ' ')\"\n",
+        "if [ -f \"$1/fail\" ]; then echo 'No space left on device' >&2; exit 1; fi\n",
+        "head -c 8000000 /dev/zero >\"$2/huge\"\n",
+    );
+    for (name, body) in [("detect", "#!/bin/sh\necho Filler\n"), ("compile", compile)] {
+        fs::write(bp.join("bin").join(name), body).unwrap();
+        fs::set_permissions(bp.join("bin").join(name), fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    share(&bp);
+    let app = write_app(&t, "app", &[("hello.txt", "hi\n")]);
+    let kept_bytes = || -> u64 {
+        let root = t.cache_dir().join("buildpack-cache-v1");
+        let out = run_ok(Command::new("du").args(["-s", "-b"]).arg(&root));
+        stdout_str(&out).split_whitespace().next().unwrap().parse().unwrap()
+    };
+    let b = |extra: &[&str]| {
+        let mut c = build_cmd(&t, &app, &t.busybox_copy());
+        with_buildpacks(&mut c, &[&bp]).args(extra).arg("-t").arg(out_ref(&t, "x"));
+        c
+    };
+    build(&mut b(&[]));
+    assert!(kept_bytes() > 8_000_000, "the first build keeps its cache");
+    // The disk is full because of it: the build fails. --clear-cache must free it anyway,
+    // not copy it first, and not wait for a successful build to replace it.
+    new_revision(&app, "2");
+    fs::write(app.join("fail"), "").unwrap();
+    let out = build_fails(&mut b(&["--clear-cache"]));
+    assert_has(&stderr_str(&out), "kept: \n", "the cleared build starts with an empty cache");
+    assert!(kept_bytes() < 1_000_000, "the huge cache is still there after --clear-cache: {} bytes", kept_bytes());
+    fs::remove_file(app.join("fail")).unwrap();
+    let (_, err) = build(&mut b(&[]));
+    assert_has(&err, "kept: \n", "nothing of the cleared cache comes back");
+}

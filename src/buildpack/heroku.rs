@@ -438,6 +438,15 @@ fn prepare_cache(
     let fresh = work.join(format!("cache-{n}"));
     remove_tree(&fresh)?;
     let kept = fs::symlink_metadata(&dest).is_ok_and(|m| m.is_dir());
+    if kept && clear {
+        // Deleted now, not replaced at commit: a full disk may be this cache's doing, and a
+        // build that then fails (ENOSPC) must still have freed it. Moved aside first, so a
+        // build reading it meanwhile never sees half of it.
+        let old = dest.with_file_name(format!("{name}.old-{}", unique_suffix()));
+        if fs::rename(&dest, &old).is_ok() {
+            remove_tree(&old)?;
+        }
+    }
     if kept && !clear {
         let skipped = copy_tree(&dest, &fresh, 0, Links::Verbatim)?;
         for s in skipped {
@@ -687,10 +696,11 @@ mod tests {
             .unwrap();
         assert_eq!((f.read("alpha-count").trim(), counter().as_str()), ("1", "2"));
 
-        // clear_cache starts empty, and replaces the kept one on commit only.
+        // clear_cache starts empty, and deletes the kept one at once: a build that fails
+        // (a disk full of the old cache) must still have freed it.
         f.rebuild();
         let o = f.run_with(&plan(&f), &r, &env(), true).unwrap();
-        assert_eq!((f.read("alpha-count").trim(), counter().as_str()), ("1", "2"));
+        assert_eq!((f.read("alpha-count").trim(), counter().as_str()), ("1", ""));
         o.commit_caches(&f.work().join("trash")).unwrap();
         assert_eq!(counter(), "1");
         // No leftovers next to the caches.
