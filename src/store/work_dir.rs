@@ -21,11 +21,11 @@ const LOCK_SUFFIX: &str = ".lock";
 /// handed to the trash: removed once it is this old.
 const UNLOCKED_GRACE: Duration = Duration::from_secs(3600);
 
-/// A private (0700) scratch directory, removed when dropped unless kept.
+/// A private (0700) scratch directory, removed when dropped unless kept. As small as a
+/// `tempfile::TempDir` (the lock's path is derived from the directory's).
 #[derive(Debug)]
 pub struct WorkDir {
-    path: PathBuf,
-    lock_path: PathBuf,
+    path: Box<Path>,
     lock: Option<File>,
 }
 
@@ -44,7 +44,7 @@ impl WorkDir {
             let name = lock_path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
             let path = tmp.join(name.strip_suffix(LOCK_SUFFIX).unwrap_or(name));
             match fs::DirBuilder::new().mode(0o700).create(&path) {
-                Ok(()) => return Ok(WorkDir { path, lock_path, lock: Some(lock) }),
+                Ok(()) => return Ok(WorkDir { path: path.into_boxed_path(), lock: Some(lock) }),
                 // Left by something else under this name: try another.
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                     let _ = fs::remove_file(&lock_path);
@@ -66,12 +66,18 @@ impl WorkDir {
     /// and removed, so a sweep may delete it from now on.
     pub fn keep(mut self) -> PathBuf {
         self.unlock();
-        std::mem::take(&mut self.path)
+        std::mem::replace(&mut self.path, PathBuf::new().into_boxed_path()).into_path_buf()
+    }
+
+    fn lock_path(&self) -> PathBuf {
+        let mut p = self.path.as_os_str().to_owned();
+        p.push(LOCK_SUFFIX);
+        PathBuf::from(p)
     }
 
     fn unlock(&mut self) {
         if self.lock.take().is_some() {
-            let _ = fs::remove_file(&self.lock_path);
+            let _ = fs::remove_file(self.lock_path());
         }
     }
 }
@@ -159,7 +165,7 @@ mod tests {
         // A dead build's: its lock file is there, and nobody holds it.
         let mut dead = WorkDir::new(tmp, "sandbox-").unwrap();
         fill(dead.path());
-        let (dead_path, dead_lock) = (dead.path.clone(), dead.lock_path.clone());
+        let (dead_path, dead_lock) = (dead.path.to_path_buf(), dead.lock_path());
         // As a killed process: the kernel closes its lock, and nothing is removed.
         drop(dead.lock.take());
         std::mem::forget(dead);
