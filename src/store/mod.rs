@@ -54,7 +54,8 @@ pub struct BlobStore {
     root: PathBuf,
     blobs: PathBuf,
     tmp: PathBuf,
-    verified: VerifyCache,
+    /// Boxed: a store is held inline by sources, which an enum keeps side by side.
+    verified: Box<VerifyCache>,
 }
 
 /// A blob being written: a temp file in the store that becomes `blobs/sha256/<digest>` on commit.
@@ -74,7 +75,7 @@ impl BlobStore {
         for d in [&blobs, &tmp] {
             fs::create_dir_all(d).map_err(io_err(d))?;
         }
-        Ok(BlobStore { root: root.to_path_buf(), blobs, tmp, verified: VerifyCache::new(Some(root)) })
+        Ok(BlobStore { root: root.to_path_buf(), blobs, tmp, verified: Box::new(VerifyCache::new(Some(root))) })
     }
 
     pub fn root(&self) -> &Path {
