@@ -203,7 +203,7 @@ mod tests {
         let mut f = File::open(&p).unwrap();
         let id = VerifyCache::new(Some(d.path())).check(&mut f, &digest, 11, "t").unwrap();
         // The ctime is new (set_modified changed it): remembered in memory only.
-        assert!(!d.path().join(super::buckets::VERIFIED.name()).join(digest.hex()).exists());
+        assert!(!d.path().join(crate::store::buckets::VERIFIED.name()).join(digest.hex()).exists());
         let aged = FileId { ctime_ns: id.ctime_ns - 5_000_000_000, ..id };
         VerifyCache::new(Some(d.path())).remember(aged, &digest);
         let fresh = VerifyCache::new(Some(d.path()));
