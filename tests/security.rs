@@ -138,7 +138,11 @@ struct Attack {
 /// Builds an app with [`attacking_buildpack`] on `base` under `isolation`, run under a
 /// pseudo-terminal by [`PTY_HARNESS`].
 fn attack(t: &TestDir, base: &str, isolation: &str) -> Attack {
-    let bp = attacking_buildpack(t);
+    attack_with(t, &attacking_buildpack(t), base, isolation)
+}
+
+/// Builds an app with the buildpack `bp` on `base` under `isolation`, under a pseudo-terminal.
+fn attack_with(t: &TestDir, bp: &Path, base: &str, isolation: &str) -> Attack {
     let app = t.mkdir("app");
     t.write("app/index.txt", "hi\n");
     let out = t.mkdir("out");
@@ -147,7 +151,7 @@ fn attack(t: &TestDir, base: &str, isolation: &str) -> Attack {
     let mut cmd = Command::new("python3");
     cmd.arg("-c").arg(PTY_HARNESS).arg(imgforge_bin()).arg("build").arg(&app);
     cmd.args(["--base", base, "--isolation", isolation, "--stack", &stack, "--compression", "none"]);
-    cmd.arg("--buildpack").arg(&bp).arg("-t").arg(format!("oci:{}:x", out.display()));
+    cmd.arg("--buildpack").arg(bp).arg("-t").arg(format!("oci:{}:x", out.display()));
     cmd.env("IMGFORGE_CACHE_DIR", t.cache_dir()).env("IMGFORGE_LOG", &log);
     let o = run_ok(&mut cmd);
     let terminal = String::from_utf8_lossy(&o.stdout).into_owned();
@@ -210,6 +214,48 @@ fn in_the_sandbox_a_buildpack_cannot_type_into_the_users_terminal_nor_see_a_host
     }
     assert!(!a.log.contains("attack: open /dev/pts/"), "/dev/pts is visible in the sandbox:\n{}", a.log);
     assert_no_leftovers(&a);
+}
+
+/// A Cloud Native Buildpack whose `bin/build` tries to open every terminal device by name for
+/// writing (`/dev/tty`, `/dev/console`, each `/dev/pts/*`, the user's among them), writes to
+/// what it opened, and prints what it could open.
+fn cnb_terminal_writer(t: &TestDir) -> PathBuf {
+    let bp = t.mkdir("cnb-tty");
+    t.write(
+        bp.join("buildpack.toml"),
+        "api = \"0.10\"\n[buildpack]\nid = \"imgforge-test/tty\"\nversion = \"1.0.0\"\n[[targets]]\nos = \"linux\"\n",
+    );
+    t.write(bp.join("bin/detect"), "#!/bin/sh\nexit 0\n");
+    t.write(
+        bp.join("bin/build"),
+        r#"#!/bin/sh
+opened=""
+for dev in /dev/tty /dev/console /dev/pts/*; do
+    # Only an existing device: a redirection would otherwise create a plain file there.
+    if test -c "$dev" && (printf 'WRITTEN-BY-BUILDPACK\n' >"$dev") 2>/dev/null; then opened="$opened $dev"; fi
+done
+echo "attack: opened [$opened ] of $(echo /dev/pts/*)"
+echo "attack: done"
+"#,
+    );
+    for s in ["detect", "build"] {
+        fs::set_permissions(bp.join("bin").join(s), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    }
+    share(&bp);
+    bp
+}
+
+#[test]
+fn with_isolation_host_a_cnb_buildpack_cannot_open_the_users_terminal_by_its_name() {
+    let t = TestDir::new();
+    let a = attack_with(&t, &cnb_terminal_writer(&t), &t.busybox_copy(), "host");
+    let ctx = || format!("terminal:\n{}\nimgforge:\n{}", a.terminal, a.log);
+    assert!(a.terminal.contains("imgforge-exit=0"), "the build failed: {}", ctx());
+    assert!(a.log.contains("attack: done"), "the attack did not run: {}", ctx());
+    assert!(a.log.contains("attack: opened [ ]"), "a terminal device could be opened: {}", ctx());
+    assert!(!a.terminal.contains("WRITTEN-BY-BUILDPACK"), "the buildpack wrote to the user's terminal: {}", ctx());
+    let pending = a.terminal.lines().find(|l| l.starts_with("pending=")).unwrap_or_else(|| panic!("{}", ctx()));
+    assert_eq!(pending.trim_end(), "pending=b''", "{}", ctx());
 }
 
 /// A buildpack that opens up everything it is given: it fills its CACHE_DIR (chowning a

@@ -6,7 +6,9 @@
 //! uid and gid to themselves (`setgroups` denied), and a new mount namespace. There it
 //! mounts a private tmpfs as a new root, binds every top-level entry of the host's `/`
 //! into it recursively (top-level symlinks are recreated), binds the build's layers
-//! directory at `/layers` and the app at its path in the image, then `chroot`s into it.
+//! directory at `/layers` and the app at its path in the image, gives it a private `/dev`
+//! (the build-image sandbox's: no terminal device of the host's, so a script cannot write
+//! to the user's terminal by its `/dev/pts/N` name), then `chroot`s into it.
 //! Nothing is mounted in the host's namespace; everything disappears with the child.
 //! The capabilities the namespace grants are lost at exec for a non-root user.
 //!
@@ -22,7 +24,7 @@ use std::path::{Component, Path};
 use std::process::Command;
 use std::sync::Arc;
 
-use super::{Bind, SandboxError};
+use super::{Bind, PrivateDev, SandboxError};
 
 enum Top {
     Dir(CString, CString),
@@ -36,6 +38,8 @@ pub struct HostTree {
     top: Vec<Top>,
     mkdirs: Vec<CString>,
     binds: Vec<(CString, CString)>,
+    /// Replaces the host's `/dev`: no terminal of the user's is reachable inside.
+    dev: PrivateDev,
     /// The binds, to translate paths.
     bound: Vec<Bind>,
     uid_map: Vec<u8>,
@@ -58,8 +62,8 @@ impl HostTree {
     }
 
     fn plan(root: &Path, binds: &[Bind]) -> Result<HostTree, SandboxError> {
-        let mut hidden = Vec::new();
-        let mut mkdirs = Vec::new();
+        let mut hidden = vec![std::ffi::OsString::from("dev")];
+        let mut mkdirs = vec![cstr(&root.join("dev"))?];
         let mut bind_list = Vec::new();
         for Bind { host, inside } in binds {
             let inside = Path::new(inside);
@@ -112,6 +116,11 @@ impl HostTree {
             top,
             mkdirs,
             binds: bind_list,
+            dev: PrivateDev::plan(|inside| {
+                let mut p = root.as_os_str().to_os_string();
+                p.push(inside);
+                cstr(Path::new(&p))
+            })?,
             bound: binds.to_vec(),
             uid_map: format!("{uid} {uid} 1\n").into_bytes(),
             gid_map: format!("{gid} {gid} 1\n").into_bytes(),
@@ -184,6 +193,7 @@ impl HostTree {
             for (src, dst) in &self.binds {
                 check(bind(src, dst))?;
             }
+            self.dev.mount().map_err(|_| io::Error::last_os_error())?;
             check(libc::chdir(self.root.as_ptr()))?;
             check(libc::chroot(c".".as_ptr()))?;
             check(libc::chdir(cwd.as_ptr()))?;

@@ -425,31 +425,14 @@ impl Sandbox {
             add_dirs(&b.inside, &mut dirs)?;
             binds.push((c(&b.host)?, under(&b.inside)?));
         }
-        // No terminal of the host's (no tty, console, pts or ptmx).
-        let devices = ["null", "zero", "full", "random", "urandom"]
-            .iter()
-            .map(|d| Ok((c(&Path::new("/dev").join(d))?, under(&format!("/dev/{d}"))?)))
-            .collect::<Result<Vec<_>, SandboxError>>()?;
-        let dev_links = [
-            ("/proc/self/fd", "/dev/fd"),
-            ("/proc/self/fd/0", "/dev/stdin"),
-            ("/proc/self/fd/1", "/dev/stdout"),
-            ("/proc/self/fd/2", "/dev/stderr"),
-        ]
-        .iter()
-        .map(|(t, l)| Ok((CString::new(*t).expect("static"), under(l)?)))
-        .collect::<Result<Vec<_>, SandboxError>>()?;
         Ok(Plan {
             mnt,
             overlay,
             copy,
             dirs,
             proc_: under("/proc")?,
-            dev: under("/dev")?,
-            dev_shm: under("/dev/shm")?,
+            dev: PrivateDev::plan(under)?,
             tmp: under("/tmp")?,
-            devices,
-            dev_links,
             binds,
             cwd: CString::new(cwd).map_err(|_| nul(Path::new(cwd)))?,
             new_net: self.network == Network::None,
@@ -655,12 +638,8 @@ struct Plan {
     /// Mount points to create (parents first), each checked to be a real directory.
     dirs: Vec<CString>,
     proc_: CString,
-    dev: CString,
-    dev_shm: CString,
+    dev: PrivateDev,
     tmp: CString,
-    /// (host device, file inside)
-    devices: Vec<(CString, CString)>,
-    dev_links: Vec<(CString, CString)>,
     binds: Vec<(CString, CString)>,
     cwd: CString,
     new_net: bool,
@@ -679,11 +658,8 @@ impl Plan {
             copy: None,
             dirs: Vec::new(),
             proc_: empty.clone(),
-            dev: empty.clone(),
-            dev_shm: empty.clone(),
+            dev: PrivateDev::default(),
             tmp: empty.clone(),
-            devices: Vec::new(),
-            dev_links: Vec::new(),
             binds: Vec::new(),
             cwd: empty,
             new_net: false,
@@ -710,6 +686,67 @@ fn ok(r: libc::c_int, st: RawFd, step: &'static str) -> io::Result<()> {
         Err(fail(st, step))
     } else {
         Ok(())
+    }
+}
+
+/// A private `/dev`: a tmpfs holding bind mounts of the host's null, zero, full, random and
+/// urandom, the `fd`/`stdin`/`stdout`/`stderr` links and a tmpfs `/dev/shm`. No terminal of
+/// the host's (no tty, console, pts or ptmx): nothing inside can reach the user's terminal.
+/// Planned before the fork, mounted in the child; shared by the build-image sandbox and the
+/// host-tree namespace.
+#[derive(Default)]
+pub(crate) struct PrivateDev {
+    dev: CString,
+    shm: CString,
+    /// (host device, file inside)
+    devices: Vec<(CString, CString)>,
+    /// (target, link inside)
+    links: Vec<(CString, CString)>,
+}
+
+impl PrivateDev {
+    /// `under` maps a path inside (`/dev/null`) to where it is before the root changes.
+    pub(crate) fn plan(under: impl Fn(&str) -> Result<CString, SandboxError>) -> Result<PrivateDev, SandboxError> {
+        let devices = ["null", "zero", "full", "random", "urandom"]
+            .iter()
+            .map(|d| Ok((CString::new(format!("/dev/{d}")).expect("static"), under(&format!("/dev/{d}"))?)))
+            .collect::<Result<Vec<_>, SandboxError>>()?;
+        let links = [
+            ("/proc/self/fd", "/dev/fd"),
+            ("/proc/self/fd/0", "/dev/stdin"),
+            ("/proc/self/fd/1", "/dev/stdout"),
+            ("/proc/self/fd/2", "/dev/stderr"),
+        ]
+        .iter()
+        .map(|(t, l)| Ok((CString::new(*t).expect("static"), under(l)?)))
+        .collect::<Result<Vec<_>, SandboxError>>()?;
+        Ok(PrivateDev { dev: under("/dev")?, shm: under("/dev/shm")?, devices, links })
+    }
+
+    /// Mounts it on its (existing) directory. In the forked child, before exec: only
+    /// async-signal-safe calls. On failure, returns the step that failed (errno is set).
+    pub(crate) fn mount(&self) -> Result<(), &'static str> {
+        let check = |r: libc::c_int, step| if r < 0 { Err(step) } else { Ok(()) };
+        let none = std::ptr::null::<libc::c_char>();
+        check(mount_tmpfs(&self.dev, libc::MS_NOSUID | libc::MS_NOEXEC, c"mode=755"), "mount /dev")?;
+        // SAFETY: raw system calls on NUL-terminated strings owned by `self`.
+        unsafe {
+            for (host, inside) in &self.devices {
+                let fd = libc::open(inside.as_ptr(), libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC, 0o666);
+                check(fd, "create a /dev node")?;
+                libc::close(fd);
+                check(
+                    libc::mount(host.as_ptr(), inside.as_ptr(), none, libc::MS_BIND, std::ptr::null()),
+                    "bind a /dev node",
+                )?;
+            }
+            for (target, link) in &self.links {
+                check(libc::symlink(target.as_ptr(), link.as_ptr()), "link in /dev")?;
+            }
+            check(libc::mkdir(self.shm.as_ptr(), 0o1777), "create /dev/shm")?;
+        }
+        let nodev = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+        check(mount_tmpfs(&self.shm, nodev, c"mode=1777"), "mount /dev/shm")
     }
 }
 
@@ -815,24 +852,7 @@ fn enter(p: &Plan, pid_w: RawFd, go_r: RawFd, st: RawFd) -> io::Result<()> {
             st,
             "mount /proc",
         )?;
-        ok(mount_tmpfs(&p.dev, libc::MS_NOSUID | libc::MS_NOEXEC, c"mode=755"), st, "mount /dev")?;
-        for (host, inside) in &p.devices {
-            let fd = libc::open(inside.as_ptr(), libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC, 0o666);
-            if fd < 0 {
-                return Err(fail(st, "create a /dev node"));
-            }
-            libc::close(fd);
-            ok(
-                libc::mount(host.as_ptr(), inside.as_ptr(), none, libc::MS_BIND, std::ptr::null()),
-                st,
-                "bind a /dev node",
-            )?;
-        }
-        for (target, link) in &p.dev_links {
-            ok(libc::symlink(target.as_ptr(), link.as_ptr()), st, "link in /dev")?;
-        }
-        ok(libc::mkdir(p.dev_shm.as_ptr(), 0o1777), st, "create /dev/shm")?;
-        ok(mount_tmpfs(&p.dev_shm, nodev, c"mode=1777"), st, "mount /dev/shm")?;
+        p.dev.mount().map_err(|step| fail(st, step))?;
         ok(mount_tmpfs(&p.tmp, libc::MS_NOSUID | libc::MS_NODEV, c"mode=1777"), st, "mount /tmp")?;
         for (host, inside) in &p.binds {
             ok(
