@@ -3,7 +3,10 @@
 //! * a buildpack that types into the user's terminal with `TIOCSTI`, run under a real
 //!   pseudo-terminal: what it injected must never reach the terminal's input;
 //! * a buildpack that leaves processes running (`&`, `setsid`, `nohup`): none may outlive
-//!   the build.
+//!   the build;
+//! * a CNB buildpack under `--isolation host` that writes to the user's terminal by its
+//!   `/dev/pts/N` name;
+//! * a buildpack that fills its cache and fails: nothing of that build is kept.
 
 mod common;
 
@@ -328,4 +331,50 @@ fn what_a_build_keeps_is_writable_by_nobody_else_and_its_secrets_are_gone_succes
         t.write("app/fail", "");
         build("a build that fails", false);
     }
+}
+
+/// A buildpack that counts its builds in CACHE_DIR; with `fail` in the app it writes a big
+/// file (standing for one that fills the disk) and a marker there first, then fails.
+fn cache_filling_buildpack(t: &TestDir) -> PathBuf {
+    heroku_buildpack(
+        t,
+        "filler",
+        r#"#!/bin/sh
+set -e
+echo "filler: cache holds [$(cat "$2/count" 2>/dev/null)] $(ls "$2" | tr '\n' ' ')"
+if test -e "$1/fail"; then
+    head -c 8388608 /dev/zero > "$2/big"
+    echo FAILED-BUILD-MARKER > "$2/marker"
+    exit 1
+fi
+echo "x$(cat "$2/count" 2>/dev/null)" > "$2/count.new" && mv "$2/count.new" "$2/count"
+"#,
+    )
+}
+
+#[test]
+fn a_heroku_build_that_fails_commits_nothing_to_the_kept_cache() {
+    let t = TestDir::new();
+    let bp = cache_filling_buildpack(&t);
+    let app = t.mkdir("app");
+    let build = |version: &str, ok: bool| {
+        t.write("app/version.txt", version);
+        let mut c = t.imgforge();
+        c.arg("build").arg(&app).args(["--base", &t.busybox_copy(), "--isolation", "host"]);
+        c.arg("--buildpack").arg(&bp).arg("-t").arg(format!("oci:{}:{version}", t.join("out").display()));
+        let o = run(&mut c);
+        assert_eq!(o.status.success(), ok, "{version}: {}", report(&c, &o));
+        stderr_str(&o)
+    };
+    build("v1", true);
+    t.write("app/fail", "");
+    let failed = build("v2", false);
+    assert!(failed.contains("filler: cache holds [x]"), "the failed build saw v1's cache: {failed}");
+    fs::remove_file(app.join("fail")).unwrap();
+    let kept = files_containing(&t.cache_dir(), "FAILED-BUILD-MARKER");
+    assert!(kept.is_empty(), "the failed build's cache was kept: {kept:?}");
+    let out = run(Command::new("find").arg(t.cache_dir()).args(["-name", "big", "-size", "+1M"]));
+    assert_eq!(stdout_str(&out), "", "the failed build's big file was kept");
+    let next = build("v3", true);
+    assert!(next.contains("filler: cache holds [x] count "), "the next build does not see v1's cache: {next}");
 }
