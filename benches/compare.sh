@@ -8,7 +8,8 @@
 # env:
 #   RUNS=3                          runs per command; the table shows the median (also min and max)
 #   BENCH_DIR=/var/tmp/imgforge-bench   cache of the base image and trees, and scratch space
-#   BENCH_SCRIPTS=<repo>/../shared/bench  where make-base.sh and make-tree.py are
+#   MAKE_BASE=<repo>/tests/make-base.sh   what makes the Debian base image
+#   MAKE_TREE=<repo>/benches/make-tree.py what makes the app trees
 #   IMGFORGE=<path>                 imgforge binary to measure [default: cargo build --release here]
 #   REV=<git revision>              build and measure that commit instead of the work tree, from a
 #                                   clean export under $BENCH_DIR/src (for a repo with others'
@@ -37,7 +38,8 @@ here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/.." && pwd)
 RUNS=${RUNS:-3}
 BENCH_DIR=${BENCH_DIR:-/var/tmp/imgforge-bench}
-BENCH_SCRIPTS=${BENCH_SCRIPTS:-$here/../../shared/bench}
+MAKE_BASE=${MAKE_BASE:-$repo/tests/make-base.sh}
+MAKE_TREE=${MAKE_TREE:-$here/make-tree.py}
 TREE_FILES=${TREE_FILES:-12000}
 TREE_MB=${TREE_MB:-100}
 BIG_FILES=${BIG_FILES:-2000}
@@ -91,25 +93,25 @@ stamp_of() { printf '%s %s\n' "$(sha256sum "$1" | cut -c1-16)" "${*:2}"; }
 
 ensure_base() {
   local dir=$BENCH_DIR/base stamp
-  stamp=$(stamp_of "$BENCH_SCRIPTS/make-base.sh" bookworm)
+  stamp=$(stamp_of "$MAKE_BASE" bookworm)
   if [ -f "$dir/index.json" ] && [ "$(cat "$dir.stamp" 2>/dev/null)" = "$stamp" ]; then
     return 0
   fi
   [ "$(id -u)" = 0 ] || die "making the Debian base needs root (debootstrap); run once as root"
   log "making the Debian base image (debootstrap, a few minutes) in $dir"
   rm -rf "$dir.tmp" "$dir.stamp"
-  bash "$BENCH_SCRIPTS/make-base.sh" "$dir.tmp" >&2
+  bash "$MAKE_BASE" "$dir.tmp" >&2
   rm -rf "$dir" && mv "$dir.tmp" "$dir"
   printf '%s\n' "$stamp" >"$dir.stamp"
 }
 
 ensure_tree() { # NAME FILES MB -> prints the tree's path
   local dir=$BENCH_DIR/$1 stamp
-  stamp=$(stamp_of "$BENCH_SCRIPTS/make-tree.py" "--files $2 --mb $3")
+  stamp=$(stamp_of "$MAKE_TREE" "--files $2 --mb $3")
   if [ "$(cat "$dir.stamp" 2>/dev/null)" != "$stamp" ] || [ ! -d "$dir" ]; then
     log "making app tree $dir (--files $2 --mb $3)"
     rm -rf "$dir" "$dir.tmp" "$dir.stamp"
-    python3 "$BENCH_SCRIPTS/make-tree.py" "$dir.tmp" --files "$2" --mb "$3"
+    python3 "$MAKE_TREE" "$dir.tmp" --files "$2" --mb "$3"
     mv "$dir.tmp" "$dir"
     printf '%s\n' "$stamp" >"$dir.stamp"
   fi
@@ -982,8 +984,8 @@ case_noop_vs_find() {
 for c in "${cases[@]}"; do
   declare -F "case_$c" >/dev/null || { echo "unknown case $c (cases: ${ALL_CASES[*]})" >&2; exit 2; }
 done
-[ -d "$BENCH_SCRIPTS" ] || die "BENCH_SCRIPTS=$BENCH_SCRIPTS: no such directory"
-BENCH_SCRIPTS=$(cd "$BENCH_SCRIPTS" && pwd)
+[ -f "$MAKE_BASE" ] || die "MAKE_BASE=$MAKE_BASE: no such file"
+[ -f "$MAKE_TREE" ] || die "MAKE_TREE=$MAKE_TREE: no such file"
 
 need_tools time:time python3:python3 skopeo:skopeo umoci:umoci pigz:pigz zstd:zstd \
   debootstrap:debootstrap cargo:cargo docker-registry:docker-registry

@@ -1,7 +1,7 @@
 //! Buildpacks, run through the build's [`Runner`](crate::sandbox::Runner): on the host or in
 //! the build-image sandbox.
 //!
-//! Two APIs (see shared/docs/buildpack-contracts.md): Cloud Native Buildpacks in [`cnb`]
+//! Two APIs (see docs/buildpack-contracts.md): Cloud Native Buildpacks in [`cnb`]
 //! (a buildpack with `buildpack.toml`), and Heroku classic here:
 //! * [`plan`] decides which buildpacks to run and makes a private, writable copy of each
 //!   under `work/buildpacks/` (directories are copied, `.tgz` archives extracted safely);
