@@ -563,14 +563,96 @@ fn usage_errors_exit_2() {
 }
 
 #[test]
-fn missing_app_dir_fails_naming_it() {
+fn missing_app_dir_is_a_usage_error_naming_it() {
     let t = TestDir::new();
     let missing = t.join("no-such-app");
     let archive = t.join("img.tar");
     let mut c = build_cmd(&t, &missing, &busybox_ref());
     c.arg("-t").arg(format!("oci-archive:{}", archive.display()));
-    assert_exit(&mut c, 1, &[&missing.display().to_string()]);
+    assert_exit(&mut c, 2, &[&missing.display().to_string(), "does not exist"]);
     assert!(!archive.exists(), "a failed build must not leave an output");
+}
+
+/// A forgotten or misspelt transport must not become a registry name: each of these stops
+/// with exit 2 before anything is read or built, and says what was probably meant.
+#[test]
+fn transport_typos_and_local_paths_are_usage_errors_with_a_hint() {
+    let t = TestDir::new();
+    let out = t.join("out");
+    let dest = format!("oci:{}:latest", out.display());
+    let transports = "oci-archive:FILE[:TAG]";
+    // --base ocii:/tmp/x: an unknown transport, not a registry called "ocii:"
+    let mut c = build_cmd(&t, &hello_app(), "ocii:/tmp/x");
+    c.args(["-t", &dest]);
+    assert_exit(&mut c, 2, &["unknown transport \"ocii:\"", "did you mean \"oci:\"", transports]);
+    // an empty port, and a transport one letter off
+    let mut c = build_cmd(&t, &hello_app(), &busybox_ref());
+    c.args(["-t", "localhost:/app"]);
+    assert_exit(&mut c, 2, &["unknown transport", transports]);
+    let mut c = build_cmd(&t, &hello_app(), &busybox_ref());
+    c.args(["-t", "oci-archve:x.tar"]);
+    assert_exit(&mut c, 2, &["did you mean \"oci-archive:\"", transports]);
+    // --base testdata/images/busybox, a real local layout: oci: was meant
+    let mut c = build_cmd(&t, &hello_app(), "testdata/images/busybox");
+    c.current_dir(repo_root()).args(["-t", &dest]);
+    assert_exit(&mut c, 2, &["did you mean `oci:testdata/images/busybox`", "docker://testdata/images/busybox"]);
+    // -t out.tar: an archive was meant, not docker.io/library/out.tar (and nothing is built)
+    let mut c = build_cmd(&t, &hello_app(), &busybox_ref());
+    c.current_dir(t.join("")).args(["-t", &dest, "-t", "out.tar"]);
+    assert_exit(&mut c, 2, &["did you mean `oci-archive:out.tar` or `docker-archive:out.tar`"]);
+    // inspect hello.tar, an OCI archive that exists: oci-archive: was meant
+    let mut c = build_cmd(&t, &hello_app(), &busybox_ref());
+    c.arg("-t").arg(format!("oci-archive:{}", t.join("hello.tar").display()));
+    build_ok(&mut c);
+    let mut c = t.imgforge();
+    c.current_dir(t.join("")).args(["inspect", "hello.tar"]);
+    assert_exit(&mut c, 2, &["did you mean `oci-archive:hello.tar`?"]);
+    // the registry, when written out, is still the registry
+    let mut c = t.imgforge();
+    c.args(["inspect", "--tls-verify=false", &format!("docker://127.0.0.1:{}/out.tar", free_port())]);
+    assert_exit(&mut c, 1, &["127.0.0.1"]);
+    assert!(!out.exists() && !t.join("out.tar").exists(), "a usage error must write nothing");
+}
+
+/// Destinations are checked before the build starts: a missing or unwritable directory, an
+/// archive path that is a directory, a push to Docker Hub without credentials.
+#[test]
+fn destinations_are_checked_before_anything_is_built() {
+    let t = TestDir::new();
+    let good = format!("oci:{}:latest", t.join("good").display());
+    let auth = t.join("auth.json");
+    fs::write(&auth, "{\"auths\": {}}").unwrap();
+    let file = t.join("a-file");
+    fs::write(&file, "x").unwrap();
+    fs::create_dir_all(t.join("good")).unwrap();
+    for (dest, says) in [
+        (format!("oci:{}:latest", t.join("no/such/dir").display()), "does not exist"),
+        (format!("oci-archive:{}", t.join("good").display()), "is a directory"),
+        (format!("oci:{}", file.display()), "is not a directory"),
+        ("docker.io/team/app:1".to_string(), "imgforge login docker.io"),
+    ] {
+        let mut c = build_cmd(&t, &hello_app(), &busybox_ref());
+        c.arg("--authfile").arg(&auth).args(["-t", &good, "-t", &dest]);
+        let out = run(&mut c);
+        assert_eq!(out.status.code(), Some(2), "{}", report(&c, &out));
+        let err = stderr_str(&out);
+        assert!(err.contains(says), "stderr should say {says:?}\n{}", report(&c, &out));
+        assert!(!err.contains("Layer "), "nothing may be built before the check\n{}", report(&c, &out));
+        assert!(!t.join("good/index.json").exists(), "the good destination must not be written either");
+    }
+    // unwritable: only meaningful for a user the permission bits bind (not root)
+    if let Some(mut c) = t.imgforge_as_test_user() {
+        let ro = t.mkdir("read-only");
+        fs::set_permissions(&ro, std::os::unix::fs::PermissionsExt::from_mode(0o555)).unwrap();
+        let app = t.join("app");
+        copy_tree(&hello_app(), &app);
+        share(&app);
+        c.arg("build").arg(&app).arg("--base").arg(t.busybox_copy());
+        c.arg("-t").arg(format!("oci-archive:{}", ro.join("x.tar").display()));
+        let out = run(&mut c);
+        assert_eq!(out.status.code(), Some(2), "{}", report(&c, &out));
+        assert!(stderr_str(&out).contains("is not writable"), "{}", report(&c, &out));
+    }
 }
 
 #[test]

@@ -204,8 +204,19 @@ fn write_digest(digest: &str, digest_file: Option<&PathBuf>) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn parse_ref(s: &str) -> Result<ImageRef, imgforge::image::reference::ReferenceError> {
-    s.parse::<ImageRef>()
+fn parse_ref(s: &str) -> Result<ImageRef, String> {
+    imgforge::transport::hint::parse_cli_reference(s)
+}
+
+/// What can be known about the destinations without building anything: each is writable
+/// (or, for a registry that takes no anonymous pushes, has credentials).
+fn check_destinations(label: &str, tags: &[ImageRef], registry: &RegistryOptions) -> Result<(), String> {
+    for d in tags {
+        imgforge::transport::check_destination(d)
+            .and_then(|()| imgforge::transport::check_push_credentials(d, registry))
+            .map_err(|e| format!("{label} {e}"))?;
+    }
+    Ok(())
 }
 
 fn parse_owner(s: &str) -> Result<Owner, ArgError> {
@@ -302,6 +313,9 @@ pub fn main() -> ExitCode {
     let topts = TransportOptions { cache_dir: Some(cache_dir.clone()), registry: registry.clone() };
     match cli.command {
         Command::Copy { source, destination, platform, all, digest_file } => {
+            if let Err(e) = check_destinations("destination", std::slice::from_ref(&destination), &registry) {
+                return usage_error(&e);
+            }
             let reporter = render::for_stderr(cli.quiet, cli.verbose, std::io::stderr().is_terminal());
             let result = imgforge::copy::copy(
                 &source,
@@ -383,10 +397,19 @@ pub fn main() -> ExitCode {
             }
         }
         Command::Build(a) => {
-            let base = match a.base.parse::<ImageRef>() {
+            let base = match parse_ref(&a.base) {
                 Ok(b) => b,
                 Err(e) => return usage_error(&format!("--base: {e}")),
             };
+            if !a.app_dir.is_dir() {
+                return usage_error(&format!(
+                    "the app directory {} does not exist or is not a directory",
+                    a.app_dir.display()
+                ));
+            }
+            if let Err(e) = check_destinations("-t", &a.tags, &registry) {
+                return usage_error(&e);
+            }
             let env = match collect_env(&a.env_file, &a.env, "--env") {
                 Ok(e) => e,
                 Err(e) => return usage_error(&e.to_string()),

@@ -55,10 +55,42 @@ pub enum NameError {
     Repository(String),
     #[error("invalid registry {0:?}")]
     Registry(String),
+    #[error("invalid registry {0:?}: the port after ':' must be a number")]
+    Port(String),
 }
 
 /// The default tag where a reference names none (Docker's rule, applied to OCI layouts too).
 pub const DEFAULT_TAG: &str = "latest";
+
+/// The transports a reference may name, as error messages list them.
+pub const TRANSPORTS: &str = "oci:DIR[:TAG], oci-archive:FILE[:TAG], docker-archive:FILE[:NAME[:TAG]], \
+     docker://NAME[:TAG|@DIGEST] (or a bare registry NAME), scratch";
+
+/// The transport prefixes imgforge reads and writes.
+const KNOWN_TRANSPORTS: [&str; 4] = ["oci", "oci-archive", "docker-archive", "docker"];
+
+/// `W:REST` where `W` is not a transport but was meant as one: `ocii:/tmp/x` (a path
+/// follows, which no registry name does), `oci-archve:app.tar` (one or two letters away
+/// from a transport), `dockr://x`. A registry name with a port (`localhost:5000/app`) or a
+/// tag (`busybox:1.36`) is none of these.
+fn unknown_transport(word: &str, rest: &str) -> Option<String> {
+    let is_word = word.len() <= 32
+        && word.starts_with(|c: char| c.is_ascii_alphabetic())
+        && word.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    if !is_word || rest.starts_with(|c: char| c.is_ascii_digit()) {
+        return None;
+    }
+    let near = KNOWN_TRANSPORTS
+        .into_iter()
+        .filter(|t| t.len() > 3 || word.len() > 3)
+        .find(|t| strsim::levenshtein(&word.to_ascii_lowercase(), t) <= 2);
+    let looks_like_path = rest.is_empty() || rest.starts_with(['/', '.', '~']);
+    match near {
+        Some(t) => Some(format!("unknown transport \"{word}:\" (did you mean \"{t}:\"?)")),
+        None if looks_like_path => Some(format!("unknown transport \"{word}:\"")),
+        None => None,
+    }
+}
 
 impl ImageRef {
     /// The tag used when writing to this reference (`latest` where none was given).
@@ -158,7 +190,11 @@ impl FromStr for ImageRef {
                         ),
                     ));
                 }
-                _ => {}
+                word => {
+                    if let Some(why) = unknown_transport(word, rest) {
+                        return Err(invalid(s, format!("{why}; a reference is one of {TRANSPORTS}")));
+                    }
+                }
             }
         }
         // A bare name: a registry reference, unless it looks like a path.
@@ -168,7 +204,14 @@ impl FromStr for ImageRef {
                 "this looks like a path; name a transport, e.g. oci:PATH[:TAG], oci-archive:PATH or docker-archive:PATH",
             ));
         }
-        DockerName::parse(s).map(ImageRef::Registry).map_err(|why| invalid(s, why))
+        DockerName::parse(s).map(ImageRef::Registry).map_err(|why| {
+            // `app:` or `host:/x`: perhaps a transport was meant, so name them all
+            if s.contains(':') {
+                invalid(s, format!("{why}; a reference is one of {TRANSPORTS}"))
+            } else {
+                invalid(s, why)
+            }
+        })
     }
 }
 
@@ -252,6 +295,16 @@ impl DockerName {
         }
         if registry.is_empty() || !registry.bytes().all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b)) {
             return Err(NameError::Registry(registry));
+        }
+        // HOST:PORT: the port is a number (an IPv6 literal keeps its colons inside brackets)
+        let port = match registry.rsplit_once(']') {
+            Some((_, after)) => after.strip_prefix(':'),
+            None => registry.split_once(':').map(|(_, p)| p),
+        };
+        if let Some(port) = port {
+            if port.is_empty() || port.len() > 5 || !port.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(NameError::Port(registry));
+            }
         }
         Ok(DockerName { registry, repository, tag: tag.map(str::to_string), digest })
     }
@@ -370,6 +423,31 @@ mod tests {
         let ImageRef::Registry(n) = p(&format!("quay.io/org/app@{d}")) else { panic!() };
         assert_eq!(n.digest.unwrap().to_string(), d);
         assert_eq!(n.to_string(), format!("quay.io/org/app@{d}"));
+    }
+
+    #[test]
+    fn transport_typos_are_errors_that_list_the_transports() {
+        for (bad, says) in [
+            ("ocii:/tmp/x", "unknown transport \"ocii:\" (did you mean \"oci:\"?)"),
+            ("oci-archve:hello.tar", "did you mean \"oci-archive:\""),
+            ("dockerarchive:a.tar", "did you mean \"docker-archive:\""),
+            ("dockr://busybox", "did you mean \"docker:\""),
+            ("file:/tmp/x", "unknown transport \"file:\""),
+            ("myreg:/app", "unknown transport"),
+            ("localhost:/app", "unknown transport"),
+            ("reg.example.com:/app", "port after ':' must be a number"),
+            ("reg.example.com:http/app", "port after ':' must be a number"),
+            ("app:", "unknown transport \"app:\""),
+        ] {
+            let e = bad.parse::<ImageRef>().expect_err(bad).to_string();
+            assert!(e.contains(says), "{bad}: {e}");
+            assert!(e.contains("oci-archive:FILE[:TAG]") && e.contains("docker://NAME"), "{bad}: {e}");
+        }
+        // what still parses as registry names
+        for good in ["busybox:1.36", "localhost:5000/app", "[::1]:5000/app:1", "reg.example.com:443/team/app", "ocx:1"]
+        {
+            assert!(matches!(p(good), ImageRef::Registry(_)), "{good}");
+        }
     }
 
     #[test]

@@ -18,6 +18,7 @@ use crate::image::reference::ImageRef;
 use crate::store::{FileId, StoreError, VerifiedReader, VerifyCache};
 
 mod docker_archive;
+pub mod hint;
 mod layout;
 mod oci_archive;
 mod oci_dir;
@@ -411,24 +412,76 @@ pub fn write_index(
     }
 }
 
-/// Checks a destination reference before any work is done, so a typo fails fast.
+/// Checks a destination reference before any work is done, so a typo fails fast: the
+/// directory a local destination goes into exists and is writable, and what it would
+/// replace is of the right kind.
 pub fn check_destination(dest: &ImageRef) -> Result<(), TransportError> {
-    let parent_ok = |p: &Path| {
-        let parent = p.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        if parent.is_dir() {
-            Ok(())
-        } else {
-            Err(TransportError::NotFound(format!("{dest}: directory {} does not exist", parent.display())))
+    let unusable = |why: String| Err(TransportError::Unsupported(format!("{dest}: {why}")));
+    let writable_dir = |dir: &Path| -> Result<(), TransportError> {
+        if !dir.is_dir() {
+            return unusable(format!("directory {} does not exist", dir.display()));
         }
+        if !may_write(dir) {
+            return unusable(format!("directory {} is not writable", dir.display()));
+        }
+        Ok(())
     };
+    let parent = |p: &Path| p.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
     match dest {
-        ImageRef::OciLayout { dir, .. } => parent_ok(dir),
-        ImageRef::OciArchive { file, .. } | ImageRef::DockerArchive { file, .. } => parent_ok(file),
+        ImageRef::OciLayout { dir, .. } => match std::fs::metadata(dir) {
+            Ok(m) if !m.is_dir() => {
+                unusable(format!("{} exists and is not a directory (an OCI layout is one)", dir.display()))
+            }
+            Ok(_) => writable_dir(dir),
+            Err(_) => writable_dir(&parent(dir)),
+        },
+        ImageRef::OciArchive { file, .. } | ImageRef::DockerArchive { file, .. } => {
+            if file.is_dir() {
+                return unusable(format!(
+                    "{} is a directory; an archive is a file (for a directory, use oci:)",
+                    file.display()
+                ));
+            }
+            writable_dir(&parent(file))
+        }
         ImageRef::Registry(n) if n.digest.is_some() => Err(TransportError::Unsupported(format!(
             "{dest}: a destination names a tag, not a digest (the digest is known only once the image is built)"
         ))),
         ImageRef::Registry(_) => Ok(()),
         ImageRef::Scratch => write_unsupported(dest),
+    }
+}
+
+/// Whether this process may create and remove entries in `dir` (root may anywhere but on a
+/// read-only file system).
+fn may_write(dir: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else { return false };
+    // SAFETY: `c` is a valid NUL-terminated path that outlives the call.
+    unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) == 0 }
+}
+
+/// Registries that take no anonymous pushes: a push there without credentials can only
+/// fail, after the whole build.
+fn needs_credentials_to_push(registry: &str) -> bool {
+    matches!(registry, "docker.io" | "ghcr.io" | "quay.io" | "gcr.io" | "registry.gitlab.com" | "public.ecr.aws")
+        || [".gcr.io", ".pkg.dev", ".azurecr.io", ".amazonaws.com"].iter().any(|s| registry.ends_with(s))
+}
+
+/// For a push to a registry that needs credentials, checks that some are configured
+/// (`imgforge login`, `--authfile`, Docker's config), without contacting the registry.
+pub fn check_push_credentials(dest: &ImageRef, opts: &RegistryOptions) -> Result<(), TransportError> {
+    let ImageRef::Registry(n) = dest else { return Ok(()) };
+    if !needs_credentials_to_push(&n.registry) {
+        return Ok(());
+    }
+    match registry::credentials::lookup(&n.registry, opts.auth_file.as_deref())? {
+        Some(_) => Ok(()),
+        None => Err(TransportError::NotFound(format!(
+            "{dest}: pushing to {} needs credentials, and none are configured: run `imgforge login {}` \
+             (or pass --authfile FILE)",
+            n.registry, n.registry
+        ))),
     }
 }
 
