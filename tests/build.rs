@@ -492,6 +492,45 @@ fn docker_archive_runs_web_worker_and_commands_under_podman() {
     podman_rmi(&image);
 }
 
+/// `podman load` names an image from an OCI archive after the archive's annotations: each
+/// archive must bring its own name (`localhost/STEM:TAG`), not the bare tag (`latest`, which
+/// podman made `localhost/latest:latest` for every archive, the last load stealing it).
+#[test]
+fn oci_archives_load_into_podman_under_their_own_names() {
+    let t = TestDir::new();
+    // names unique to this run: podman's storage is shared with other test processes
+    let stem = format!("imgforge-refname-{}", std::process::id());
+    let mut loaded = Vec::new();
+    for (which, greeting) in [("first", "one"), ("second", "two")] {
+        let archive = t.join(format!("{stem}-{which}.tar"));
+        let mut c = build_cmd(&t, &hello_app(), &busybox_ref());
+        c.arg("-t")
+            .arg(format!("oci-archive:{}:latest", archive.display()))
+            .args(["--env", &format!("GREETING={greeting}")]);
+        build_ok(&mut c);
+        // skopeo still finds the image by the tag the user gave
+        let config = skopeo_inspect(&format!("oci-archive:{}:latest", archive.display()));
+        assert!(config.is_object(), "skopeo inspect oci-archive:…:latest");
+        share(&archive);
+        let mut c = podman();
+        c.arg("load").arg("-i").arg(&archive);
+        let out = run_ok(&mut c);
+        let name = format!("localhost/{stem}-{which}:latest");
+        assert!(stdout_str(&out).contains(&name), "podman load should name the image {name}\n{}", report(&c, &out));
+        loaded.push((name, greeting));
+    }
+    // both names are there, each on its own image: the second load stole nothing
+    for (name, greeting) in &loaded {
+        let out = podman_run_ok(name, &["worker"]);
+        assert_eq!(out.trim_end(), format!("worker says {greeting}"), "{name}");
+    }
+    for (name, _) in &loaded {
+        let mut c = podman();
+        c.args(["rmi", "--force", name]);
+        run_ok(&mut c);
+    }
+}
+
 // ---------------------------------------------------------------------------
 // (d) the digest on stdout
 // ---------------------------------------------------------------------------

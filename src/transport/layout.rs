@@ -13,6 +13,9 @@ use super::{
 use crate::image::manifest::{self, media, parse_document, Descriptor, Document, Index, Platform};
 
 pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
+/// The image's full name, which podman (`load`, `run oci-archive:`) and containerd's import
+/// take in preference to `ref.name` when they name what they load.
+pub const IMAGE_NAME: &str = "io.containerd.image.name";
 
 /// What a destination write did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -150,6 +153,36 @@ fn tagged(media_type: &str, digest: Digest, size: usize, tag: &str) -> Descripto
     d
 }
 
+/// The full name an image in the archive `file` under `tag` gets where it is loaded
+/// (podman, containerd): `localhost/STEM:TAG` for a plain tag, STEM being the file's name
+/// without `.tar`/`.oci` (`oci-archive:hello.tar:latest` → `localhost/hello:latest`); a
+/// tag that is itself a name (`team/app:1`, `registry.example.com/app:1`) is that name,
+/// under `localhost/` unless it names a registry. `None` where no valid name comes out
+/// (the archive then carries `ref.name` alone, as skopeo writes it).
+pub(crate) fn archive_image_name(file: &std::path::Path, tag: &str) -> Option<String> {
+    use crate::image::reference::{DockerName, DEFAULT_TAG};
+    let full = if tag.contains(['/', ':', '@']) {
+        let first = tag.split('/').next().unwrap_or("");
+        let names_registry = tag.contains('/') && (first.contains(['.', ':']) || first == "localhost");
+        if names_registry {
+            tag.to_string()
+        } else {
+            format!("localhost/{tag}")
+        }
+    } else {
+        let name = file.file_name()?.to_str()?;
+        let stem = [".tar.gz", ".tgz", ".tar", ".oci"].iter().find_map(|e| name.strip_suffix(e)).unwrap_or(name);
+        let stem: String = stem
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c.to_ascii_lowercase() } else { '-' })
+            .collect();
+        let stem = stem.trim_matches(|c: char| !c.is_ascii_alphanumeric());
+        format!("localhost/{stem}:{tag}")
+    };
+    let n = DockerName::parse(&full).ok().filter(|n| n.digest.is_none())?;
+    Some(format!("{}/{}:{}", n.registry, n.repository, n.tag.as_deref().unwrap_or(DEFAULT_TAG)))
+}
+
 /// `index.json` bytes for the given manifests (deterministic: sorted keys, given order).
 pub(crate) fn index_json(manifests: &[Descriptor]) -> Vec<u8> {
     let v: Value = json!({
@@ -161,3 +194,28 @@ pub(crate) fn index_json(manifests: &[Descriptor]) -> Vec<u8> {
 }
 
 pub(crate) const OCI_LAYOUT_FILE: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
+
+#[cfg(test)]
+mod tests {
+    use super::archive_image_name;
+    use std::path::Path;
+
+    #[test]
+    fn archives_name_their_image_after_the_file_and_tag() {
+        let name = |f: &str, t: &str| archive_image_name(Path::new(f), t);
+        assert_eq!(name("hello.tar", "latest").as_deref(), Some("localhost/hello:latest"));
+        assert_eq!(name("/out/My App.tar", "v1").as_deref(), Some("localhost/my-app:v1"));
+        assert_eq!(name("dist/worker.oci", "2.0").as_deref(), Some("localhost/worker:2.0"));
+        assert_eq!(name("img.tar", "hello:1").as_deref(), Some("localhost/hello:1"));
+        assert_eq!(name("img.tar", "team/app").as_deref(), Some("localhost/team/app:latest"));
+        assert_eq!(
+            name("img.tar", "registry.example.com:5000/team/app:1").as_deref(),
+            Some("registry.example.com:5000/team/app:1")
+        );
+        assert_eq!(name("img.tar", "localhost/app:2").as_deref(), Some("localhost/app:2"));
+        // no valid name: ref.name alone
+        assert_eq!(name("___.tar", "latest"), None);
+        assert_eq!(name("a.tar", "x+y"), None);
+        assert_eq!(name("a.tar", "app@sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"), None);
+    }
+}

@@ -125,6 +125,12 @@ fn write_archive(
             summary.blobs_written += 1;
             summary.bytes_written += d.size;
         }
+        // the name podman load gives what it loads (docs/image-format.md)
+        let mut tagged = tagged;
+        let name = tagged.annotations.get(layout::REF_NAME).and_then(|tag| layout::archive_image_name(file, tag));
+        if let Some(name) = name {
+            tagged.annotations.insert(layout::IMAGE_NAME.to_string(), name);
+        }
         let index = layout::index_json(&[tagged]);
         tar.file(b"index.json", 0o644, root, index.len() as u64, &mut &index[..]).map_err(io_error(&what))?;
         tar.file(b"oci-layout", 0o644, root, OCI_LAYOUT_FILE.len() as u64, &mut &OCI_LAYOUT_FILE[..])
