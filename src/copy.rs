@@ -95,11 +95,7 @@ pub fn copy(
             let media_type = index.media_type.clone();
             let new = NewIndex { bytes: top.bytes.clone(), digest: top.digest, media_type, images };
             let layers = new.layers();
-            reporter.report(Event::BaseResolved {
-                reference: &top.reference,
-                digest: Some(top.digest.to_string()),
-                layers: layers.len(),
-            });
+            report_source(reporter, &top.reference, Some(top.digest), layers.len());
             if !matches!(dest, ImageRef::Registry(_)) {
                 source.prefetch(&layers, reporter).map_err(src_err)?;
             }
@@ -111,11 +107,7 @@ pub fn copy(
         }
     }
     let base = source.resolve(platform).map_err(src_err)?;
-    reporter.report(Event::BaseResolved {
-        reference: &base.reference,
-        digest: base.manifest_digest.map(|d| d.to_string()),
-        layers: base.layers.len(),
-    });
+    report_source(reporter, &base.reference, base.manifest_digest, base.layers.len());
     let image = new_image(src, &base)?;
     if !matches!(dest, ImageRef::Registry(_)) {
         source.prefetch(&image.layers, reporter).map_err(src_err)?;
@@ -134,6 +126,13 @@ fn source_blobs<'a>(source: &'a Source, opts: &TransportOptions) -> Result<Sourc
         _ => None,
     };
     Ok(SourceBlobs(source, store))
+}
+
+/// The source, resolved: a step line (it is no base: nothing is built on it).
+fn report_source(reporter: &dyn Reporter, reference: &str, digest: Option<Digest>, layers: usize) {
+    let digest = digest.map_or_else(|| "no digest".to_string(), |d| d.to_string());
+    let layers = if layers == 1 { "1 layer".to_string() } else { format!("{layers} layers") };
+    reporter.report(Event::Step(&format!("Source {reference} ({digest}, {layers})")));
 }
 
 fn report_written(dest: &ImageRef, s: &transport::WriteSummary, reporter: &dyn Reporter) {

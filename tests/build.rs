@@ -694,6 +694,38 @@ fn destinations_are_checked_before_anything_is_built() {
     }
 }
 
+/// What a person reads on stderr: sizes in B/KiB/MiB, "1 layer", one default per flag, a
+/// cause said once, and `copy` calling its source a source.
+#[test]
+fn messages_read_well() {
+    let t = TestDir::new();
+    let mut c = build_cmd(&t, &hello_app(), &busybox_ref());
+    c.arg("-t").arg(format!("oci:{}:latest", t.join("out").display()));
+    let out = run_ok(&mut c);
+    let err = stderr_str(&out);
+    assert!(err.contains(", 1 layer)") && !err.contains("1 layers"), "{err}");
+    assert!(!err.contains(" MB"), "sizes in B, KiB or MiB: {err}");
+    assert!(err.lines().any(|l| l.contains("Layer app:") && l.contains(" KiB → ") && l.ends_with(" B gzip)")), "{err}");
+
+    let mut c = t.imgforge();
+    c.args(["build", "--help"]);
+    let help = stdout_str(&run_ok(&mut c));
+    let threads = help.lines().find(|l| l.contains("--threads")).expect("--threads in help");
+    assert_eq!(threads.matches("[default").count(), 1, "{threads}");
+
+    let missing = t.join("missing.tar");
+    let mut c = build_cmd(&t, &hello_app(), &format!("oci-archive:{}", missing.display()));
+    c.arg("-t").arg(format!("oci:{}:latest", t.join("out").display()));
+    let out = run(&mut c);
+    assert_eq!(out.status.code(), Some(1), "{}", report(&c, &out));
+    assert_eq!(stderr_str(&out).matches("No such file or directory").count(), 1, "{}", report(&c, &out));
+
+    let mut c = t.imgforge();
+    c.arg("copy").arg(busybox_ref()).arg(format!("oci:{}:copy", t.join("copy").display()));
+    let err = stderr_str(&run_ok(&mut c));
+    assert!(err.contains("Source ") && !err.contains("Base "), "copy has a source, not a base: {err}");
+}
+
 #[test]
 fn bad_base_reference_fails_naming_it() {
     let t = TestDir::new();

@@ -129,7 +129,7 @@ struct BuildArgs {
     #[arg(long, value_name = "N")]
     compression_level: Option<i32>,
     /// Compression threads: changes speed, never the bytes [default: all cores].
-    #[arg(long, default_value_t = 0, value_name = "N")]
+    #[arg(long, default_value_t = 0, hide_default_value = true, value_name = "N")]
     threads: usize,
     /// Platform to pick from a multi-platform base, e.g. linux/arm64 [default: this machine's].
     #[arg(long, value_parser = Platform::parse)]
@@ -288,8 +288,14 @@ fn usage_error(msg: &str) -> ExitCode {
 fn fail(err: &anyhow::Error) -> ExitCode {
     // Messages may quote what a buildpack, layer or registry said: no control sequence passes.
     eprintln!("error: {}", escape::escape_controls(&err.to_string(), false));
+    let mut previous = err.to_string();
     for cause in err.chain().skip(1) {
-        eprintln!("  caused by: {}", escape::escape_controls(&cause.to_string(), false));
+        let cause = cause.to_string();
+        // "FILE: No such file" is often followed by its own source, "No such file": say it once
+        if !previous.ends_with(&format!(": {cause}")) {
+            eprintln!("  caused by: {}", escape::escape_controls(&cause, false));
+        }
+        previous = cause;
     }
     ExitCode::from(1)
 }

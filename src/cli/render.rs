@@ -19,8 +19,24 @@ pub fn for_stderr(quiet: bool, verbose: bool, tty: bool) -> Box<dyn Reporter> {
     }
 }
 
+/// A size for people: bytes below 1 KiB, else KiB, MiB or GiB with one decimal.
 fn mb(bytes: u64) -> String {
-    format!("{:.1} MB", bytes as f64 / 1e6)
+    const UNITS: [&str; 3] = ["KiB", "MiB", "GiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+/// `1 layer`, `2 layers`.
+fn count(n: usize, what: &str) -> String {
+    format!("{n} {what}{}", if n == 1 { "" } else { "s" })
 }
 
 /// The line an event is worth, or `None` (progress ticks, or details when not verbose).
@@ -28,7 +44,7 @@ fn line(event: &Event<'_>, verbose: bool) -> Option<String> {
     Some(match event {
         Event::Step(s) => s.to_string(),
         Event::BaseResolved { reference, digest, layers } => match digest {
-            Some(d) => format!("Base {reference} ({d}, {layers} layers)"),
+            Some(d) => format!("Base {reference} ({d}, {})", count(*layers, "layer")),
             None => format!("Base {reference} (empty)"),
         },
         Event::LayerProgress { .. } => return None,
@@ -49,12 +65,17 @@ fn line(event: &Event<'_>, verbose: bool) -> Option<String> {
         Event::Destination { reference, written, linked, mounted, present, bytes } => {
             if reference.starts_with("docker://") {
                 format!(
-                    "Pushed {reference}: {written} blobs uploaded ({}), {present} already present, {mounted} mounted",
+                    "Pushed {reference}: {} uploaded ({}), {present} already present, {mounted} mounted",
+                    count(*written, "blob"),
                     mb(*bytes)
                 )
             } else {
                 let linked = if *linked > 0 { format!(", {linked} hard-linked") } else { String::new() };
-                format!("Wrote {reference}: {written} blobs copied ({}){linked}, {present} already there", mb(*bytes))
+                format!(
+                    "Wrote {reference}: {} copied ({}){linked}, {present} already there",
+                    count(*written, "blob"),
+                    mb(*bytes)
+                )
             }
         }
         Event::BlobProgress { .. } => return None,
@@ -156,5 +177,22 @@ impl Reporter for Terminal {
                 None => eprintln!("{l}"),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_counts_read_as_people_write_them() {
+        assert_eq!(mb(0), "0 B");
+        assert_eq!(mb(1023), "1023 B");
+        assert_eq!(mb(1536), "1.5 KiB");
+        assert_eq!(mb(122 * 1024 * 1024), "122.0 MiB");
+        assert_eq!(mb(3 << 30), "3.0 GiB");
+        assert_eq!(count(1, "layer"), "1 layer");
+        assert_eq!(count(2, "layer"), "2 layers");
+        assert_eq!(count(0, "blob"), "0 blobs");
     }
 }

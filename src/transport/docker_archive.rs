@@ -207,7 +207,19 @@ pub(super) fn write(
     let out: File = tmp.as_file().try_clone().map_err(io_error(&what))?;
     let mut tar = PatchingTar { out: BufWriter::new(out) };
     let config_name = format!("{}.json", image.config_digest.hex());
-    let layer_names: Vec<String> = image.layers.iter().map(|l| format!("{}.tar", l.diff_id.hex())).collect();
+    // gzip layers go in as they are (docker load and podman load decompress them); others,
+    // zstd above all, which older docker load cannot read, go in as plain tar
+    let stored_as_is = |l: &super::ImageLayer| {
+        matches!(Compression::from_media_type(&l.descriptor.media_type), Some(Compression::Gzip | Compression::None))
+    };
+    let layer_names: Vec<String> = image
+        .layers
+        .iter()
+        .map(|l| match Compression::from_media_type(&l.descriptor.media_type) {
+            Some(Compression::Gzip) => format!("{}.tar.gz", l.descriptor.digest.hex()),
+            _ => format!("{}.tar", l.diff_id.hex()),
+        })
+        .collect();
     let repo_tags: Vec<String> = name.map(|n| vec![n.familiar()]).unwrap_or_default();
     let manifest =
         serde_json::to_vec(&json!([{ "Config": config_name, "RepoTags": repo_tags, "Layers": layer_names }]))
@@ -225,6 +237,13 @@ pub(super) fn write(
             TransportError::Unsupported(format!("layer {} has media type {:?}", d.digest, d.media_type))
         })?;
         let raw = blobs.open(d)?;
+        if stored_as_is(layer) {
+            // verified against the descriptor's digest as it is read
+            let size = tar.stream(layer_name, &mut { raw }).map_err(io_error(format!("{what}: layer {}", d.digest)))?;
+            summary.blobs_written += 1;
+            summary.bytes_written += size;
+            continue;
+        }
         let mut plain =
             HashingReader::new(decompress(raw, compression).map_err(io_error(format!("{what}: layer {}", d.digest)))?);
         let size = tar.stream(layer_name, &mut plain).map_err(io_error(format!("{what}: layer {}", d.digest)))?;
