@@ -16,8 +16,24 @@ use imgforge::transport::{RegistryOptions, TransportOptions};
 mod escape;
 mod render;
 
+/// The source revision this binary was built from (build.rs), or `unknown`.
+const REVISION: &str = env!("IMGFORGE_GIT_REVISION");
+/// What this build of imgforge can do (`imgforge version`).
+const FEATURES: &[&str] = &[
+    "transports: oci, oci-archive, docker-archive, docker (registry, TLS by rustls)",
+    "compression: gzip (zlib-rs), zstd",
+    "buildpacks: heroku-classic, cnb (Buildpack API 0.7-0.12)",
+    "isolation: host, userns (rootless sandbox)",
+];
+const LONG_VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("IMGFORGE_GIT_REVISION"), ")");
+
 #[derive(Parser)]
-#[command(name = "imgforge", version, about = "Build OCI images from source: no daemon, no root, reproducible.")]
+#[command(
+    name = "imgforge",
+    version,
+    long_version = LONG_VERSION,
+    about = "Build OCI images from source: no daemon, no root, reproducible."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -87,6 +103,16 @@ enum Command {
     },
     /// Remove a registry's stored credentials.
     Logout { registry: String },
+    /// Print a shell completion script (e.g. `imgforge completions bash > ~/.local/share/bash-completion/completions/imgforge`).
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page, as roff (e.g. `imgforge man > ~/.local/share/man/man1/imgforge.1`).
+    Man,
+    /// Print the version, the source revision and what this build supports.
+    Version,
 }
 
 #[derive(Args)]
@@ -300,8 +326,43 @@ fn fail(err: &anyhow::Error) -> ExitCode {
     ExitCode::from(1)
 }
 
+/// Colour in clap's help and errors: never when `NO_COLOR` is set to anything
+/// (<https://no-color.org>); imgforge's own output has none.
+fn color_choice() -> clap::ColorChoice {
+    match std::env::var_os("NO_COLOR") {
+        Some(v) if !v.is_empty() => clap::ColorChoice::Never,
+        _ => clap::ColorChoice::Auto,
+    }
+}
+
+/// `imgforge completions`, `man` and `version`: all about the command line itself.
+fn about_the_command(command: &Command) -> Option<ExitCode> {
+    use clap::CommandFactory;
+    // made whole in memory first: clap_complete panics when its writer fails (a closed pipe)
+    let mut text = Vec::new();
+    match command {
+        Command::Completions { shell } => clap_complete::generate(*shell, &mut Cli::command(), "imgforge", &mut text),
+        Command::Man => clap_mangen::Man::new(Cli::command()).render(&mut text).expect("writing to memory"),
+        Command::Version => {
+            let features: String = FEATURES.iter().map(|f| format!("  {f}\n")).collect();
+            text = format!("imgforge {}\nrevision: {REVISION}\n{features}", env!("CARGO_PKG_VERSION")).into_bytes();
+        }
+        _ => return None,
+    }
+    let mut out = std::io::stdout().lock();
+    Some(if out.write_all(&text).and_then(|()| out.flush()).is_ok() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = Cli::command().color(color_choice()).get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
+    if let Some(code) = about_the_command(&cli.command) {
+        return code;
+    }
     let cache_dir = match cli.cache_dir.clone().or_else(default_cache_dir) {
         Some(d) => d,
         None => return usage_error("no cache directory: set --cache-dir, IMGFORGE_CACHE_DIR or HOME"),
@@ -402,6 +463,7 @@ pub fn main() -> ExitCode {
                 Err(e) => fail(&anyhow::Error::new(e).context(format!("Failed to inspect {image}"))),
             }
         }
+        Command::Completions { .. } | Command::Man | Command::Version => unreachable!("handled above"),
         Command::Build(a) => {
             let base = match parse_ref(&a.base) {
                 Ok(b) => b,
