@@ -106,6 +106,9 @@ pub struct ExtractStats {
     pub whiteouts: u64,
     /// Device nodes written as placeholders.
     pub placeholders: u64,
+    /// Their paths, with their kind: `dev/null (character)`. `warnings` sums them up in one
+    /// line; these are the details.
+    pub placeholder_paths: Vec<String>,
     /// Bytes of file data written.
     pub bytes: u64,
     /// Bytes of tar stream read (decompressed).
@@ -189,7 +192,29 @@ pub fn extract_layer_at<R: Read>(
         x.apply(&entry, &mut reader)?;
     }
     x.stats.tar_bytes = reader.position();
+    if let Some(summary) = placeholder_summary(&x.stats.placeholder_paths) {
+        x.stats.warnings.push(summary);
+    }
     Ok(x.stats)
+}
+
+/// Paths shown in the one-line summary of a layer's device placeholders.
+const PLACEHOLDERS_NAMED: usize = 3;
+
+/// One warning for all of a layer's device placeholders (a base image's `/dev` has a
+/// dozen): how many, the first few, and why.
+fn placeholder_summary(paths: &[String]) -> Option<String> {
+    let (first, n) = (paths.first()?, paths.len());
+    if n == 1 {
+        return Some(format!(
+            "1 device node replaced by an empty placeholder file (device nodes cannot be created without root): {first}"
+        ));
+    }
+    let named = paths[..n.min(PLACEHOLDERS_NAMED)].join(", ");
+    let more = if n > PLACEHOLDERS_NAMED { format!(" and {} more", n - PLACEHOLDERS_NAMED) } else { String::new() };
+    Some(format!(
+        "{n} device nodes replaced by empty placeholder files (device nodes cannot be created without root): {named}{more}"
+    ))
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -684,10 +709,7 @@ impl Extractor<'_> {
             .map_err(self.io(e, "create the device placeholder"))?;
         self.stats.placeholders += 1;
         let what = if e.kind == EntryType::CharDevice { "character" } else { "block" };
-        self.stats.warnings.push(format!(
-            "{}: {what} device node replaced by an empty placeholder file (device nodes cannot be created without root)",
-            e.path_lossy()
-        ));
+        self.stats.placeholder_paths.push(format!("{} ({what})", e.path_lossy()));
         drop(f);
         Ok(())
     }
@@ -821,4 +843,27 @@ impl Extractor<'_> {
 fn times(mtime: u64) -> [libc::timespec; 2] {
     let sec = libc::time_t::try_from(mtime).unwrap_or(libc::time_t::MAX);
     [libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT }, libc::timespec { tv_sec: sec, tv_nsec: 0 }]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::placeholder_summary;
+
+    #[test]
+    fn device_placeholders_are_summed_up_in_one_warning() {
+        let paths = |n: usize| (0..n).map(|i| format!("dev/tty{i} (character)")).collect::<Vec<_>>();
+        assert_eq!(placeholder_summary(&[]), None);
+        let one = placeholder_summary(&paths(1)).unwrap();
+        assert!(
+            one.starts_with("1 device node replaced by an empty placeholder file")
+                && one.ends_with(": dev/tty0 (character)")
+        );
+        let eight = placeholder_summary(&paths(8)).unwrap();
+        assert!(eight.starts_with("8 device nodes replaced by empty placeholder files"), "{eight}");
+        assert!(
+            eight.ends_with(": dev/tty0 (character), dev/tty1 (character), dev/tty2 (character) and 5 more"),
+            "{eight}"
+        );
+        assert!(!eight.contains('\n'));
+    }
 }
